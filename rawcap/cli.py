@@ -1,0 +1,163 @@
+"""``rawcap``: one command line for every service.
+
+Each service package contributes its commands through ``<package>.cli.add_commands``; this
+module only owns the global options, configuration loading, error reporting and the event
+loop. A command whose package has not landed yet is still listed and exits non-zero saying
+so, rather than pretending to work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import yaml
+
+from schemas.errors import RawcapError
+
+from .config import Config, load_config
+from .log import setup_logging
+
+__all__ = ("build_parser", "main")
+
+#: (module providing add_commands, commands it provides, issue that brings them)
+COMMAND_MODULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("rawcap.stack.cli", ("stack",), "local stack"),
+    ("capture.cli", ("capture",), "capture agent"),
+    ("enrich.cli", ("k8s-watch", "enrich", "flows"), "Kubernetes layer"),
+    ("archiver.cli", ("archive",), "archiver"),
+    ("dissector.cli", ("dissect", "calls", "dissection"), "delayed dissection"),
+    ("forensics.cli", ("consume", "pcap", "snapshot"), "forensics"),
+)
+
+#: Options whose value may start with "-" (relative times like ``--from -5m``).
+TIME_OPTIONS = ("--from", "--to", "--since", "--until")
+
+DESCRIPTION = """\
+Continuous L4 packet capture for Kubernetes, streamed over Kafka.
+
+The node agent (capture) fills a bounded FIFO buffer and ships zstd batches to
+rawcap.packets; consumers (archive, dissect, enrich, forensics) scale on their own.
+Configuration: --config values.yaml < RAWCAP_* environment < flags.
+Times: ISO-8601 (2026-11-23T10:00:00Z), now, or relative (-5m, -1h30m).
+"""
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    d: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--config", metavar="VALUES.yaml", default=d,
+                        help="values file (Helm-chart keys: tap.*, kafka.*, archive.*, ...)")
+    parser.add_argument("--bootstrap", metavar="HOST:PORT", default=d,
+                        help="Kafka bootstrap servers (env RAWCAP_BOOTSTRAP)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        default=d, help="log level (default info)")
+    parser.add_argument("--log-format", choices=("text", "json"), default=d,
+                        help="log format on stderr (default text)")
+
+
+def _not_available(name: str, what: str) -> Any:
+    def run(args: argparse.Namespace, cfg: Config) -> int:
+        raise RawcapError(f"'rawcap {name}' is not available yet: the {what} has not landed")
+
+    return run
+
+
+def _config_show(args: argparse.Namespace, cfg: Config) -> int:
+    if args.json:
+        print(json.dumps(cfg.as_dict(), default=str))
+    else:
+        sys.stdout.write(yaml.safe_dump(cfg.as_tree(), sort_keys=True))
+        if args.sources:
+            for key, value in cfg.as_dict().items():
+                print(f"# {key} = {value!r}  ({cfg.source(key)})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rawcap", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _global_options(parser, suppress=False)
+    parent = argparse.ArgumentParser(add_help=False)
+    _global_options(parent, suppress=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    for module_name, names, what in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module_name.startswith(exc.name):
+                raise
+            for name in names:
+                p = sub.add_parser(name, parents=[parent], help=f"(not available yet: {what})",
+                                   description=f"rawcap {name}: not available yet ({what}).")
+                p.set_defaults(func=_not_available(name, what), placeholder=True)
+            continue
+        module.add_commands(sub, parent)
+
+    config = sub.add_parser("config", parents=[parent], help="show the effective configuration")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_sub.add_parser("show", parents=[parent],
+                                 help="print the effective configuration (defaults < file < env < flags)")
+    show.add_argument("--json", action="store_true", help="one JSON object with dotted keys")
+    show.add_argument("--sources", action="store_true", help="also say where each value came from")
+    show.set_defaults(func=_config_show)
+    return parser
+
+
+def _fix_time_args(argv: Sequence[str]) -> list[str]:
+    """Join ``--from -5m`` into ``--from=-5m``: argparse would take ``-5m`` for an option."""
+    out: list[str] = []
+    it = iter(range(len(argv)))
+    for i in it:
+        arg = argv[i]
+        if arg in TIME_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-") \
+                and argv[i + 1][1:2].isdigit():
+            out.append(f"{arg}={argv[i + 1]}")
+            next(it, None)
+        else:
+            out.append(arg)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = _fix_time_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "placeholder", False):
+        parser.error("unrecognized arguments: " + " ".join(unknown))
+    try:
+        overrides = {"kafka.bootstrap": getattr(args, "bootstrap", None),
+                     "log.level": getattr(args, "log_level", None),
+                     "log.format": getattr(args, "log_format", None)}
+        cfg = load_config(getattr(args, "config", None) or os.environ.get("RAWCAP_CONFIG"),
+                          overrides)
+        setup_logging(cfg.get("log.level"), cfg.get("log.format"))
+        func = args.func
+        if inspect.iscoroutinefunction(func):
+            code = anyio.run(func, args, cfg)
+        else:
+            code = func(args, cfg)
+        return int(code or 0)
+    except RawcapError as exc:
+        print(f"rawcap: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # Reader went away (``| head``): not an error; keep Python from complaining at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
