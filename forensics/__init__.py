@@ -1,1 +1,30 @@
-"""placeholder"""
+"""Forensics: ``rawcap consume``, ``rawcap pcap export|import`` and ``rawcap snapshot ...``.
+
+What an incident responder runs: any time window, node set and filter out of
+``rawcap.packets`` (or a node buffer, the archive, a snapshot) as lines, JSON or pcapng, and
+immutable snapshots that outlive the rolling topic.
+"""
+
+from ._export import OutputFile, write_capture
+from ._import import import_capture, iter_batches
+from ._snapshot import (
+    SnapshotExists,
+    SnapshotNotFound,
+    SnapshotStore,
+    create_snapshot,
+    snapshot_lanes,
+    verify_snapshot,
+)
+
+__all__ = (
+    "OutputFile",
+    "SnapshotExists",
+    "SnapshotNotFound",
+    "SnapshotStore",
+    "create_snapshot",
+    "import_capture",
+    "iter_batches",
+    "snapshot_lanes",
+    "verify_snapshot",
+    "write_capture",
+)

@@ -233,6 +233,8 @@ KEYS: tuple[Key, ...] = (
     # --- enrich ---
     Key("k8s.kubeconfig", "", _str, "kubeconfig path (default: in-cluster, then ~/.kube)"),
     Key("enrich.flowInterval", "10s", parse_duration, "flow record interval"),
+    Key("enrich.grace", "2s", parse_duration, "wait this long past an interval before publishing it"),
+    Key("enrich.maxFlows", 200_000, _positive_int, "flows held in memory per node"),
 )
 
 #: Newer Kubeshark spellings -> (rawcap key, value transform).

@@ -1,0 +1,30 @@
+# rawcap: `make demo` and `make test` are the two commands the README opens with.
+# Both run `make setup` first (idempotent: a second run takes seconds).
+SHELL := /bin/bash
+VENV ?= .venv
+PY_PACKAGES := $(wildcard rawcap schemas capture enrich archiver dissector forensics)
+
+.PHONY: setup demo test lint stack-up stack-down stack-status
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	bash scripts/demo.sh
+
+# The whole suite; integration tests start their own private stack (tests/conftest.py).
+test: setup
+	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy $(PY_PACKAGES) tests
+
+stack-up:
+	$(VENV)/bin/rawcap stack up
+
+stack-down:
+	$(VENV)/bin/rawcap stack down
+
+stack-status:
+	$(VENV)/bin/rawcap stack status

@@ -1,0 +1,118 @@
+"""Ring blocks -> ``tpacket3`` batches, compressed straight from the ring.
+
+A batch may span several ring blocks (a quiet link retires a small block every
+``blockTimeout``; shipping each as its own message would waste Kafka and disk on headers).
+Each block is fed to one streaming zstd compressor while it is still in the mmap ring and
+released right after, so no block is ever copied into Python bytes (DESIGN.md: copying and
+holding blocks costs more than compressing from the view). The batch closes when its raw
+body reaches ``capture.batch.maxBytes`` or ``capture.batch.maxDelay`` after its first block.
+
+The output is byte-compatible with :func:`schemas.encode_block_batch`: ``MAGIC``, the
+msgpack header, one zstd frame over the concatenated blocks (each trimmed to ``blk_len``).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import zstandard
+
+from schemas import BODY_TPACKET3, MAGIC, BatchHeader, block_summary
+
+__all__ = ("BlockBatcher", "ClosedBatch")
+
+_FIRST_OFF = struct.Struct("<I")  # tpacket_block_desc.hdr.offset_to_first_pkt at byte 16
+_FRAME_TS = struct.Struct("<II")  # tpacket3_hdr.tp_sec, tp_nsec at byte 4
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedBatch:
+    """One finished batch, ready for the FIFO: its sequence, counts and wire bytes."""
+
+    seq: int
+    count: int
+    first_ns: int
+    last_ns: int
+    raw_bytes: int
+    value: bytes
+
+
+class BlockBatcher:
+    """Accumulates retired ring blocks into batches; not thread-safe (one ring thread)."""
+
+    def __init__(self, *, node: str, next_seq: int, ifaces: Callable[[], dict[int, str]],
+                 max_bytes: int, max_delay: float, level: int, snaplen: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.node, self.next_seq = node, next_seq
+        self._ifaces = ifaces
+        self.max_bytes, self.max_delay = max_bytes, max_delay
+        self.snaplen = snaplen
+        # Probe the codec now: a bad level fails at start, not on the first packet.
+        self._zc = zstandard.ZstdCompressor(level=level, write_checksum=True)
+        self._clock = clock
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cobj: Any = None
+        self._parts: list[bytes] = []
+        self._count = self._raw = 0
+        self._first = self._last = 0
+        self._opened = 0.0
+
+    @property
+    def pending(self) -> bool:
+        return self._count > 0
+
+    def add_block(self, block: memoryview) -> ClosedBatch | None:
+        """Compress one retired block into the open batch; returns a batch if it closed."""
+        num, _open_ns, t1, blk_len = block_summary(block)
+        if num == 0:
+            return None
+        # The descriptor's "first" time is when the block was opened; the first frame's own
+        # timestamp is the first packet's time, which is what the header promises.
+        first_off = _FIRST_OFF.unpack_from(block, 16)[0]
+        sec, nsec = _FRAME_TS.unpack_from(block, first_off + 4)
+        t0 = sec * 1_000_000_000 + nsec
+        if self._cobj is None:
+            self._cobj = self._zc.compressobj()
+            self._opened = self._clock()
+            self._first = t0
+        used = block[:blk_len]
+        try:
+            out = self._cobj.compress(used)
+        finally:
+            used.release()
+        if out:
+            self._parts.append(out)
+        self._first = min(self._first, t0)
+        self._last = max(self._last, t1)
+        self._count += num
+        self._raw += blk_len
+        if self._raw >= self.max_bytes:
+            return self.close()
+        return None
+
+    def due(self) -> bool:
+        """True when the open batch has waited ``maxDelay`` since its first block."""
+        return self._count > 0 and self._clock() - self._opened >= self.max_delay
+
+    def close(self) -> ClosedBatch | None:
+        if self._count == 0:
+            return None
+        self._parts.append(self._cobj.flush())
+        header = BatchHeader(
+            node=self.node, seq=self.next_seq, count=self._count, first_ns=self._first,
+            last_ns=self._last, ifaces=self._ifaces(), body=BODY_TPACKET3, codec="zstd",
+            body_len=self._raw, snaplen=self.snaplen,
+        )
+        value = b"".join([MAGIC, msgpack.packb(header.to_msgpack_map(), use_bin_type=True),
+                          *self._parts])
+        batch = ClosedBatch(self.next_seq, self._count, self._first, self._last, self._raw, value)
+        self.next_seq += 1
+        self._reset()
+        return batch

@@ -1,0 +1,95 @@
+"""Follows ``rawcap.control`` and applies this node's capture filter to the eBPF maps.
+
+The topic is compacted and small, so every agent reads it whole from the beginning with
+no consumer group (nothing to commit, nothing to rebalance) and keeps the newest
+``filter/<node>`` and ``filter/*`` records. The node's own record wins; ``filter/*`` applies
+when there is none; with neither, the filter is "everything TCP/UDP". A record that does
+not decode or validate is logged and skipped: a bad control record must not stop capture.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from rawcap.config import Config
+from rawcap.kafka import consumer_kwargs
+from schemas.control import CaptureFilter, decode_control, filter_key
+from schemas.errors import RawcapError
+from schemas.topics import CONTROL
+
+__all__ = ("ControlFollower",)
+
+log = logging.getLogger("rawcap.capture")
+
+
+def _consumer_config(cfg: Config) -> dict[str, Any]:
+    return consumer_kwargs(cfg, None, enable_auto_commit=False, auto_offset_reset="earliest")
+
+
+class ControlFollower:
+    def __init__(self, cfg: Config, node: str, apply: Callable[[CaptureFilter], None]) -> None:
+        self.cfg, self.node, self._apply = cfg, node, apply
+        self._records: dict[str, CaptureFilter | None] = {}
+        self._active: CaptureFilter | None = None
+
+    def _choose(self) -> None:
+        chosen = self._records.get(filter_key(self.node)) or self._records.get("filter/*") \
+            or CaptureFilter()
+        if chosen != self._active:
+            try:
+                self._apply(chosen)
+                self._active = chosen
+            except RawcapError as exc:
+                log.error("capture filter rejected: %s", exc)
+
+    def handle(self, key: bytes | None, value: bytes | None) -> None:
+        k = key.decode(errors="replace") if key else ""
+        if not k.startswith("filter/"):
+            return
+        if k not in (filter_key(self.node), "filter/*"):
+            return
+        if value is None:  # tombstone
+            self._records[k] = None
+        else:
+            try:
+                rec = decode_control(value)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("undecodable control record %s: %s", k, exc)
+                return
+            if not isinstance(rec, CaptureFilter):
+                return
+            self._records[k] = rec
+        self._choose()
+
+    async def run(self) -> None:
+        """Follow the topic until cancelled; reconnects with backoff when the broker is away."""
+        while True:
+            consumer = AIOKafkaConsumer(**_consumer_config(self.cfg))
+            try:
+                await consumer.start()
+                parts = consumer.partitions_for_topic(CONTROL)
+                if not parts:
+                    await consumer._client.force_metadata_update()
+                    parts = consumer.partitions_for_topic(CONTROL) or set()
+                if not parts:
+                    raise KafkaError(f"topic {CONTROL} does not exist yet")
+                tps = [TopicPartition(CONTROL, p) for p in sorted(parts)]
+                consumer.assign(tps)
+                await consumer.seek_to_beginning(*tps)
+                while True:
+                    got = await consumer.getmany(timeout_ms=500, max_records=500)
+                    for records in got.values():
+                        for rec in records:
+                            self.handle(rec.key, rec.value)
+            except (KafkaError, OSError) as exc:
+                log.warning("control topic: %s; retrying", exc or type(exc).__name__)
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await consumer.stop()
+            await anyio.sleep(2)

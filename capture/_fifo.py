@@ -1,0 +1,278 @@
+"""The node FIFO buffer: append-only segment files of batches, bounded by a byte budget.
+
+Layout (``docs/capture.md``; ``rawcap pcap export --source local`` reads it without
+importing this package)::
+
+    <bufferDir>/<node>/
+        00000000000000000001.rcsg   segment: first batch sequence as 20 digits, then
+        00000000000000000042.rcsg   schemas/_stream.py framing, one batch per frame
+        shipped.json                {"node", "acked_seq", "lost_*"}, replaced atomically
+        .lock                       flock held by the running agent
+
+Sequence numbers are per node, start at 1 and never repeat: on restart the next one is
+one past the highest found in the segments or in ``shipped.json``. When a batch would push
+the buffer over its budget the oldest segment is deleted first; batches in it that the
+broker had not acknowledged are counted as lost (batches, packets, raw bytes) and logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas import decode_header
+from schemas._stream import STREAM_HEADER, frame_batch, split_frames, stream_header
+from schemas.errors import BatchError, RawcapError
+
+from ._batcher import ClosedBatch
+
+__all__ = ("SEGMENT_SUFFIX", "STATE_FILE", "Entry", "Fifo", "segment_name")
+
+log = logging.getLogger("rawcap.capture")
+
+SEGMENT_SUFFIX = ".rcsg"
+STATE_FILE = "shipped.json"
+
+
+def segment_name(first_seq: int) -> str:
+    return f"{first_seq:020d}{SEGMENT_SUFFIX}"
+
+
+@dataclass(slots=True)
+class Entry:
+    """Where one batch lives: its segment, offset of its value, and what it holds."""
+
+    seq: int
+    offset: int
+    length: int
+    count: int
+    raw_bytes: int
+    first_ns: int
+
+
+@dataclass(slots=True)
+class Segment:
+    path: Path
+    size: int
+    entries: list[Entry] = field(default_factory=list)
+
+
+class Fifo:
+    """Owns the node's buffer directory. Single writer; readers use :meth:`read`."""
+
+    def __init__(self, root: str | os.PathLike[str], node: str, *, budget: int,
+                 segment_size: int, on_append: Callable[[], None] | None = None) -> None:
+        if "/" in node or node in ("", ".", ".."):
+            raise RawcapError(f"node name {node!r} cannot be used as a directory name")
+        self.dir = Path(root) / node
+        self.node = node
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._lockfd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:
+            raise RawcapError(f"buffer directory {self.dir} is not writable") from None
+        except OSError as exc:
+            raise RawcapError(f"buffer directory {self.dir} cannot be used: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lockfd)
+            raise RawcapError(f"buffer directory {self.dir} is in use by another capture agent") \
+                from None
+        self.budget = budget
+        # Recycling frees one segment at a time: keep segments small next to the budget.
+        self.segment_size = max(64 * 1024, min(segment_size, budget // 4))
+        self.on_append = on_append
+        self.acked_seq = 0
+        self.lost_batches = self.lost_packets = self.lost_bytes = 0
+        self.batches_written = 0
+        self._load_state()
+        self.segments: list[Segment] = []
+        self._scan()
+        last = self.segments[-1].entries[-1].seq if self.segments and self.segments[-1].entries else 0
+        for seg in self.segments:
+            if seg.entries:
+                last = max(last, seg.entries[-1].seq)
+        self.next_seq = max(last, self.acked_seq) + 1
+        self._fh: object | None = None
+        self._cur: Segment | None = None
+        self._fds: dict[Path, int] = {}
+
+    # --- start-up ---------------------------------------------------------------------
+
+    def _load_state(self) -> None:
+        path = self.dir / STATE_FILE
+        try:
+            doc = json.loads(path.read_text())
+            self.acked_seq = int(doc.get("acked_seq", 0))
+            self.lost_batches = int(doc.get("lost_batches", 0))
+            self.lost_packets = int(doc.get("lost_packets", 0))
+            self.lost_bytes = int(doc.get("lost_bytes", 0))
+        except FileNotFoundError:
+            pass
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("ignoring unreadable %s: %s", path, exc)
+
+    def _scan(self) -> None:
+        for path in sorted(self.dir.glob("*" + SEGMENT_SUFFIX)):
+            data = path.read_bytes()
+            try:
+                frames, end = split_frames(data, final=False, name=str(path))
+            except BatchError as exc:
+                log.warning("segment %s is damaged (%s); keeping its readable prefix", path, exc)
+                frames, end = [], STREAM_HEADER.size if len(data) >= STREAM_HEADER.size else 0
+            if end < len(data):
+                # A crash left half a frame: cut it so appends stay readable.
+                with open(path, "r+b") as fh:
+                    fh.truncate(end)
+            seg = Segment(path, end)
+            for fr in frames:
+                try:
+                    header, _ = decode_header(fr.value)
+                except BatchError:
+                    continue
+                seg.entries.append(Entry(header.seq, fr.offset + 8, len(fr.value), header.count,
+                                         header.body_len, header.first_ns))
+            if end == 0:
+                path.unlink()
+                continue
+            self.segments.append(seg)
+
+    # --- writing ----------------------------------------------------------------------
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    @property
+    def last_seq(self) -> int:
+        return self.next_seq - 1
+
+    def append(self, batch: ClosedBatch) -> None:
+        """Write one batch (its ``seq`` must be ``next_seq``), recycling old segments first."""
+        if batch.seq != self.next_seq:
+            raise RawcapError(f"FIFO expected batch {self.next_seq}, got {batch.seq}")
+        need = 8 + len(batch.value)
+        if self._cur is None or (self._cur.size + need > self.segment_size and self._cur.entries):
+            self._roll(batch.seq)
+        assert self._cur is not None
+        while self.total_bytes + need > self.budget and len(self.segments) > 1:
+            self._recycle_oldest()
+        fh = self._fh
+        offset = self._cur.size + 8
+        fh.write(frame_batch(batch.value))  # type: ignore[attr-defined]
+        fh.write(batch.value)  # type: ignore[attr-defined]
+        fh.flush()  # type: ignore[attr-defined]
+        self._cur.size += need
+        self._cur.entries.append(Entry(batch.seq, offset, len(batch.value), batch.count,
+                                       batch.raw_bytes, batch.first_ns))
+        self.next_seq += 1
+        self.batches_written += 1
+        if self.on_append:
+            self.on_append()
+
+    def _roll(self, first_seq: int) -> None:
+        self._close_current()
+        path = self.dir / segment_name(first_seq)
+        fh = open(path, "wb")
+        fh.write(stream_header())
+        fh.flush()
+        self._fh = fh
+        self._cur = Segment(path, STREAM_HEADER.size)
+        self.segments.append(self._cur)
+
+    def _close_current(self) -> None:
+        if self._fh is not None:
+            fh = self._fh
+            fh.flush()  # type: ignore[attr-defined]
+            os.fsync(fh.fileno())  # type: ignore[attr-defined]
+            fh.close()  # type: ignore[attr-defined]
+            self._fh = None
+
+    def _recycle_oldest(self) -> None:
+        seg = self.segments.pop(0)
+        unshipped = [e for e in seg.entries if e.seq > self.acked_seq]
+        fd = self._fds.pop(seg.path, None)
+        if fd is not None:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            seg.path.unlink()
+        if unshipped:
+            packets = sum(e.count for e in unshipped)
+            raw = sum(e.raw_bytes for e in unshipped)
+            self.lost_batches += len(unshipped)
+            self.lost_packets += packets
+            self.lost_bytes += raw
+            log.warning(
+                "buffer full: recycled %d unshipped batches (%d packets) before Kafka took them",
+                len(unshipped), packets,
+                extra={"segment": seg.path.name, "lost_batches": len(unshipped),
+                       "lost_packets": packets, "lost_bytes": raw,
+                       "first_seq": unshipped[0].seq, "last_seq": unshipped[-1].seq},
+            )
+            self.write_state()
+
+    # --- reading (shipper) ------------------------------------------------------------
+
+    @property
+    def first_seq(self) -> int:
+        """Oldest sequence still on disk (``next_seq`` when the buffer is empty)."""
+        for seg in self.segments:
+            if seg.entries:
+                return seg.entries[0].seq
+        return self.next_seq
+
+    def locate(self, seq: int) -> tuple[Segment, Entry] | None:
+        for seg in reversed(self.segments):
+            if seg.entries and seg.entries[0].seq <= seq:
+                idx = seq - seg.entries[0].seq
+                if idx < len(seg.entries) and seg.entries[idx].seq == seq:
+                    return seg, seg.entries[idx]
+                for e in seg.entries:  # sequences are contiguous; this is only a fallback
+                    if e.seq == seq:
+                        return seg, e
+                return None
+        return None
+
+    def read(self, seq: int) -> tuple[Entry, bytes] | None:
+        """The wire bytes of batch ``seq``, or None if it was recycled or not written."""
+        found = self.locate(seq)
+        if found is None:
+            return None
+        seg, entry = found
+        fd = self._fds.get(seg.path)
+        if fd is None:
+            try:
+                fd = os.open(seg.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+            self._fds[seg.path] = fd
+        return entry, os.pread(fd, entry.length, entry.offset)
+
+    def mark_acked(self, seq: int) -> None:
+        if seq > self.acked_seq:
+            self.acked_seq = seq
+            self.write_state()
+
+    def write_state(self) -> None:
+        """Atomically replace ``shipped.json`` (rename over the old one)."""
+        doc = {"node": self.node, "acked_seq": self.acked_seq, "next_seq": self.next_seq,
+               "lost_batches": self.lost_batches, "lost_packets": self.lost_packets,
+               "lost_bytes": self.lost_bytes}
+        tmp = self.dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.dir / STATE_FILE)
+
+    def close(self) -> None:
+        self._close_current()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self.write_state()
+        os.close(self._lockfd)

@@ -1,0 +1,52 @@
+"""Prometheus metrics of the capture agent, in a registry of its own.
+
+A private registry keeps tests (several agents in one process) from colliding and keeps
+``/metrics`` to what an operator of this agent needs. Names are listed in docs/capture.md.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+__all__ = ("Metrics",)
+
+
+class Metrics:
+    def __init__(self, node: str) -> None:
+        r = self.registry = CollectorRegistry()
+        lbl = ("node",)
+
+        def c(name: str, doc: str) -> Counter:
+            return Counter(name, doc, lbl, registry=r).labels(node)
+
+        def g(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, lbl, registry=r).labels(node)
+
+        self.packets = c("rawcap_capture_packets", "packets captured into batches")
+        self.bytes = c("rawcap_capture_bytes", "raw ring bytes captured into batches")
+        self.kernel_packets = g("rawcap_capture_kernel_packets", "packets the socket saw (PACKET_STATISTICS)")
+        self.kernel_drops = g("rawcap_capture_kernel_drops", "packets the kernel dropped: ring full")
+        self.kernel_freezes = g("rawcap_capture_kernel_freezes", "ring queue freezes")
+        self.filter_rejected = g("rawcap_capture_filter_rejected", "TCP/UDP packets the eBPF filter rejected")
+        self.batches_written = c("rawcap_capture_batches_written", "batches appended to the node FIFO")
+        self.batches_shipped = c("rawcap_capture_batches_shipped", "batches acknowledged by Kafka")
+        self.ship_errors = c("rawcap_capture_ship_errors", "producer failures (each followed by a resume)")
+        self.buffer_bytes = g("rawcap_capture_buffer_bytes", "bytes on disk in the node FIFO")
+        self.lost_batches = g("rawcap_capture_lost_batches", "batches recycled before Kafka took them")
+        self.lost_packets = g("rawcap_capture_lost_packets", "packets recycled before Kafka took them")
+        self.lost_bytes = g("rawcap_capture_lost_bytes", "raw bytes recycled before Kafka took them")
+        self.ship_lag_batches = g("rawcap_capture_ship_lag_batches", "batches written but not acknowledged")
+        self.ship_lag_seconds = g("rawcap_capture_ship_lag_seconds", "age of the oldest unacknowledged batch")
+        self.procs_events = c("rawcap_capture_procs_events", "process-context records published")
+        self.filter_version = g("rawcap_capture_filter_version", "version of the applied capture filter")
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        """Expose ``/metrics`` on ``port`` (a daemon thread of prometheus_client)."""
+        self._server = start_http_server(port, addr=addr, registry=self.registry)
+
+    def close(self) -> None:
+        server = getattr(self, "_server", None)
+        if server:
+            server[0].shutdown()
+            server[0].server_close()
+            self._server = None

@@ -1,0 +1,162 @@
+"""AF_PACKET TPACKET_V3 mmap ring: the kernel fills blocks, we hand them on whole.
+
+Per-packet Python work is what makes a Python capturer expensive (DESIGN.md's measured
+table), so the reader never walks frames: it waits for the kernel to retire a block, gives
+the caller a ``memoryview`` of the block, and returns the block to the kernel as soon as the
+caller is done with it (the batcher compresses straight from the view).
+
+The socket is opened with protocol 0 (receives nothing), the eBPF filter is attached, the
+ring is set up, and only then the socket is bound with ``ETH_P_ALL``: no unfiltered packet
+ever lands in the ring.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import select
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from schemas.errors import RawcapError
+
+__all__ = ("CaptureDenied", "NoSuchInterface", "Ring", "RingStats", "ifindex_of")
+
+SOL_PACKET: Final = 263
+SO_ATTACH_BPF: Final = 50
+PACKET_RX_RING: Final = 5
+PACKET_STATISTICS: Final = 6
+PACKET_VERSION: Final = 10
+TPACKET_V3: Final = 2
+ETH_P_ALL: Final = 0x0003
+TP_STATUS_KERNEL: Final = 0
+TP_STATUS_USER: Final = 1
+#: struct tpacket_req3
+TPACKET_REQ3: Final = struct.Struct("7I")
+#: struct tpacket_stats_v3 (reading it resets the kernel's counters)
+TPACKET_STATS_V3: Final = struct.Struct("3I")
+_STATUS_OFFSET: Final = 8  # tpacket_block_desc.hdr.block_status
+
+
+class NoSuchInterface(RawcapError):
+    """The interface named on the command line does not exist."""
+
+
+class CaptureDenied(RawcapError):
+    """The process may not open a packet socket (needs CAP_NET_RAW)."""
+
+
+def ifindex_of(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        raise NoSuchInterface(f"interface {name!r} does not exist on this node") from None
+
+
+@dataclass
+class RingStats:
+    """Cumulative ``PACKET_STATISTICS``: packets seen by the socket, dropped, freezes."""
+
+    packets: int = 0
+    drops: int = 0
+    freezes: int = 0
+
+
+class Ring:
+    """One TPACKET_V3 RX ring on one socket (bound to one ifindex, or 0 for all)."""
+
+    def __init__(self, *, ifindex: int, block_size: int, block_count: int,
+                 block_timeout_ms: int, bpf_fd: int | None = None) -> None:
+        if block_size < 4096 or block_size & (block_size - 1):
+            raise RawcapError(f"capture.ring.blockSize {block_size} must be a power of two >= 4096")
+        self.block_size, self.block_count = block_size, block_count
+        try:
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        except PermissionError:
+            raise CaptureDenied(
+                "not allowed to open a packet socket: the agent needs CAP_NET_RAW (or root)"
+            ) from None
+        try:
+            if bpf_fd is not None:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, bpf_fd)
+            self.sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+            req = TPACKET_REQ3.pack(block_size, block_count, block_size, block_count,
+                                    max(1, block_timeout_ms), 0, 0)
+            try:
+                self.sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+            except OSError as exc:
+                if exc.errno == errno.ENOMEM:
+                    raise RawcapError(
+                        f"cannot allocate a {block_count} x {block_size} byte ring: lower "
+                        "capture.ring.blockCount or capture.ring.blockSize"
+                    ) from None
+                raise
+            self.map = mmap.mmap(self.sock.fileno(), block_size * block_count,
+                                 mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self.view = memoryview(self.map)
+            self.sock.bind(("", ETH_P_ALL, 0, 0, b"") if ifindex == 0 else
+                           (socket.if_indextoname(ifindex), ETH_P_ALL))
+        except BaseException:
+            self.sock.close()
+            raise
+        self.ifindex = ifindex
+        self.cur = 0
+        self.stats = RingStats()
+        self._poll = select.poll()
+        self._poll.register(self.sock.fileno(), select.POLLIN | select.POLLERR)
+
+    def _block_status(self, i: int) -> int:
+        return int.from_bytes(self.view[i * self.block_size + _STATUS_OFFSET:
+                                        i * self.block_size + _STATUS_OFFSET + 4], "little")
+
+    def ready(self) -> bool:
+        return bool(self._block_status(self.cur) & TP_STATUS_USER)
+
+    def wait(self, timeout_ms: int) -> bool:
+        """Block (in a worker thread) until the current block is retired or the timeout."""
+        if self.ready():
+            return True
+        self._poll.poll(timeout_ms)
+        return self.ready()
+
+    def take(self, consume: Callable[[memoryview], None]) -> int:
+        """Hand every retired block in order to ``consume``, then return it to the kernel.
+
+        Returns the number of blocks handed on. ``consume`` must not keep the view.
+        """
+        n = 0
+        bs = self.block_size
+        while self.ready():
+            start = self.cur * bs
+            block = self.view[start:start + bs]
+            try:
+                consume(block)
+            finally:
+                block.release()
+                # Hand the block back: the kernel owns it again once block_status is 0.
+                self.map[start + _STATUS_OFFSET:start + _STATUS_OFFSET + 4] = b"\0\0\0\0"
+            self.cur = (self.cur + 1) % self.block_count
+            n += 1
+        return n
+
+    def read_stats(self) -> RingStats:
+        """Fold the kernel's since-last-read counters into the cumulative totals."""
+        raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, TPACKET_STATS_V3.size)
+        packets, drops, freezes = TPACKET_STATS_V3.unpack(raw)
+        self.stats.packets += packets
+        self.stats.drops += drops
+        self.stats.freezes += freezes
+        return self.stats
+
+    def close(self) -> None:
+        try:
+            self.read_stats()
+        except OSError:
+            pass
+        self.view.release()
+        self.map.close()
+        self.sock.close()
+

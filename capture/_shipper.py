@@ -1,0 +1,143 @@
+"""Tails the node FIFO into ``rawcap.packets``: in order, once, resuming after outages.
+
+The shipper never holds the only copy of a batch: it reads from the FIFO, sends with an
+idempotent ``acks=all`` producer (which retries through a broker outage without expiring
+batches and without duplicating them), and moves ``acked_seq`` forward only in sequence
+order as acknowledgements arrive. Should the producer itself fail, it is closed and a new
+one resumes at ``acked_seq + 1``. In-flight work is bounded by ``IN_FLIGHT`` batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import anyio
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from rawcap.config import Config
+from rawcap.kafka import ensure_topics, producer_kwargs
+from schemas.errors import TransportError
+from schemas.topics import PACKETS
+
+from ._fifo import Fifo
+from ._metrics import Metrics
+
+__all__ = ("IN_FLIGHT", "Shipper", "producer_config")
+
+log = logging.getLogger("rawcap.capture")
+
+IN_FLIGHT = 8
+_BACKOFF_MAX = 5.0
+
+
+def producer_config(cfg: Config) -> dict[str, Any]:
+    """Shared producer settings (TLS/SASL) from ``rawcap.kafka`` plus what shipping needs."""
+    return producer_kwargs(
+        cfg,
+        acks="all",
+        enable_idempotence=True,
+        max_batch_size=1024 * 1024,
+        linger_ms=0,
+        compression_type=None,  # batch bodies are zstd already
+    )
+
+
+class Shipper:
+    """One node's FIFO -> Kafka. ``run()`` until cancelled; ``drain()`` for shutdown."""
+
+    def __init__(self, cfg: Config, fifo: Fifo, metrics: Metrics) -> None:
+        self.cfg, self.fifo, self.metrics = cfg, fifo, metrics
+        self.key = fifo.node.encode()
+        self._new_data = anyio.Event()
+        self.connected = False
+        self.shipped_batches = 0
+        self._topics_ok = False
+
+    def notify(self) -> None:
+        """Called by the FIFO after every append (same event loop thread)."""
+        self._new_data.set()
+
+    async def _wait_new_data(self, wait: float) -> None:
+        with anyio.move_on_after(wait):
+            await self._new_data.wait()
+        self._new_data = anyio.Event()
+
+    async def run(self, *, until_caught_up: bool = False) -> None:
+        """Ship forever (or, with ``until_caught_up``, until nothing is left to ship)."""
+        backoff = 0.5
+        while True:
+            if until_caught_up and self.fifo.acked_seq >= self.fifo.last_seq:
+                return
+            producer = AIOKafkaProducer(**producer_config(self.cfg))
+            try:
+                if not self._topics_ok:
+                    await ensure_topics(self.cfg, 10.0)
+                    self._topics_ok = True
+                await producer.start()
+                self.connected = True
+                backoff = 0.5
+                log.info("shipper connected", extra={"resume_seq": self.fifo.acked_seq + 1})
+                await self._ship(producer, until_caught_up)
+                return
+            except (KafkaError, OSError, TransportError) as exc:
+                self.metrics.ship_errors.inc()
+                log.warning("shipper: %s; resuming at batch %d in %.1fs",
+                            exc or type(exc).__name__, self.fifo.acked_seq + 1, backoff)
+            except Exception:
+                # Capture must outlive a shipper bug: the FIFO still holds everything.
+                self.metrics.ship_errors.inc()
+                log.exception("shipper failed; resuming at batch %d in %.1fs",
+                              self.fifo.acked_seq + 1, backoff)
+            finally:
+                self.connected = False
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    await producer.stop()
+            await anyio.sleep(backoff)
+            backoff = min(_BACKOFF_MAX, backoff * 2)
+
+    async def _ship(self, producer: AIOKafkaProducer, until_caught_up: bool) -> None:
+        send, recv = anyio.create_memory_object_stream[tuple[int, Awaitable[Any]]](IN_FLIGHT)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._acker, recv)
+            async with send:
+                nxt = self.fifo.acked_seq + 1
+                while True:
+                    if nxt > self.fifo.last_seq:
+                        if until_caught_up:
+                            break
+                        await self._wait_new_data(0.5)
+                        continue
+                    if nxt < self.fifo.first_seq:
+                        # Recycled before we got to it: the FIFO already counted it lost.
+                        nxt = self.fifo.first_seq
+                        continue
+                    got = self.fifo.read(nxt)
+                    if got is None:
+                        nxt += 1  # recycled between the checks above
+                        continue
+                    entry, value = got
+                    fut = await producer.send(PACKETS, value=value, key=self.key,
+                                              timestamp_ms=entry.first_ns // 1_000_000)
+                    await send.send((entry.seq, fut))
+                    nxt += 1
+
+    async def _acker(self, recv: anyio.abc.ObjectReceiveStream[tuple[int, Awaitable[Any]]]) -> None:
+        async with recv:
+            async for seq, fut in recv:
+                await fut  # raises KafkaError if the producer gave up: run() resumes
+                self.fifo.mark_acked(seq)
+                self.shipped_batches += 1
+                self.metrics.batches_shipped.inc()
+
+    def lag_seconds(self) -> float:
+        """Age of the oldest batch not yet acknowledged (0 when caught up)."""
+        found = self.fifo.locate(self.fifo.acked_seq + 1)
+        if found is None:
+            return 0.0
+        return max(0.0, time.time() - found[1].first_ns / 1e9)
+
+

@@ -1,0 +1,320 @@
+"""The capture agent: one root task group owning every stage.
+
+::
+
+    ring thread (TPACKET_V3 + eBPF filter, whole blocks -> zstd batches)
+        --bounded stream--> FIFO writer (segments on local disk)
+                                --notify--> shipper (rawcap.packets, acks=all, idempotent)
+    control follower (rawcap.control -> eBPF maps)     procs thread (tracepoints -> rawcap.procs)
+    stats loop (PACKET_STATISTICS, filter counters, buffer gauges; interface rescan)
+
+Blocking work (ring waits, bcc polling) runs in worker threads and hands results back
+through bounded memory object streams, so a slow disk pushes back on the ring (whose
+overflow the kernel counts as drops) rather than growing memory. On SIGTERM/SIGINT or at
+``--duration`` the ring thread flushes its open batch, the FIFO writer drains, and the
+shipper gets a bounded time to deliver what is left; unshipped batches stay on disk for
+the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import anyio.to_thread
+
+from rawcap.config import Config
+from schemas.control import CaptureFilter
+
+from ._batcher import BlockBatcher, ClosedBatch
+from ._fifo import Fifo
+from ._filter import KernelFilter
+from ._ifaces import IfaceSelection, resolve
+from ._metrics import Metrics
+from ._netns import in_netns
+from ._ring import Ring
+
+__all__ = ("Agent", "Summary")
+
+log = logging.getLogger("rawcap.capture")
+
+#: Time the shipper gets at shutdown to deliver what is still in the FIFO.
+DRAIN_TIMEOUT = 10.0
+_RESCAN_EVERY = 5.0
+
+
+@dataclass
+class Summary:
+    node: str
+    seconds: float = 0.0
+    packets: int = 0
+    raw_bytes: int = 0
+    batches: int = 0
+    shipped: int = 0
+    kernel_packets: int = 0
+    kernel_drops: int = 0
+    filter_rejected: int = 0
+    lost_batches: int = 0
+    lost_packets: int = 0
+    unshipped: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+
+    def line(self) -> str:
+        return (f"capture summary: node={self.node} seconds={self.seconds:.1f} "
+                f"packets={self.packets} bytes={self.raw_bytes} batches={self.batches} "
+                f"seq={self.first_seq}-{self.last_seq} shipped={self.shipped} "
+                f"unshipped={self.unshipped} kernel_drops={self.kernel_drops} "
+                f"filtered_out={self.filter_rejected} lost_batches={self.lost_batches} "
+                f"lost_packets={self.lost_packets}")
+
+
+class Agent:
+    """Build with a :class:`Config` (CLI flags already folded in); ``await run()``."""
+
+    def __init__(self, cfg: Config, *, procs: bool | None = None, netns: str | None = None) -> None:
+        self.cfg = cfg
+        self.netns = netns
+        self.node = cfg.node
+        self.kafka = bool(cfg.get("capture.kafka")) and bool(cfg.get("kafka.bootstrap"))
+        self.metrics = Metrics(self.node)
+        self.summary = Summary(self.node)
+        self._stop = threading.Event()
+        self._stop_async: anyio.Event | None = None
+        with in_netns(netns):
+            self.selection: IfaceSelection = resolve(cfg.get("capture.iface"))
+        self.ifaces: dict[int, str] = dict(self.selection.ifaces)
+        # Probe everything that can fail before the first packet: bcc, headers, privileges.
+        self.filter = KernelFilter(snaplen=int(cfg.get("capture.snaplen")))
+        self.ring: Ring | None = None
+        self.fifo: Fifo | None = None
+        self.shipper: Any = None
+        self.procs: Any = None
+        self._want_procs = self.kafka if procs is None else procs
+
+    # --- public -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the agent to flush and exit (thread-safe)."""
+        self._stop.set()
+
+    def apply_filter(self, f: CaptureFilter) -> None:
+        self.filter.apply(f)
+        self.metrics.filter_version.set(f.version)
+
+    async def run(self, duration: float | None = None) -> Summary:
+        cfg = self.cfg
+        self._stop_async = anyio.Event()
+        started = time.monotonic()
+        if self.selection.single is None:
+            self.filter.set_ifaces(set(self.ifaces))
+        self.fifo = Fifo(cfg.get("capture.bufferDir"), self.node,
+                         budget=int(cfg.get("tap.capture.raw.storageSize")),
+                         segment_size=int(cfg.get("capture.segmentSize")))
+        self.summary.first_seq = self.fifo.next_seq
+        try:
+            with in_netns(self.netns):
+                self.ring = self._open_ring()
+            if self.kafka:
+                from ._shipper import Shipper
+                self.shipper = Shipper(cfg, self.fifo, self.metrics)
+                self.fifo.on_append = self.shipper.notify
+            port = int(cfg.get("metrics.port"))
+            if port:
+                self.metrics.serve(port)
+            log.info("capture running", extra={
+                "node": self.node, "ifaces": ",".join(sorted(self.ifaces.values())),
+                "kafka": self.kafka, "buffer": str(self.fifo.dir), "next_seq": self.fifo.next_seq})
+            await self._run_tasks(duration)
+        finally:
+            self._finish(time.monotonic() - started)
+        return self.summary
+
+    def _open_ring(self) -> Ring:
+        cfg = self.cfg
+        return Ring(
+            ifindex=self.selection.single or 0,
+            block_size=int(cfg.get("capture.ring.blockSize")),
+            block_count=int(cfg.get("capture.ring.blockCount")),
+            block_timeout_ms=int(cfg.get("capture.ring.blockTimeout") * 1000),
+            bpf_fd=self.filter.fd,
+        )
+
+    # --- tasks ------------------------------------------------------------------------
+
+    async def _run_tasks(self, duration: float | None) -> None:
+        assert self.fifo is not None
+        async with anyio.create_task_group() as root:
+            root.start_soon(self._signals)
+            root.start_soon(self._stop_watch)
+            root.start_soon(self._stats_loop)
+            if self.kafka:
+                from ._control import ControlFollower
+                root.start_soon(ControlFollower(self.cfg, self.node, self.apply_filter).run)
+            ship_scope = anyio.CancelScope()
+            if self.shipper is not None:
+                root.start_soon(self._ship, ship_scope)
+            if self.procs is not None:
+                root.start_soon(self.procs.run)
+
+            send, recv = anyio.create_memory_object_stream[ClosedBatch](16)
+            async with anyio.create_task_group() as pipe:
+                pipe.start_soon(self._fifo_writer, recv)
+                pipe.start_soon(self._ring_thread, send)
+                with anyio.move_on_after(duration if duration else float("inf")):
+                    await self._stop_async.wait()
+                self._stop.set()
+            # Pipeline drained: every captured batch is on disk. Give the shipper a bounded
+            # time to deliver the rest; what is left stays in the FIFO for the next start.
+            if self.shipper is not None:
+                ship_scope.cancel()
+                with anyio.move_on_after(DRAIN_TIMEOUT):
+                    await self.shipper.run(until_caught_up=True)
+            root.cancel_scope.cancel()
+
+    async def _ship(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self.shipper.run()
+
+    async def _signals(self) -> None:
+        assert self._stop_async is not None
+        try:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("signal received, flushing", extra={"signal": signal.Signals(signum).name})
+                    self._stop.set()
+                    self._stop_async.set()
+                    return
+        except (ValueError, NotImplementedError):
+            pass  # not the main thread (tests): _stop_watch covers agent.stop()
+
+    async def _stop_watch(self) -> None:
+        assert self._stop_async is not None
+        while not self._stop.is_set():  # noqa: ASYNC110 - a threading.Event, set from any thread
+            await anyio.sleep(0.1)
+        self._stop_async.set()
+
+    async def _ring_thread(self, send: anyio.abc.ObjectSendStream[ClosedBatch]) -> None:
+        async with send:
+            await anyio.to_thread.run_sync(self._ring_loop, send)
+
+    def _ring_loop(self, send: anyio.abc.ObjectSendStream[ClosedBatch]) -> None:
+        """Worker thread: wait for retired blocks, compress them into batches, hand on."""
+        ring = self.ring
+        assert ring is not None and self.fifo is not None
+        batcher = BlockBatcher(
+            node=self.node, next_seq=self.fifo.next_seq, ifaces=lambda: dict(self.ifaces),
+            max_bytes=int(self.cfg.get("capture.batch.maxBytes")),
+            max_delay=float(self.cfg.get("capture.batch.maxDelay")),
+            level=int(self.cfg.get("capture.zstdLevel")),
+            snaplen=int(self.cfg.get("capture.snaplen")),
+        )
+        out: list[ClosedBatch] = []
+
+        def consume(block: memoryview) -> None:
+            b = batcher.add_block(block)
+            if b is not None:
+                out.append(b)
+
+        flush_window = float(self.cfg.get("capture.ring.blockTimeout")) * 2 + 0.1
+        deadline: float | None = None
+        while True:
+            if deadline is None and self._stop.is_set():
+                # The kernel retires the open block after blockTimeout: wait for it.
+                deadline = time.monotonic() + flush_window
+            ring.wait(50 if deadline else 200)
+            ring.take(consume)
+            if batcher.due():
+                b = batcher.close()
+                if b is not None:
+                    out.append(b)
+            done = deadline is not None and time.monotonic() >= deadline
+            if done:
+                b = batcher.close()
+                if b is not None:
+                    out.append(b)
+            for b in out:
+                anyio.from_thread.run(send.send, b)
+            out.clear()
+            if done:
+                return
+
+    async def _fifo_writer(self, recv: anyio.abc.ObjectReceiveStream[ClosedBatch]) -> None:
+        fifo, m = self.fifo, self.metrics
+        assert fifo is not None
+        async with recv:
+            async for batch in recv:
+                fifo.append(batch)
+                m.batches_written.inc()
+                m.packets.inc(batch.count)
+                m.bytes.inc(batch.raw_bytes)
+                self.summary.packets += batch.count
+                self.summary.raw_bytes += batch.raw_bytes
+                self.summary.batches += 1
+
+    async def _stats_loop(self) -> None:
+        last_scan = time.monotonic()
+        while True:
+            self._update_stats()
+            await anyio.sleep(1.0)
+            if self.selection.dynamic and time.monotonic() - last_scan >= _RESCAN_EVERY:
+                last_scan = time.monotonic()
+                try:
+                    with in_netns(self.netns):
+                        sel = resolve(self.selection.spec)
+                except Exception as exc:  # interfaces vanish while we look; try again later
+                    log.debug("interface rescan failed: %s", exc)
+                    continue
+                if sel.ifaces != self.ifaces:
+                    log.info("interfaces changed", extra={"ifaces": ",".join(sorted(sel.ifaces.values()))})
+                    self.filter.set_ifaces(set(sel.ifaces))
+                    self.ifaces = dict(sel.ifaces)
+
+    def _update_stats(self) -> None:
+        m, fifo = self.metrics, self.fifo
+        if self.ring is not None:
+            try:
+                st = self.ring.read_stats()
+                m.kernel_packets.set(st.packets)
+                m.kernel_drops.set(st.drops)
+                m.kernel_freezes.set(st.freezes)
+            except OSError:
+                pass
+        m.filter_rejected.set(self.filter.counters()[2])
+        if fifo is not None:
+            m.buffer_bytes.set(fifo.total_bytes)
+            m.lost_batches.set(fifo.lost_batches)
+            m.lost_packets.set(fifo.lost_packets)
+            m.lost_bytes.set(fifo.lost_bytes)
+            m.ship_lag_batches.set(fifo.last_seq - fifo.acked_seq if self.kafka else 0)
+            if self.shipper is not None:
+                m.ship_lag_seconds.set(self.shipper.lag_seconds())
+
+    def _finish(self, seconds: float) -> None:
+        s = self.summary
+        s.seconds = seconds
+        try:
+            self._update_stats()
+        except Exception:  # best effort; the ring may already be gone
+            pass
+        if self.ring is not None:
+            self.ring.close()
+            s.kernel_packets, s.kernel_drops = self.ring.stats.packets, self.ring.stats.drops
+            self.ring = None
+        s.filter_rejected = self.filter.counters()[2]
+        self.filter.close()
+        if self.fifo is not None:
+            s.last_seq = self.fifo.last_seq
+            s.lost_batches, s.lost_packets = self.fifo.lost_batches, self.fifo.lost_packets
+            s.unshipped = self.fifo.last_seq - self.fifo.acked_seq if self.kafka else 0
+            if self.shipper is not None:
+                s.shipped = self.shipper.shipped_batches
+            self.fifo.close()
+        self.metrics.close()

@@ -1,0 +1,335 @@
+"""Dissection from Kafka: bounded range replay, live ``--follow``, and the on/off switch.
+
+Range replay (``--from/--to``) reads exactly that window through ``rawcap.window`` (exact
+offsets from ``offsets_for_times``, packets trimmed to the window, nodes merged in time
+order), so replaying the same range twice yields the same calls. Live dissection is a
+consumer group (``rawcap-dissector``): instances split the partitions, each keeps one
+``Dissector`` per node, and offsets are committed only after the calls of the fetched
+batches were produced to ``rawcap.calls`` and written to the local store. A flow that spans
+a restart is picked up mid-stream (the parsers resynchronise).
+
+``--follow`` honours the switch on ``rawcap.control`` (``rawcap dissection start|stop``),
+``tap.capture.stopped`` (the initial state when no switch record exists) and
+``tap.capture.stopAfter`` (stop after that long without packets; 0 = never).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+import anyio
+
+from rawcap.config import Config, parse_duration
+from rawcap.timeparse import parse_window
+from schemas import decode_batch, topics
+from schemas.calls import Call, encode_call
+from schemas.control import DISSECTION_KEY, DissectionSwitch, decode_control
+from schemas.errors import BatchError, ConfigError, TransportError
+
+from ._engine import Dissector
+from ._run import CallOutput, db_path, dissector_from_config
+from ._store import CallStore
+
+__all__ = ("GROUP_ID", "dissection_switch", "read_switch", "run_dissect")
+
+GROUP_ID = "rawcap-dissector"
+FETCH_RECORDS = 64
+log = logging.getLogger("rawcap.dissector")
+
+
+def _kafka_errors() -> tuple[type[BaseException], ...]:
+    from aiokafka.errors import KafkaError
+
+    return (KafkaError, OSError, TimeoutError)
+
+
+class _Nodes:
+    """One Dissector per node (flows of different nodes never mix)."""
+
+    def __init__(self, cfg: Config, out: CallOutput, redact: bool) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.redact = redact
+        self.by_node: dict[str, Dissector] = {}
+
+    def get(self, node: str) -> Dissector:
+        d = self.by_node.get(node)
+        if d is None:
+            d = dissector_from_config(self.cfg.with_overrides({"node.name": node}), self.out,
+                                      redact=self.redact)
+            self.by_node[node] = d
+        return d
+
+    def finish(self) -> None:
+        for d in self.by_node.values():
+            d.finish()
+
+    def stats(self) -> dict[str, Any]:
+        return {n: d.stats() for n, d in self.by_node.items()}
+
+
+async def _publisher(cfg: Config) -> Any:
+    from rawcap.kafka import make_producer
+
+    producer = make_producer(cfg)
+    try:
+        with anyio.fail_after(30):
+            await producer.start()
+    except _kafka_errors() as exc:
+        await producer.stop()
+        raise TransportError(f"cannot reach Kafka at {cfg.get('kafka.bootstrap')}: {exc!r}") \
+            from None
+    return producer
+
+
+async def _publish(producer: Any, calls: list[Call]) -> None:
+    if producer is None or not calls:
+        return
+    futs = [await producer.send(topics.CALLS, encode_call(c), key=c.node.encode())
+            for c in calls]
+    for f in futs:
+        await f
+
+
+def _output(args: argparse.Namespace, cfg: Config) -> CallOutput:
+    store = None if args.no_store else CallStore(db_path(cfg, args.db),
+                                                 cfg.get("tap.capture.dbMaxSize"))
+    return CallOutput(store=store, out=None if args.quiet else sys.stdout, as_json=args.json)
+
+
+async def run_dissect(args: argparse.Namespace, cfg: Config) -> int:
+    if args.follow:
+        return await _follow(args, cfg)
+    if not args.from_:
+        raise ConfigError("rawcap dissect needs --from (a range), --follow (live) or --pcap FILE")
+    lo, hi = parse_window(args.from_, args.to)
+    source = args.source
+    if source.startswith("snapshot:"):
+        raise ConfigError(f"--source {source}: snapshot reading is provided by the forensics "
+                          "package, not available to the dissector yet (export the snapshot "
+                          "with 'rawcap snapshot export ID -o F.pcapng', then --pcap F.pcapng)")
+    from rawcap.window import WindowReader
+
+    out = _output(args, cfg)
+    nodes = _Nodes(cfg, out, not args.no_redact)
+    producer = None if args.no_publish else await _publisher(cfg)
+    try:
+        async with WindowReader(cfg, lo, hi, nodes=[args.node] if args.node else None,
+                                source=source) as reader:
+            async for pkts in reader.packets():
+                for p in pkts:
+                    nodes.get(p.node).packet(p.ts_ns, p.data)
+                await _publish(producer, out.flush())
+            if args.node:
+                await reader.check_nodes()  # a typo'd node: say so rather than print nothing
+        nodes.finish()
+        await _publish(producer, out.flush())
+    finally:
+        if producer is not None:
+            with anyio.CancelScope(shield=True):
+                await producer.stop()
+        if out.store is not None:
+            out.store.close()
+    if args.stats:
+        print(json.dumps({"dissector": nodes.stats()}), file=sys.stderr)
+    log.info("range dissected", extra={"calls": out.count})
+    return 0
+
+
+async def read_switch(cfg: Config) -> DissectionSwitch | None:
+    """The newest ``dissection`` record on ``rawcap.control`` (None when there is none)."""
+    from aiokafka import TopicPartition
+
+    from rawcap.kafka import make_consumer
+
+    consumer = make_consumer(cfg)
+    try:
+        with anyio.fail_after(30):
+            await consumer.start()
+        parts = consumer.partitions_for_topic(topics.CONTROL) or set()
+        tps = [TopicPartition(topics.CONTROL, p) for p in sorted(parts)]
+        if not tps:
+            return None
+        consumer.assign(tps)
+        end = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        latest: tuple[int, DissectionSwitch] | None = None
+        async def behind() -> bool:
+            for tp in tps:
+                if await consumer.position(tp) < end[tp]:
+                    return True
+            return False
+
+        while await behind():
+            got = await consumer.getmany(timeout_ms=1000, max_records=1000)
+            for recs in got.values():
+                for r in recs:
+                    if r.key != DISSECTION_KEY.encode() or r.value is None:
+                        continue
+                    try:
+                        sw = decode_control(r.value)
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    if isinstance(sw, DissectionSwitch) and (latest is None
+                                                             or r.timestamp >= latest[0]):
+                        latest = (r.timestamp, sw)
+        return latest[1] if latest else None
+    except _kafka_errors() as exc:
+        raise TransportError(f"cannot read {topics.CONTROL}: {exc!r}") from None
+    finally:
+        await consumer.stop()
+
+
+async def dissection_switch(args: argparse.Namespace, cfg: Config) -> int:
+    if args.action == "status":
+        sw = await read_switch(cfg)
+        if sw is None:
+            enabled = not cfg.get("tap.capture.stopped")
+            doc = {"enabled": enabled, "stop_after_s": cfg.get("tap.capture.stopAfter"),
+                   "source": "config (no switch record on rawcap.control)"}
+        else:
+            doc = {"enabled": sw.enabled, "stop_after_s": sw.stop_after_s,
+                   "changed_by": sw.changed_by, "source": topics.CONTROL}
+        if args.json:
+            print(json.dumps(doc))
+        else:
+            print(f"real-time dissection: {'started' if doc['enabled'] else 'stopped'} "
+                  f"(stopAfter {doc['stop_after_s']:g}s; from {doc['source']})")
+        return 0
+    stop_after = (parse_duration(args.stop_after) if args.stop_after
+                  else cfg.get("tap.capture.stopAfter"))
+    sw = DissectionSwitch(enabled=args.action == "start", stop_after_s=stop_after,
+                          changed_by=f"rawcap dissection {args.action}")
+    producer = await _publisher(cfg)
+    try:
+        await producer.send_and_wait(topics.CONTROL, sw.encode(), key=DISSECTION_KEY.encode())
+    except _kafka_errors() as exc:
+        raise TransportError(f"cannot write {topics.CONTROL}: {exc!r}") from None
+    finally:
+        await producer.stop()
+    if args.json:
+        print(json.dumps({"enabled": sw.enabled, "stop_after_s": sw.stop_after_s}))
+    else:
+        print(f"real-time dissection {'started' if sw.enabled else 'stopped'}")
+    return 0
+
+
+async def _follow(args: argparse.Namespace, cfg: Config) -> int:
+    """Live dissection in consumer group ``rawcap-dissector`` while the switch is on."""
+    from aiokafka import TopicPartition
+
+    from rawcap.kafka import make_consumer
+
+    sw = await read_switch(cfg)
+    enabled = sw.enabled if sw else not cfg.get("tap.capture.stopped")
+    stop_after = sw.stop_after_s if sw else cfg.get("tap.capture.stopAfter")
+    if not enabled:
+        log.warning("real-time dissection is stopped (rawcap dissection start to enable)")
+    out = _output(args, cfg)
+    nodes = _Nodes(cfg, out, not args.no_redact)
+    producer = None if args.no_publish else await _publisher(cfg)
+    consumer = make_consumer(cfg, topics.PACKETS, group_id=GROUP_ID)
+    control = make_consumer(cfg)
+    state = {"enabled": enabled, "stop_after": stop_after, "last_packet": time.monotonic(),
+             "dlq": 0}
+    try:
+        with anyio.fail_after(60):
+            await consumer.start()
+            await control.start()
+        ctps = [TopicPartition(topics.CONTROL, p)
+                for p in sorted(control.partitions_for_topic(topics.CONTROL) or ())]
+        if ctps:
+            control.assign(ctps)
+            await control.seek_to_end(*ctps)
+        async with anyio.create_task_group() as tg:
+
+            async def watch_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+                    async for _ in sigs:
+                        log.info("signal: final flush, then exit")
+                        tg.cancel_scope.cancel()
+                        return
+
+            async def watch_control() -> None:
+                while ctps:
+                    got = await control.getmany(timeout_ms=500, max_records=100)
+                    for recs in got.values():
+                        for r in recs:
+                            if r.key != DISSECTION_KEY.encode() or r.value is None:
+                                continue
+                            try:
+                                new = decode_control(r.value)
+                            except (ValueError, KeyError, TypeError):
+                                continue
+                            if isinstance(new, DissectionSwitch):
+                                state["enabled"] = new.enabled
+                                state["stop_after"] = new.stop_after_s
+                                state["last_packet"] = time.monotonic()
+                                log.info("dissection switch", extra={"enabled": new.enabled})
+                                if not new.enabled:
+                                    tg.cancel_scope.cancel()
+                                    return
+                await anyio.sleep_forever()
+
+            async def dissect_loop() -> None:
+                while True:
+                    if not state["enabled"]:
+                        await anyio.sleep(0.5)
+                        continue
+                    got = await consumer.getmany(timeout_ms=500, max_records=FETCH_RECORDS)
+                    n = 0
+                    for tp_recs in got.values():
+                        for r in tp_recs:
+                            try:
+                                batch = decode_batch(r.value)
+                            except BatchError as exc:
+                                state["dlq"] += 1
+                                if producer is not None:
+                                    await producer.send_and_wait(
+                                        topics.DLQ, bytes(r.value or b""), key=r.key,
+                                        headers=[("error", str(exc).encode()),
+                                                 ("consumer", GROUP_ID.encode())])
+                                continue
+                            d = nodes.get(batch.header.node)
+                            for p in batch.packets:
+                                d.packet(p.ts_ns, p.data)
+                            n += len(batch.packets)
+                    if n:
+                        state["last_packet"] = time.monotonic()
+                    calls = out.flush()
+                    await _publish(producer, calls)
+                    if got:
+                        await consumer.commit()  # only after calls are stored and produced
+                    idle = time.monotonic() - state["last_packet"]
+                    if state["stop_after"] and idle > state["stop_after"]:
+                        log.info("no packets for stopAfter: stopping",
+                                 extra={"idle_s": round(idle, 1)})
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(watch_signals)
+            tg.start_soon(watch_control)
+            tg.start_soon(dissect_loop)
+    except _kafka_errors() as exc:
+        raise TransportError(f"Kafka: {exc!r}") from None
+    finally:
+        with anyio.move_on_after(15, shield=True):
+            # Final flush: calls of an interrupted fetch are stored and produced; its offsets
+            # were not committed, so a restart dissects it again (the store ignores repeats).
+            await _publish(producer, out.flush())
+        with anyio.CancelScope(shield=True):
+            await control.stop()
+            await consumer.stop()
+            if producer is not None:
+                await producer.stop()
+            if out.store is not None:
+                out.store.close()
+    if args.stats:
+        print(json.dumps({"dissector": nodes.stats(), "dlq": state["dlq"]}), file=sys.stderr)
+    return 0

@@ -1,0 +1,128 @@
+"""Driving a ``Dissector`` from a pcap file, and where its calls go (stdout, store, Kafka).
+
+Shared by ``rawcap dissect --pcap`` and the Kafka consumer so that a replay from Kafka and a
+dissection of the exported pcap produce the same calls.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from rawcap.config import Config
+from rawcap.pcapfile import LINKTYPE_ETHERNET, read_capture
+from rawcap.timeparse import format_ns
+from schemas.calls import Call
+from schemas.errors import ConfigError
+
+from ._engine import Dissector
+from ._store import CallStore
+
+__all__ = ("CallOutput", "db_path", "dissect_pcap", "dissector_from_config", "format_call")
+
+
+def db_path(cfg: Config, override: str | None = None) -> Path:
+    return Path(override or cfg.get("dissector.dbPath") or ".rawcap/calls.db")
+
+
+def dissector_from_config(cfg: Config, emit: Callable[[Call], None], *,
+                          redact: bool = True) -> Dissector:
+    return Dissector(emit, node=cfg.node, max_flows=cfg.get("dissector.maxFlows"),
+                     max_flow_bytes=cfg.get("dissector.maxFlowBytes"),
+                     max_body=cfg.get("dissector.maxBodyBytes"),
+                     redact_headers=cfg.get("dissector.redactHeaders"), redact=redact)
+
+
+def format_call(c: Call) -> str:
+    lat = f"{c.latency_ns / 1e6:.3f}ms" if c.latency_ns else "-"
+    flag = "" if c.complete else f"  [incomplete: {c.error}]"
+    return (f"{format_ns(c.ts_ns) if c.ts_ns else '-'} {c.proto:5} {c.src_ip}:{c.src_port} > "
+            f"{c.dst_ip}:{c.dst_port} {c.summary()} {lat}{flag}")
+
+
+class CallOutput:
+    """Collects calls: prints them (text or JSON lines), writes the store in batches."""
+
+    def __init__(self, *, store: CallStore | None = None, out: TextIO | None = None,
+                 as_json: bool = False, batch: int = 2000) -> None:
+        self.store = store
+        self.out = out
+        self.as_json = as_json
+        self.batch = batch
+        self.buf: list[Call] = []
+        self.count = 0
+        self.extra: list[Callable[[list[Call]], Any]] = []
+
+    def __call__(self, call: Call) -> None:
+        self.count += 1
+        if self.out is not None:
+            if self.as_json:
+                self.out.write(json.dumps(call.as_dict(), default=str) + "\n")
+            else:
+                self.out.write(format_call(call) + "\n")
+        self.buf.append(call)
+        if len(self.buf) >= self.batch:
+            self.flush()
+
+    def flush(self) -> list[Call]:
+        buf, self.buf = self.buf, []
+        if buf and self.store is not None:
+            self.store.add(buf)
+        for f in self.extra:
+            f(buf)
+        return buf
+
+
+def dissect_pcap(path: str | Path, dissector: Dissector) -> int:
+    """Feed every Ethernet frame of a pcap/pcapng file; return the number of frames."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--pcap {path}: no such file")
+    pkt = dissector.packet
+    n = 0
+    classic = _classic_pcap(p)
+    if classic is not None:
+        mm, big, mul = classic
+        try:
+            n = dissector.run_pcap_records(mm, 24, big, mul)
+        finally:
+            mm.close()
+        dissector.finish()
+        return n
+    with p.open("rb") as fh:
+        for recs in read_capture(fh, name=str(path), chunk=8 << 20):
+            for r in recs:
+                if r.linktype == LINKTYPE_ETHERNET:
+                    pkt(r.ts_ns, r.data)
+            n += len(recs)
+    dissector.finish()
+    return n
+
+
+def stderr_stats(d: Dissector) -> None:
+    print(json.dumps({"dissector": d.stats()}), file=sys.stderr)
+
+
+_PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", 1000), b"\xa1\xb2\xc3\xd4": (">", 1000),
+               b"\x4d\x3c\xb2\xa1": ("<", 1), b"\xa1\xb2\x3c\x4d": (">", 1)}
+
+
+def _classic_pcap(path: Path) -> tuple[Any, bool, int] | None:
+    """mmap a classic Ethernet pcap (the common case) for the record walker; ``None`` for
+    anything else (``rawcap.pcapfile`` reads those, pcapng included)."""
+    import mmap
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+        if len(head) < 24 or head[:4] not in _PCAP_MAGIC:
+            return None
+        endian, mul = _PCAP_MAGIC[head[:4]]
+        linktype = struct.unpack(endian + "I", head[20:24])[0] & 0x0FFFFFFF
+        if linktype != LINKTYPE_ETHERNET:
+            return None
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    return mm, endian == ">", mul

@@ -1,0 +1,403 @@
+"""The Kafka side: ``k8s-watch`` publishes, ``enrich`` joins, ``flows`` reads.
+
+``enrich`` (consumer group ``rawcap-enrich``) reads ``rawcap.packets`` as a group member and
+the whole of ``rawcap.k8s`` and ``rawcap.procs`` on its own (every instance needs all of the
+context, whatever packet partitions it owns). Flows are published only once their interval
+has ended in packet time *and* on the wall clock plus a grace period, so the Kubernetes
+record of a pod that started a moment before its first packet has arrived by then; offsets
+are committed only up to the first packet of the oldest flow not yet published (at least
+once: a restart may count a few packets twice, it never loses a flow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from rawcap.config import Config
+from rawcap.kafka import consumer_kwargs, ensure_topics, producer_kwargs
+from rawcap.packet import format_addr, parse_l4
+from schemas import decode_batch, topics
+from schemas.control import CaptureFilter, decode_control
+from schemas.errors import BatchError
+from schemas.flows import FlowRecord, encode_flow
+from schemas.k8s import UnsupportedRecord, WorkloadIndex, encode_k8s
+
+from ._filters import FilterPlanner
+from ._flows import Flow, FlowTable
+from ._model import Change
+from ._procs import ProcIndex
+from ._watch import Watcher, api_client
+
+__all__ = ("GROUP", "Enricher", "partitions", "read_topic_to_end", "run_enrich", "run_k8s_watch",
+           "stop_client")
+
+log = logging.getLogger("rawcap.enrich")
+GROUP = "rawcap-enrich"
+_PROTO = {6: "tcp", 17: "udp"}
+
+
+class Enricher:
+    """Packets in, enriched flow records out; Kafka-free so tests and the benchmark drive it."""
+
+    def __init__(self, index: WorkloadIndex, procs: ProcIndex, interval_ns: int, *,
+                 grace_ns: int = 2_000_000_000, max_flows: int = 200_000) -> None:
+        self.index = index
+        self.procs = procs
+        self.interval = interval_ns
+        self.grace = grace_ns
+        self.max_flows = max_flows
+        self.tables: dict[tuple[int, str], FlowTable] = {}
+        self._last_add: dict[tuple[int, str], float] = {}
+        self.next_offset: dict[int, int] = {}
+        self.packets = self.non_l4 = self.corrupt = 0
+
+    def add_batch(self, partition: int, offset: int, value: bytes) -> None:
+        """Raises :class:`BatchError` for a corrupt batch (the caller sends it to the DLQ)."""
+        try:
+            batch = decode_batch(value)
+            node = batch.header.node
+            key = (partition, node)
+            table = self.tables.get(key)
+            if table is None:
+                table = self.tables[key] = FlowTable(node, self.interval, max_flows=self.max_flows)
+            for pkt in batch.packets:
+                l4 = parse_l4(pkt.data)
+                if l4 is None:
+                    self.non_l4 += 1
+                    continue
+                table.add(pkt.ts_ns, l4, pkt.origlen, offset)
+                self.packets += 1
+            self._last_add[key] = time.monotonic()
+        finally:
+            self.next_offset[partition] = offset + 1
+
+    def due(self, *, now_ns: int | None = None, idle_s: float | None = None) -> list[FlowRecord]:
+        """Enriched records of every interval that is over."""
+        now = time.time_ns() if now_ns is None else now_ns
+        idle = self.interval / 1e9 if idle_s is None else idle_s
+        mono = time.monotonic()
+        out: list[FlowRecord] = []
+        for key, table in self.tables.items():
+            if mono - self._last_add.get(key, mono) >= idle:
+                flows = table.flush()  # nothing new on this lane: what we have is final
+            else:
+                flows = table.expire(min(table.watermark, now - self.grace))
+            out.extend(self.record(f) for f in flows)
+        return out
+
+    def flush(self) -> list[FlowRecord]:
+        return [self.record(f) for t in self.tables.values() for f in t.flush()]
+
+    def commit_offsets(self) -> dict[int, int]:
+        """Per partition, the offset up to which every packet's flow has been handed out."""
+        out = dict(self.next_offset)
+        for (partition, _node), table in self.tables.items():
+            tag = table.min_tag()
+            if tag is not None:
+                out[partition] = min(out.get(partition, tag), tag)
+        return out
+
+    def record(self, f: Flow) -> FlowRecord:
+        t = f.first_ns
+        proto = _PROTO.get(f.proto, str(f.proto))
+        src_proc, dst_proc = self.procs.lookup(proto, f.a, f.ap, f.b, f.bp, t)
+        return FlowRecord(
+            node=f.node, proto=proto, src=format_addr(f.a), sport=f.ap, dst=format_addr(f.b),
+            dport=f.bp, first_ns=f.first_ns, last_ns=f.last_ns, interval_ns=f.bucket * self.interval,
+            packets_fwd=f.packets_fwd, bytes_fwd=f.bytes_fwd, packets_rev=f.packets_rev,
+            bytes_rev=f.bytes_rev, flags_fwd=f.flags_fwd, flags_rev=f.flags_rev,
+            src_workload=self.index.resolve(f.a, t), dst_workload=self.index.resolve(f.b, t),
+            src_process=src_proc, dst_process=dst_proc,
+        )
+
+
+async def stop_client(client: Any) -> None:
+    """Stop an aiokafka client even while being cancelled (shielded, bounded).
+
+    aiokafka's group-less consumer awaits a task it has just cancelled on stop, which leaks a
+    CancelledError that is not ours; inside the shield no real cancellation can arrive, so it
+    is swallowed here.
+    """
+    with anyio.move_on_after(15, shield=True):
+        try:
+            await client.stop()
+        except asyncio.CancelledError:
+            pass
+
+
+async def partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float = 10.0) -> list[TopicPartition]:
+    """The partitions of ``topic`` (a group-less consumer knows no topic metadata yet)."""
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        with anyio.move_on_after(timeout):
+            await consumer._client._wait_on_metadata(topic)  # adds the topic, waits for it
+        parts = consumer.partitions_for_topic(topic)
+    return [TopicPartition(topic, p) for p in sorted(parts or ())]
+
+
+async def read_topic_to_end(cfg: Config, topic: str,
+                            apply: Callable[[Any], None], *, timeout: float = 30.0) -> None:
+    """Read a whole (compacted) topic from the beginning to its current end, once."""
+    consumer = AIOKafkaConsumer(**consumer_kwargs(cfg, None))
+    await consumer.start()
+    try:
+        tps = await partitions(consumer, topic)
+        if not tps:
+            return
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        with anyio.fail_after(timeout):
+            while any(await consumer.position(tp) < ends[tp] for tp in tps):
+                got = await consumer.getmany(timeout_ms=500, max_records=1000)
+                for recs in got.values():
+                    for r in recs:
+                        apply(r)
+    finally:
+        await stop_client(consumer)
+
+
+async def _follow(cfg: Config, topic: str, apply: Callable[[Any], None],
+                  ready: anyio.Event | None = None) -> None:
+    """Read ``topic`` from the beginning and keep following it; ``ready`` once caught up."""
+    consumer = AIOKafkaConsumer(**consumer_kwargs(cfg, None, metadata_max_age_ms=5000))
+    await consumer.start()
+    try:
+        tps: list[TopicPartition] = []
+        while not tps:
+            tps = await partitions(consumer, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        while True:
+            got = await consumer.getmany(timeout_ms=300, max_records=1000)
+            for recs in got.values():
+                for r in recs:
+                    try:
+                        apply(r)
+                    except UnsupportedRecord as exc:
+                        log.warning("skipping record", extra={"topic": topic, "offset": r.offset,
+                                                              "error": str(exc)})
+            if ready is not None and not ready.is_set():
+                if all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+                    ready.set()
+    finally:
+        await stop_client(consumer)
+
+
+async def _on_signal(stopping: anyio.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _sig in signals:
+            stopping.set()
+            return
+
+
+async def run_enrich(cfg: Config, *, stop: anyio.Event | None = None,
+                     on_flows: Callable[[list[FlowRecord]], Awaitable[None]] | None = None) -> int:
+    """``rawcap enrich``: until SIGTERM (or ``stop``), then a final flush and commit."""
+    await ensure_topics(cfg)
+    index, procs = WorkloadIndex(), ProcIndex()
+    interval = int(cfg.get("enrich.flowInterval") * 1e9)
+    enricher = Enricher(index, procs, interval, grace_ns=int(cfg.get("enrich.grace") * 1e9),
+                        max_flows=cfg.get("enrich.maxFlows"))
+    stopping = stop or anyio.Event()
+    k8s_ready, procs_ready = anyio.Event(), anyio.Event()
+
+    def apply_k8s(r: Any) -> None:
+        if r.key:
+            index.apply_value(r.key.decode(), r.value, r.timestamp * 1_000_000)
+
+    def apply_proc(r: Any) -> None:
+        if r.value:
+            procs.apply_value(r.value, r.timestamp * 1_000_000)
+
+    producer = AIOKafkaProducer(**producer_kwargs(cfg))
+    consumer = AIOKafkaConsumer(topics.PACKETS, **consumer_kwargs(
+        cfg, GROUP, max_poll_interval_ms=300_000))
+    await producer.start()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_follow, cfg, topics.K8S, apply_k8s, k8s_ready)
+            tg.start_soon(_follow, cfg, topics.PROCS, apply_proc, procs_ready)
+            tg.start_soon(_on_signal, stopping)
+            with anyio.fail_after(60):
+                await k8s_ready.wait()
+                await procs_ready.wait()
+            log.info("context loaded", extra=index.stats())
+            await consumer.start()
+            try:
+                await _enrich_loop(cfg, consumer, producer, enricher, stopping, on_flows)
+            finally:
+                await stop_client(consumer)
+            tg.cancel_scope.cancel()
+    finally:
+        await stop_client(producer)
+    return 0
+
+
+async def _publish(producer: AIOKafkaProducer, records: list[FlowRecord]) -> None:
+    futures = [await producer.send(topics.FLOWS, encode_flow(r), key=r.node.encode(),
+                                   timestamp_ms=r.first_ns // 1_000_000) for r in records]
+    for fut in futures:
+        await fut
+
+
+async def _enrich_loop(cfg: Config, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
+                       enricher: Enricher, stopping: anyio.Event,
+                       on_flows: Callable[[list[FlowRecord]], Awaitable[None]] | None) -> None:
+    last_prune = time.monotonic()
+    while not stopping.is_set():
+        got = await consumer.getmany(timeout_ms=500, max_records=200)
+        for tp, msgs in got.items():
+            for m in msgs:
+                try:
+                    enricher.add_batch(tp.partition, m.offset, m.value)
+                except BatchError as exc:
+                    enricher.corrupt += 1
+                    log.warning("corrupt batch to DLQ", extra={"partition": tp.partition,
+                                                               "offset": m.offset, "error": str(exc)})
+                    await producer.send_and_wait(topics.DLQ, m.value, key=m.key, headers=[
+                        ("error", str(exc).encode()), ("source.topic", topics.PACKETS.encode()),
+                        ("source.partition", str(tp.partition).encode()),
+                        ("source.offset", str(m.offset).encode()), ("reporter", b"enrich")])
+        records = enricher.due()
+        await _commit(consumer, producer, enricher, records, on_flows)
+        if time.monotonic() - last_prune > 60:
+            last_prune = time.monotonic()
+            enricher.index.prune(time.time_ns() - 3600 * 1_000_000_000)
+            enricher.procs.prune(time.time_ns() - 3600 * 1_000_000_000)
+    await _commit(consumer, producer, enricher, enricher.flush(), on_flows)
+
+
+async def _commit(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, enricher: Enricher,
+                  records: list[FlowRecord],
+                  on_flows: Callable[[list[FlowRecord]], Awaitable[None]] | None) -> None:
+    if records:
+        await _publish(producer, records)
+        if on_flows is not None:
+            await on_flows(records)
+        log.debug("flows published", extra={"flows": len(records)})
+    offsets = {TopicPartition(topics.PACKETS, p): o for p, o in enricher.commit_offsets().items()}
+    if offsets:
+        await consumer.commit(offsets)
+
+
+# -- k8s-watch ------------------------------------------------------------------------------
+class _Dirty:
+    """A settable, clearable flag to wait on (anyio.Event cannot be cleared)."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        if self._event.is_set():
+            self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+async def run_k8s_watch(cfg: Config, *, kubeconfig: str = "", planner: FilterPlanner | None = None,
+                        stop: anyio.Event | None = None, settle_s: float = 0.5) -> int:
+    """``rawcap k8s-watch``: API -> ``rawcap.k8s``, and capture filters -> ``rawcap.control``."""
+    api = await api_client(kubeconfig or cfg.get("k8s.kubeconfig"))
+    try:
+        await ensure_topics(cfg)
+        on_topic: set[str] = set()
+
+        def seen_k8s(r: Any) -> None:
+            if r.key:
+                (on_topic.add if r.value is not None else on_topic.discard)(r.key.decode())
+
+        def seen_control(r: Any) -> None:
+            if planner is not None and r.key and r.key.startswith(b"filter/") and r.value:
+                f = decode_control(r.value)
+                if isinstance(f, CaptureFilter):
+                    planner.seed(r.key.decode(), f)
+
+        await read_topic_to_end(cfg, topics.K8S, seen_k8s)
+        await read_topic_to_end(cfg, topics.CONTROL, seen_control)
+        index = WorkloadIndex()
+        dirty = _Dirty()
+        synced_kinds: set[str] = set()
+        producer = AIOKafkaProducer(**producer_kwargs(cfg))
+        await producer.start()
+        send, recv = anyio.create_memory_object_stream[Change](1000)
+
+        async def on_synced(kind: str, cache: Any) -> None:
+            if kind in synced_kinds:
+                return
+            synced_kinds.add(kind)
+            prefix = kind + "/"
+            stale = [k for k in on_topic if k.startswith(prefix)]
+            for ch in cache.forget_unknown(stale, time.time_ns()):
+                await send.send(ch)
+
+        watcher = Watcher(api, on_synced=on_synced)
+        stopping = stop or anyio.Event()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watcher.run, send)
+                tg.start_soon(_on_signal, stopping)
+                tg.start_soon(_publish_changes, producer, recv, index, dirty)
+                if planner is not None:
+                    tg.start_soon(_publish_filters, producer, planner, index, watcher, dirty, settle_s)
+                await stopping.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            await stop_client(producer)
+    finally:
+        with anyio.move_on_after(5, shield=True):
+            await api.close()
+    return 0
+
+
+async def _publish_changes(producer: AIOKafkaProducer, recv: Any, index: WorkloadIndex,
+                           dirty: _Dirty) -> None:
+    async with recv:
+        pending = []
+        while True:
+            ch: Change = await recv.receive()
+            batch = [ch]
+            while True:  # take what is already queued, publish it as one burst
+                try:
+                    batch.append(recv.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            for c in batch:
+                value = None if c.record is None else encode_k8s(c.record)
+                pending.append(await producer.send(topics.K8S, value, key=c.key.encode(),
+                                                   timestamp_ms=c.ts_ns // 1_000_000))
+                index.apply(c.key, c.record, c.ts_ns)
+            for fut in pending:
+                await fut
+            pending.clear()
+            if any(c.key.startswith(("pod/", "node/")) for c in batch):
+                dirty.set()
+
+
+async def _publish_filters(producer: AIOKafkaProducer, planner: FilterPlanner, index: WorkloadIndex,
+                           watcher: Watcher, dirty: Any, settle_s: float) -> None:
+    await watcher.wait_synced()
+    while True:
+        await dirty.wait()
+        await anyio.sleep(settle_s)  # a rollout changes many pods: publish once it settles
+        dirty.clear()
+        nodes = set(index.nodes()) | {p.node for p in index.pods() if p.node}
+        changed = planner.plan(list(index.pods()), sorted(nodes))
+        for key, f in changed.items():
+            await producer.send_and_wait(topics.CONTROL, f.encode(), key=key.encode())
+            log.info("capture filter published", extra={
+                "key": key, "filter_version": f.version, "allow_ips": len(f.allow_ips),
+                "deny_ips": len(f.deny_ips)})

@@ -1,0 +1,429 @@
+"""Forensics commands: ``consume``, ``pcap export|import``, ``snapshot ...``.
+
+Every command reads through :class:`rawcap.window.WindowReader`, so ``--source`` (kafka,
+local, archive, snapshot:ID), ``--node`` and the filters mean the same thing everywhere.
+Data goes to stdout, progress and notices to stderr; a progress bar appears only when
+stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rawcap.config import Config
+from rawcap.filters import PacketFilter, add_filter_arguments, filter_from_args
+from rawcap.packet import format_addr, format_flags, parse_l4
+from rawcap.timeparse import format_ns, parse_window
+from rawcap.window import WindowReader
+from schemas.errors import ConfigError, RawcapError
+
+from ._export import OutputFile, write_capture
+from ._import import import_capture
+from ._snapshot import (
+    SnapshotStore,
+    create_snapshot,
+    delete_snapshot,
+    list_snapshots,
+    load_manifest,
+    snapshot_lanes,
+    verify_snapshot,
+)
+
+__all__ = ("add_commands",)
+
+log = logging.getLogger("rawcap.forensics")
+
+
+def _notice(msg: str) -> None:
+    print(f"rawcap: {msg}", file=sys.stderr)
+
+
+@contextmanager
+def _progress(what: str, lo: int, hi: int) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar over the window's time span, only on a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    span = max(1, hi - lo)
+    with Progress(
+        TextColumn(f"{what}"),
+        BarColumn(),
+        TextColumn("{task.fields[n]} packets"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(what, total=span, n=0)
+        last = [0.0]
+
+        def update(n: int, ts: int) -> None:
+            now = time.monotonic()
+            if now - last[0] > 0.1:
+                last[0] = now
+                bar.update(task, completed=min(span, max(0, ts - lo)), n=n)
+
+        yield update
+
+
+def _nodes(args: argparse.Namespace) -> list[str] | None:
+    out: list[str] = []
+    for item in getattr(args, "node", None) or []:
+        out.extend(n.strip() for n in item.split(",") if n.strip())
+    return out or None
+
+
+async def _reader(
+    args: argparse.Namespace, cfg: Config, flt: PacketFilter, *, follow: bool = False
+) -> tuple[WindowReader, PacketFilter]:
+    """Window + source -> an (unopened) reader and the effective filter."""
+    source = getattr(args, "source", "kafka") or "kafka"
+    if source.startswith("snapshot:"):
+        sid = source.split(":", 1)[1]
+        store = SnapshotStore(cfg.get("snapshots.url"))
+        manifest, lanes = await snapshot_lanes(store, sid)
+        w = manifest["window"]
+        lo, hi = w["from_ns"], w["to_ns"]
+        if args.from_ or args.to:
+            ulo, uhi = parse_window(args.from_, args.to)
+            lo, hi = max(lo, ulo), min(hi, uhi)
+            if lo > hi:
+                lo = hi
+        stored = manifest.get("filters") or {}
+        snap_flt = PacketFilter.build(
+            hosts=stored.get("hosts", []),
+            ports=stored.get("ports", []),
+            proto=stored.get("proto") or None,
+            expression=stored.get("expression") or None,
+        )
+        nodes = _nodes(args)
+        for n in nodes or []:
+            if n not in manifest["nodes"]:
+                raise ConfigError(
+                    f"unknown node {n!r} in snapshot {sid} (nodes: {', '.join(manifest['nodes'])})"
+                )
+        if nodes:
+            lanes = [ln for ln in lanes if ln.name.rsplit(":", 1)[1] in nodes]
+        combined = flt if snap_flt.empty else _both(snap_flt, flt)
+        return WindowReader(cfg, lo, hi, nodes=nodes, lanes=lanes, source="snapshot", dlq=False), combined
+    if source not in ("kafka", "local", "archive"):
+        raise ConfigError(f"--source {source!r} is invalid: expected kafka, local, archive or snapshot:ID")
+    lo, hi = parse_window(args.from_, args.to)
+    return WindowReader(cfg, lo, hi, nodes=_nodes(args), source=source, follow=follow), flt
+
+
+class _Both:
+    def __init__(self, a: PacketFilter, b: PacketFilter) -> None:
+        self.a, self.b = a, b
+        self.empty = a.empty and b.empty
+
+    def match(self, data: bytes | memoryview, origlen: int | None = None) -> bool:
+        return self.a.match(data, origlen) and self.b.match(data, origlen)
+
+
+def _both(a: PacketFilter, b: PacketFilter) -> Any:
+    return a if b.empty else _Both(a, b)
+
+
+def _report(reader: WindowReader, what: str) -> None:
+    st = reader.stats
+    for note in st.recycled:
+        _notice(f"warning: {note}")
+    if st.corrupt:
+        _notice(
+            f"warning: {st.corrupt} corrupt batch(es) skipped"
+            + (" and sent to rawcap.dlq" if reader.source == "kafka" else "")
+        )
+    if st.packets == 0:
+        _notice(f"no packets in the window {format_ns(reader.lo)} .. {format_ns(reader.hi)}: {what}")
+
+
+# -- pcap export ---------------------------------------------------------------------------
+async def _cmd_export(args: argparse.Namespace, cfg: Config) -> int:
+    if not args.output:
+        raise ConfigError("pcap export needs -o FILE (or -o - for stdout)")
+    flt = filter_from_args(args)
+    reader, flt = await _reader(args, cfg, flt)
+    out = OutputFile(args.output)
+    try:
+        async with reader:
+            with _progress("exporting", reader.lo, reader.hi) as progress:
+                n = await write_capture(
+                    reader,
+                    out.fh,
+                    fmt=args.format,
+                    comment_node=args.comment_node,
+                    match=None if flt.empty else flt.match,
+                    progress=progress,
+                )
+            await reader.check_nodes()
+        out.commit()
+    except BaseException:
+        out.abort()
+        raise
+    _report(reader, "wrote an empty capture" if args.output != "-" else "wrote an empty capture to stdout")
+    if args.output != "-" and n:
+        _notice(
+            f"wrote {n} packets ({reader.stats.bytes} bytes) from {len(reader.stats.nodes)} node(s) "
+            f"to {args.output}"
+        )
+    return 0
+
+
+# -- pcap import ---------------------------------------------------------------------------
+async def _cmd_import(args: argparse.Namespace, cfg: Config) -> int:
+    with _progress("importing", 0, 1) as progress:
+        stats = await import_capture(
+            cfg,
+            args.file,
+            node=args.node,
+            iface=args.iface,
+            progress=None if progress is None else (lambda n, ts: progress(n, 0)),
+        )
+    _notice(f"imported {stats['packets']} packets in {stats['batches']} batches as node {stats['node']}")
+    return 0
+
+
+# -- consume -------------------------------------------------------------------------------
+def _line(p: Any) -> str:
+    l4 = parse_l4(p.data)
+    t = format_ns(p.ts_ns)
+    if l4 is None:
+        return f"{t} {p.node} {p.iface} non-ip/other len={p.origlen}"
+    s, d = format_addr(l4.src), format_addr(l4.dst)
+    if l4.family == 6:
+        s, d = f"[{s}]", f"[{d}]"
+    if l4.proto == 6:
+        return f"{t} {p.node} {s}:{l4.sport} > {d}:{l4.dport} tcp len={p.origlen} [{format_flags(l4.flags)}]"
+    return f"{t} {p.node} {s}:{l4.sport} > {d}:{l4.dport} udp len={p.origlen}"
+
+
+def _json(p: Any) -> str:
+    l4 = parse_l4(p.data)
+    doc: dict[str, Any] = {
+        "ts_ns": p.ts_ns,
+        "time": format_ns(p.ts_ns),
+        "node": p.node,
+        "iface": p.iface,
+        "len": p.origlen,
+        "caplen": p.caplen,
+    }
+    if l4 is not None:
+        doc.update(
+            src=format_addr(l4.src),
+            sport=l4.sport,
+            dst=format_addr(l4.dst),
+            dport=l4.dport,
+            proto="tcp" if l4.proto == 6 else "udp",
+        )
+        if l4.proto == 6:
+            doc["flags"] = format_flags(l4.flags)
+        if l4.fragment:
+            doc["fragment"] = True
+    return json.dumps(doc, separators=(",", ":"))
+
+
+async def _cmd_consume(args: argparse.Namespace, cfg: Config) -> int:
+    flt = filter_from_args(args)
+    if args.follow and not args.from_:
+        args.from_ = "now"
+    reader, flt = await _reader(args, cfg, flt, follow=args.follow)
+    fmt = _json if args.json else _line
+    out = sys.stdout
+    async with reader:
+        async for chunk in reader.packets(match=None if flt.empty else flt.match, chunk=512):
+            out.write("\n".join(fmt(p) for p in chunk) + "\n")
+            if args.follow:
+                out.flush()
+        await reader.check_nodes()
+    out.flush()
+    _report(reader, "nothing printed")
+    return 0
+
+
+# -- snapshots -----------------------------------------------------------------------------
+async def _cmd_snap_create(args: argparse.Namespace, cfg: Config) -> int:
+    if not args.from_ or not args.to:
+        raise ConfigError("snapshot create needs --from and --to")
+    lo, hi = parse_window(args.from_, args.to)
+    store = SnapshotStore(cfg.get("snapshots.url"))
+    manifest = await create_snapshot(
+        cfg,
+        store,
+        lo=lo,
+        hi=hi,
+        name=args.name,
+        nodes=_nodes(args),
+        flt=filter_from_args(args),
+        source=args.source,
+    )
+    for note in manifest["recycled"]:
+        _notice(f"warning: {note}")
+    packets = sum(n["packets"] for n in manifest["nodes"].values())
+    if args.json:
+        print(json.dumps(manifest))
+    else:
+        print(manifest["id"])
+    _notice(
+        f"snapshot {manifest['id']}: {packets} packets from {len(manifest['nodes'])} node(s), "
+        f"{len(manifest['objects'])} object(s) in {store.url}"
+    )
+    return 0
+
+
+async def _cmd_snap_list(args: argparse.Namespace, cfg: Config) -> int:
+    store = SnapshotStore(cfg.get("snapshots.url"))
+    for m in await list_snapshots(store):
+        if args.json:
+            print(json.dumps(m))
+        elif "error" in m:
+            print(f"{m['id']}  (damaged: {m['error']})")
+        else:
+            packets = sum(n["packets"] for n in m["nodes"].values())
+            print(
+                f"{m['id']}  {m['window']['from']} .. {m['window']['to']}  nodes={len(m['nodes'])} "
+                f"packets={packets}  created {m['created_at']} by {m['created_by']}"
+            )
+    return 0
+
+
+async def _cmd_snap_show(args: argparse.Namespace, cfg: Config) -> int:
+    manifest = await load_manifest(SnapshotStore(cfg.get("snapshots.url")), args.id)
+    print(json.dumps(manifest, indent=None if args.json else 2, sort_keys=True))
+    return 0
+
+
+async def _cmd_snap_export(args: argparse.Namespace, cfg: Config) -> int:
+    args.source = f"snapshot:{args.id}"
+    return await _cmd_export(args, cfg)
+
+
+async def _cmd_snap_verify(args: argparse.Namespace, cfg: Config) -> int:
+    store = SnapshotStore(cfg.get("snapshots.url"))
+    problems = await verify_snapshot(store, args.id)
+    if problems:
+        for p in problems:
+            print(f"{args.id}: {p}")
+        raise RawcapError(
+            f"snapshot {args.id} failed verification: {len(problems)} problem(s): " + "; ".join(problems[:3])
+        )
+    print(f"{args.id}: ok")
+    return 0
+
+
+async def _cmd_snap_delete(args: argparse.Namespace, cfg: Config) -> int:
+    if not args.force:
+        raise ConfigError(
+            f"snapshots are immutable: 'rawcap snapshot delete {args.id} --force' deletes it for good"
+        )
+    n = await delete_snapshot(SnapshotStore(cfg.get("snapshots.url")), args.id)
+    _notice(f"deleted snapshot {args.id} ({n} objects)")
+    return 0
+
+
+# -- registration --------------------------------------------------------------------------
+def _window_args(p: argparse.ArgumentParser, *, source: bool = True) -> None:
+    p.add_argument("--from", dest="from_", metavar="T", help="window start, inclusive (ISO-8601, -15m, now)")
+    p.add_argument("--to", metavar="T", help="window end, exclusive (default now)")
+    p.add_argument(
+        "--node", action="append", metavar="NAME", help="node(s); repeat or comma-separate (default all)"
+    )
+    if source:
+        p.add_argument(
+            "--source",
+            default="kafka",
+            metavar="SRC",
+            help="kafka (default), local (node FIFO buffer), archive, snapshot:ID",
+        )
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", metavar="FILE", help="output file, or - for stdout")
+    p.add_argument("--format", choices=("pcapng", "pcap"), default="pcapng", help="default pcapng")
+    p.add_argument("--comment-node", action="store_true", help="per-packet comment naming the node")
+
+
+def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    c = sub.add_parser(
+        "consume",
+        parents=[parent],
+        help="print packets of a window, one line each",
+        description="One line per packet (time, node, 5-tuple, length, TCP flags), or --json.\n"
+        "Sequence gaps and corrupt batches are reported on stderr.",
+        formatter_class=fmt,
+    )
+    _window_args(c)
+    c.add_argument("--json", action="store_true", help="one JSON object per line")
+    c.add_argument("--follow", action="store_true", help="keep tailing new packets (Kafka)")
+    add_filter_arguments(c)
+    c.set_defaults(func=_cmd_consume)
+
+    pcap = sub.add_parser("pcap", parents=[parent], help="export/import pcap and pcapng files")
+    psub = pcap.add_subparsers(dest="pcap_command", metavar="ACTION", required=True)
+    e = psub.add_parser(
+        "export",
+        parents=[parent],
+        help="a window as pcapng (or pcap)",
+        description="Packets of a window, all nodes merged in time order, as pcapng with one\n"
+        "interface per node:iface and nanosecond timestamps. An empty window\n"
+        "writes a valid empty file, says so on stderr and exits 0.",
+        formatter_class=fmt,
+    )
+    _window_args(e)
+    _export_args(e)
+    add_filter_arguments(e)
+    e.set_defaults(func=_cmd_export)
+    i = psub.add_parser(
+        "import",
+        parents=[parent],
+        help="a pcap/pcapng file into rawcap.packets",
+        description="Packets keep their original timestamps (also the Kafka timestamps).",
+    )
+    i.add_argument("file", metavar="FILE")
+    i.add_argument("--node", help="node name (default: the file name without extension)")
+    i.add_argument("--iface", default="imported", help="interface name for classic pcap input")
+    i.set_defaults(func=_cmd_import)
+
+    snap = sub.add_parser(
+        "snapshot",
+        parents=[parent],
+        help="immutable copies of a window",
+        description="Snapshots live in snapshots.url (default ./.rawcap/snapshots; s3://...).",
+    )
+    ssub = snap.add_subparsers(dest="snapshot_command", metavar="ACTION", required=True)
+    sc = ssub.add_parser("create", parents=[parent], help="copy a window into the snapshot store")
+    _window_args(sc)
+    sc.add_argument("--name", help="snapshot name = id (default snap-<time>-<random>)")
+    sc.add_argument("--json", action="store_true", help="print the manifest")
+    add_filter_arguments(sc)
+    sc.set_defaults(func=_cmd_snap_create)
+    sl = ssub.add_parser("list", parents=[parent], help="list snapshots")
+    sl.add_argument("--json", action="store_true")
+    sl.set_defaults(func=_cmd_snap_list)
+    ss = ssub.add_parser("show", parents=[parent], help="print a snapshot's manifest")
+    ss.add_argument("id")
+    ss.add_argument("--json", action="store_true", help="one line")
+    ss.set_defaults(func=_cmd_snap_show)
+    se = ssub.add_parser("export", parents=[parent], help="a snapshot as pcapng (or pcap)")
+    se.add_argument("id")
+    _window_args(se, source=False)
+    _export_args(se)
+    add_filter_arguments(se)
+    se.set_defaults(func=_cmd_snap_export)
+    sv = ssub.add_parser("verify", parents=[parent], help="check every object against the manifest")
+    sv.add_argument("id")
+    sv.set_defaults(func=_cmd_snap_verify)
+    sd = ssub.add_parser("delete", parents=[parent], help="delete a snapshot (needs --force)")
+    sd.add_argument("id")
+    sd.add_argument("--force", action="store_true")
+    sd.set_defaults(func=_cmd_snap_delete)

@@ -1,0 +1,215 @@
+"""The local stack as one object: Kafka + S3 under one data directory.
+
+``<dataDir>/stack.json`` remembers what must not change between runs (credentials, bucket,
+controller and console ports) and the ports of the last ``up``, so that ``status`` and
+``down`` find a running stack even when called with other flags.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from schemas.errors import RawcapError, TransportError
+
+from ..config import Config, load_config
+from . import _proc
+from ._kafka import KafkaServer
+from ._s3 import REGION, S3Server, create_bucket
+
+__all__ = ("Stack",)
+
+DEFAULT_TIMEOUT = 180.0
+
+
+def _pick(port: int | None, remembered: Any, default: int) -> int:
+    if port is not None:
+        return port or _proc.free_port()
+    if isinstance(remembered, int) and remembered:
+        return remembered
+    return default or _proc.free_port()
+
+
+class Stack:
+    """A local Kafka broker and MinIO server whose state lives in ``data_dir``.
+
+    Ports given as None fall back to the ones remembered in stack.json, then to 9092/9000;
+    a port of 0 means "any free port" (what the test fixtures use).
+    """
+
+    def __init__(self, data_dir: Path | str, *, kafka_port: int | None = None,
+                 s3_port: int | None = None, bucket: str | None = None,
+                 kafka_heap: str = "1g") -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self._state_file = self.data_dir / "stack.json"
+        state = self._load_state()
+        kafka = KafkaServer(self.data_dir / "kafka", 0, 0)
+        s3 = S3Server(self.data_dir / "s3", 0, 0, "", "")
+        running_k, running_s = kafka.pid() is not None, s3.pid() is not None
+        # A running server keeps the ports it was started with, whatever was asked for now.
+        self.kafka = KafkaServer(
+            self.data_dir / "kafka",
+            port=_pick(None if running_k else kafka_port, state.get("kafka_port"), 9092),
+            controller_port=_pick(None, state.get("controller_port"), 0),
+            heap=kafka_heap,
+        )
+        self.s3 = S3Server(
+            self.data_dir / "s3",
+            port=_pick(None if running_s else s3_port, state.get("s3_port"), 9000),
+            console_port=_pick(None, state.get("console_port"), 0),
+            access_key=state.get("access_key") or "rawcap",
+            secret_key=state.get("secret_key") or secrets.token_hex(16),
+        )
+        self.bucket: str = bucket or state.get("bucket") or "rawcap"
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, data_dir: str | None = None,
+                    kafka_port: int | None = None, s3_port: int | None = None) -> Stack:
+        from ._paths import default_data_dir
+
+        def configured(key: str) -> int | None:
+            return cfg.get(key) if cfg.source(key) != "default" else None
+
+        return cls(
+            default_data_dir(data_dir or cfg.get("stack.dataDir")),
+            kafka_port=kafka_port if kafka_port is not None else configured("stack.kafkaPort"),
+            s3_port=s3_port if s3_port is not None else configured("stack.s3Port"),
+            bucket=cfg.get("stack.bucket") if cfg.source("stack.bucket") != "default" else None,
+        )
+
+    # --- what clients need -------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka.bootstrap
+
+    @property
+    def s3_endpoint(self) -> str:
+        return self.s3.endpoint
+
+    @property
+    def access_key(self) -> str:
+        return self.s3.access_key
+
+    @property
+    def secret_key(self) -> str:
+        return self.s3.secret_key
+
+    def s3_store_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``obstore.store.S3Store(bucket, **kwargs)``."""
+        return {"endpoint": self.s3_endpoint, "access_key_id": self.access_key,
+                "secret_access_key": self.secret_key, "region": REGION,
+                "client_options": {"allow_http": True}}
+
+    def s3_env(self) -> dict[str, str]:
+        """The AWS_* variables with which ``s3://<bucket>`` URLs reach this store (obstore reads them)."""
+        return {"AWS_ENDPOINT_URL": self.s3_endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
+                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_REGION": REGION,
+                "AWS_DEFAULT_REGION": REGION, "AWS_ALLOW_HTTP": "true"}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "kafka": {"bootstrap": self.bootstrap,
+                      "up": self.kafka.pid() is not None and self.kafka.answers()},
+            "s3": {"endpoint": self.s3_endpoint, "bucket": self.bucket,
+                   "access_key": self.access_key, "secret_key": self.secret_key,
+                   "up": self.s3.pid() is not None and self.s3.answers()},
+        }
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self._state_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise RawcapError(f"{self._state_file} is unreadable ({exc}): fix or delete it") from None
+        return state if isinstance(state, dict) else {}
+
+    def _save_state(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "kafka_port": self.kafka.port, "controller_port": self.kafka.controller_port,
+            "s3_port": self.s3.port, "console_port": self.s3.console_port,
+            "access_key": self.access_key, "secret_key": self.secret_key, "bucket": self.bucket,
+        }
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(self._state_file)
+
+    @staticmethod
+    def _wait(what: str, answers: Callable[[], bool], alive: Callable[[], bool], log: Callable[[], Path],
+              timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not answers():
+            if not alive():
+                raise TransportError(f"{what} exited while starting; see {log()}")
+            if time.monotonic() >= deadline:
+                raise TransportError(f"{what} did not answer within {timeout:.0f} s; see {log()}")
+            time.sleep(0.25)
+
+    def start_kafka(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.kafka.start()
+        self._save_state()
+        self._wait(f"Kafka on {self.bootstrap}", self.kafka.answers,
+                   lambda: self.kafka.pid() is not None, lambda: self.kafka.log_file, timeout)
+
+    def start_s3(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.s3.start()
+        self._save_state()
+        self._wait(f"MinIO on {self.s3_endpoint}", self.s3.answers,
+                   lambda: self.s3.pid() is not None, lambda: self.s3.log_file, timeout)
+        deadline = time.monotonic() + timeout
+        while True:  # MinIO answers "live" a moment before it serves requests (503)
+            try:
+                create_bucket(self.s3_endpoint, self.bucket, self.access_key, self.secret_key)
+                return
+            except TransportError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.25)
+
+    def stop_kafka(self) -> bool:
+        return self.kafka.stop()
+
+    def stop_s3(self) -> bool:
+        return self.s3.stop()
+
+    def config(self, cfg: Config | None = None) -> Config:
+        """``cfg`` (or the defaults) pointed at this stack's broker."""
+        base = cfg if cfg is not None else load_config(env={})
+        return base.with_overrides({"kafka.bootstrap": self.bootstrap})
+
+    def up(self, cfg: Config | None = None, timeout: float = DEFAULT_TIMEOUT,
+           topics: bool = True) -> dict[str, Any]:
+        """Start what is not running, wait until both answer, create bucket and topics."""
+        # Check both ports first so that a clash does not leave one server half started.
+        for server, flag in ((self.kafka, "--kafka-port"), (self.s3, "--s3-port")):
+            if server.pid() is None and _proc.port_open(server.port):
+                raise RawcapError(f"port {server.port} is already in use: pick another with {flag}")
+        try:
+            self.start_s3(timeout)
+            self.start_kafka(timeout)
+            if topics:
+                from ..kafka import ensure_topics
+
+                # In a thread of its own: up() may be called where an event loop is already
+                # set (pytest-asyncio's session loop, an async command).
+                with ThreadPoolExecutor(1, thread_name_prefix="rawcap-topics") as pool:
+                    pool.submit(anyio.run, ensure_topics, self.config(cfg), timeout).result()
+        except RawcapError:
+            raise
+        except OSError as exc:
+            raise RawcapError(f"starting the local stack in {self.data_dir} failed: {exc}") from None
+        return self.status()
+
+    def down(self) -> dict[str, bool]:
+        """Stop both (SIGTERM, wait, SIGKILL after a timeout); True for each that was running."""
+        return {"kafka": self.stop_kafka(), "s3": self.stop_s3()}

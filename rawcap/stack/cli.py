@@ -1,0 +1,86 @@
+"""``rawcap stack up | down | status [--json]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..config import Config
+from ._stack import Stack
+
+__all__ = ("add_commands",)
+
+
+def _stack(args: argparse.Namespace, cfg: Config) -> Stack:
+    return Stack.from_config(cfg, data_dir=args.data_dir, kafka_port=args.kafka_port,
+                             s3_port=args.s3_port)
+
+
+def _print(status: dict[str, Any], as_json: bool, data_dir: Any) -> None:
+    if as_json:
+        print(json.dumps(status))
+        return
+    k, s = status["kafka"], status["s3"]
+
+    def state(up: bool) -> str:
+        return "up" if up else "down"
+
+    print(f"kafka  {state(k['up']):<5} bootstrap  {k['bootstrap']}")
+    print(f"s3     {state(s['up']):<5} endpoint   {s['endpoint']}  bucket {s['bucket']}")
+    print(f"                   access_key {s['access_key']}  secret_key {s['secret_key']}")
+    print(f"data   {data_dir}")
+
+
+def _up(args: argparse.Namespace, cfg: Config) -> int:
+    stack = _stack(args, cfg)
+    status = stack.up(cfg, timeout=args.timeout)
+    _print(status, args.json, stack.data_dir)
+    return 0
+
+
+def _down(args: argparse.Namespace, cfg: Config) -> int:
+    stack = _stack(args, cfg)
+    stopped = stack.down()
+    if args.json:
+        print(json.dumps({"stopped": stopped}))
+    else:
+        for name, was in stopped.items():
+            print(f"{name:<6} {'stopped' if was else 'was not running'}")
+    return 0
+
+
+def _status(args: argparse.Namespace, cfg: Config) -> int:
+    stack = _stack(args, cfg)
+    status = stack.status()
+    _print(status, args.json, stack.data_dir)
+    return 0 if status["kafka"]["up"] and status["s3"]["up"] else 1
+
+
+def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", metavar="DIR", default=None,
+                        help="stack data directory (config stack.dataDir, env RAWCAP_STACK_DIR; "
+                             "default ./.rawcap/stack)")
+    common.add_argument("--kafka-port", type=int, metavar="PORT", default=None,
+                        help="Kafka port (config stack.kafkaPort, default 9092; 0: any free port)")
+    common.add_argument("--s3-port", type=int, metavar="PORT", default=None,
+                        help="S3 port (config stack.s3Port, default 9000; 0: any free port)")
+    common.add_argument("--json", action="store_true", help="print one JSON object")
+
+    stack = sub.add_parser(
+        "stack", parents=[parent], help="local dev stack: Kafka (KRaft) + S3-compatible store",
+        description="A real local stack without Docker: Apache Kafka as a single-node KRaft "
+                    "broker and a MinIO S3 server, installed by `make setup`.",
+    )
+    actions = stack.add_subparsers(dest="stack_command", metavar="ACTION", required=True)
+    up = actions.add_parser("up", parents=[parent, common],
+                            help="start (idempotent), wait until both answer, create bucket and topics")
+    up.add_argument("--timeout", type=float, default=180.0, metavar="SECONDS",
+                    help="give up waiting after this long (default 180)")
+    up.set_defaults(func=_up)
+    actions.add_parser("down", parents=[parent, common],
+                       help="stop both servers (data is kept)").set_defaults(func=_down)
+    actions.add_parser("status", parents=[parent, common],
+                       help="show endpoints and credentials; exit 1 unless both are up"
+                       ).set_defaults(func=_status)

@@ -1,0 +1,811 @@
+"""Time-window reads: ``--from/--to`` over ``rawcap.packets``, a node FIFO buffer, an
+archive or a snapshot, as one time-ordered stream of packets.
+
+A *lane* is one ordered sequence of batch values: a Kafka partition (possibly shared by
+several nodes; the record key and the batch header name the node), a node's FIFO buffer
+directory, or a node's snapshot objects. Each node's batches are in time order within its
+lane, so the reader keeps per node only a small queue of still-compressed batches and the
+one batch it is emitting from, and merges nodes with a heap. A packet is released only
+once every unfinished lane has read past its timestamp (a lane's *watermark* is the first
+timestamp of the newest batch read from it), which makes the merge exact for nodes with
+their own partition and bounded-skew for nodes sharing one.
+
+Kafka: the message timestamp of a batch is its first packet time (``FORMAT.md``), so
+``offsets_for_times`` finds the first offset at ``from - margin`` (the margin catches
+batches that start before the window and end inside it) and the stop offset at ``to +
+margin``; packets outside ``[from, to)`` are trimmed at the edges. A node's sequence numbers
+are checked as batches arrive: a gap is a warning (and is listed in :class:`WindowStats`), a
+repeated batch (at-least-once delivery) is dropped. A corrupt batch is counted, sent to
+``rawcap.dlq`` when it came from Kafka, and skipped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import anyio
+import anyio.lowlevel
+import zstandard
+
+from schemas import BatchHeader, Packet, decode_batch, decode_header, iter_packets, topics
+from schemas._batch import MAX_BODY_BYTES
+from schemas._stream import split_frames
+from schemas.errors import BatchError, ConfigError, CorruptBody, TransportError
+
+from .config import Config
+from .timeparse import format_ns
+
+__all__ = (
+    "Lane",
+    "NodeStats",
+    "RawBatch",
+    "ValueLane",
+    "WPacket",
+    "WindowReader",
+    "WindowStats",
+    "decompress_body",
+    "kafka_client_kwargs",
+    "local_lanes",
+    "node_partition",
+)
+
+log = logging.getLogger("rawcap.window")
+
+#: Batches may start this long before --from and still hold packets inside the window.
+MARGIN_NS = 15_000_000_000
+#: Batches a lane fetches per step (bounded read-ahead).
+FETCH_BATCHES = 32
+
+
+class WPacket(NamedTuple):
+    """A packet with the node and interface name it was captured on."""
+
+    ts_ns: int
+    node: str
+    iface: str
+    caplen: int
+    origlen: int
+    pkttype: int
+    data: bytes | memoryview
+
+
+@dataclass
+class NodeStats:
+    node: str
+    batches: int = 0
+    packets: int = 0
+    bytes: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    first_ns: int | None = None
+    last_ns: int | None = None
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # missing seq ranges, inclusive
+    duplicates: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "packets": self.packets,
+            "bytes": self.bytes,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "first_ns": self.first_ns,
+            "last_ns": self.last_ns,
+            "gaps": [list(g) for g in self.gaps],
+            "duplicates": self.duplicates,
+        }
+
+
+@dataclass
+class WindowStats:
+    nodes: dict[str, NodeStats] = field(default_factory=dict)
+    corrupt: int = 0
+    recycled: list[str] = field(default_factory=list)  # human-readable notes on lost history
+
+    def node(self, name: str) -> NodeStats:
+        st = self.nodes.get(name)
+        if st is None:
+            st = self.nodes[name] = NodeStats(name)
+        return st
+
+    @property
+    def packets(self) -> int:
+        return sum(s.packets for s in self.nodes.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.nodes.values())
+
+
+class Lane(Protocol):
+    """One ordered source of batch values."""
+
+    name: str
+
+    async def next_values(self) -> list[tuple[bytes | memoryview, dict[str, Any]]] | None:
+        """Up to a few dozen ``(value, meta)`` pairs; ``[]`` = nothing yet, ``None`` = done."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class ValueLane:
+    """A lane over any async iterator of batch values (snapshots, archives)."""
+
+    def __init__(self, name: str, values: AsyncIterator[bytes | memoryview]) -> None:
+        self.name = name
+        self._it = values
+
+    async def next_values(self) -> list[tuple[bytes | memoryview, dict[str, Any]]] | None:
+        out: list[tuple[bytes | memoryview, dict[str, Any]]] = []
+        async for value in self._it:
+            out.append((value, {"source": self.name}))
+            if len(out) >= FETCH_BATCHES:
+                break
+        return out or None
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._it, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class _FileLane:
+    """A node FIFO buffer directory: ``*.rcsg`` segments in name order."""
+
+    def __init__(self, node_dir: Path) -> None:
+        self.name = f"local:{node_dir.name}"
+        self._dir = node_dir
+        self._files: deque[Path] | None = None
+
+    async def next_values(self) -> list[tuple[bytes | memoryview, dict[str, Any]]] | None:
+        if self._files is None:
+            self._files = deque(sorted(self._dir.glob("*.rcsg")))
+        while self._files:
+            path = self._files.popleft()
+            try:
+                data = await anyio.to_thread.run_sync(path.read_bytes)
+            except FileNotFoundError:
+                log.warning("buffer segment recycled while reading", extra={"segment": str(path)})
+                continue
+            last = not self._files
+            try:
+                frames, used = split_frames(data, final=False, name=str(path))
+            except BatchError as exc:
+                log.warning("corrupt buffer segment skipped: %s", exc)
+                continue
+            if used != len(data) and not last:
+                log.warning("buffer segment ends inside a frame", extra={"segment": str(path)})
+            return [(f.value, {"source": str(path), "offset": f.offset}) for f in frames]
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def local_lanes(buffer_dir: str | os.PathLike[str], nodes: Iterable[str] | None) -> list[_FileLane]:
+    """Lanes over ``<bufferDir>/<node>/*.rcsg``; an unknown node is a one-line error."""
+    root = Path(buffer_dir)
+    if not root.is_dir():
+        raise ConfigError(f"buffer directory {root} does not exist (capture.bufferDir)")
+    present = sorted(p.name for p in root.iterdir() if p.is_dir())
+    wanted = list(nodes) if nodes else present
+    for n in wanted:
+        if n not in present:
+            raise ConfigError(
+                f"unknown node {n!r}: no buffer under {root} (nodes there: {', '.join(present) or 'none'})"
+            )
+    return [_FileLane(root / n) for n in wanted]
+
+
+def kafka_client_kwargs(cfg: Config, kind: str, **extra: Any) -> dict[str, Any]:
+    """Client settings (TLS/SASL included) from :mod:`rawcap.kafka`; no consumer group."""
+    from . import kafka
+
+    if kind == "consumer":
+        return kafka.consumer_kwargs(cfg, None, **extra)
+    return kafka.producer_kwargs(cfg, **extra)
+
+
+def node_partition(node: str, partitions: int) -> int:
+    """The partition the default (murmur2) partitioner gives a node's key."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(node.encode()) & 0x7FFFFFFF) % partitions
+
+
+class _KafkaLane:
+    def __init__(self, consumer: Any, tp: Any, start: int, stop: float, reader: WindowReader) -> None:
+        self.name = f"{tp.topic}[{tp.partition}]"
+        self._c, self._tp, self._pos, self._stop = consumer, tp, start, stop
+        self._reader = reader
+
+    async def next_values(self) -> list[tuple[bytes | memoryview, dict[str, Any]]] | None:
+        if self._pos >= self._stop:
+            return None
+        deadline = time.monotonic() + (1.0 if math.isinf(self._stop) else 30.0)
+        while True:
+            # Drain everything aiokafka holds for the partition (at most one fetch response,
+            # max_partition_fetch_bytes): its fetcher asks the broker for more right away.
+            got = await self._c.getmany(self._tp, timeout_ms=500, max_records=FETCH_BATCHES)
+            recs = got.get(self._tp, [])
+            if recs:
+                out = []
+                for r in recs:
+                    if r.offset >= self._stop:
+                        self._pos = self._stop
+                        break
+                    out.append(
+                        (
+                            r.value,
+                            {
+                                "partition": r.partition,
+                                "offset": r.offset,
+                                "key": r.key,
+                                "kafka_ts": r.timestamp,
+                            },
+                        )
+                    )
+                    self._pos = r.offset + 1
+                return out
+            if math.isinf(self._stop):
+                return []
+            if time.monotonic() > deadline:
+                raise TransportError(
+                    f"{self.name}: no data at offset {self._pos} although the window ends at offset "
+                    f"{int(self._stop)} (broker unreachable?)"
+                )
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _Cursor:
+    """One node's position in the merge: queued (compressed) batches and the current one."""
+
+    __slots__ = ("header", "lane", "node", "packets", "pending", "pos", "raw", "value")
+
+    def __init__(self, node: str, lane: int) -> None:
+        self.node = node
+        self.lane = lane
+        self.pending: deque[tuple[BatchHeader, bytes | memoryview, int]] = deque()
+        self.header: BatchHeader | None = None
+        self.value: bytes | memoryview = b""
+        self.raw: bytes | memoryview | None = None
+        self.packets: list[Packet] | None = None
+        self.pos = 0
+
+    def head(self) -> int:
+        assert self.header is not None
+        return self.header.first_ns if self.packets is None else self.packets[self.pos].ts_ns
+
+    def next_batch(self) -> bool:
+        """Move to the next queued batch (not decompressed yet); False when none is queued."""
+        while self.pending:
+            header, value, off = self.pending.popleft()
+            if header.count == 0:
+                continue
+            self.header, self.value, self.pos = header, value, 0
+            self.raw = memoryview(value)[off:]
+            self.packets = None
+            return True
+        self.header, self.packets, self.raw = None, None, None
+        return False
+
+
+class RawBatch(NamedTuple):
+    """A whole batch inside the window whose packets may be written as they are, in order."""
+
+    header: BatchHeader
+    body: bytes | memoryview  # decompressed body (rec or tpacket3 layout)
+
+
+def decompress_body(header: BatchHeader, body: bytes | memoryview) -> bytes | memoryview:
+    """The batch body, inflated and size-checked (what ``decode_batch`` does before walking)."""
+    if not 0 <= header.body_len <= MAX_BODY_BYTES:
+        raise CorruptBody(f"batch body length {header.body_len} is out of range")
+    if header.codec == "none":
+        raw: bytes | memoryview = body
+    elif header.codec == "zstd":
+        try:
+            dobj = zstandard.ZstdDecompressor().decompressobj()
+            raw = dobj.decompress(body)
+            if not dobj.eof:
+                raise CorruptBody("zstd body is truncated (frame does not end)")
+        except zstandard.ZstdError as exc:
+            raise CorruptBody(f"zstd body does not decompress: {exc}") from None
+    else:
+        raise CorruptBody(f"unknown body codec {header.codec!r}")
+    if len(raw) != header.body_len:
+        raise CorruptBody(f"body is {len(raw)} bytes, header promised {header.body_len}")
+    return raw
+
+
+class WindowReader:
+    """Read ``[lo_ns, hi_ns)`` for some nodes (``None``: all) from one source.
+
+    ``source``: ``kafka``, ``local`` (``capture.bufferDir``), ``archive`` or lanes given by
+    the caller (``lanes=``, e.g. a snapshot). Use as an async context manager, then iterate
+    :meth:`packets` (merged, trimmed) or :meth:`batches` (raw values per node, in order).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        lo_ns: int,
+        hi_ns: int,
+        *,
+        nodes: Iterable[str] | None = None,
+        source: str = "kafka",
+        lanes: list[Any] | None = None,
+        follow: bool = False,
+        dlq: bool = True,
+    ) -> None:
+        if lo_ns > hi_ns:
+            raise ConfigError(f"--from ({format_ns(lo_ns)}) is after --to ({format_ns(hi_ns)})")
+        self.cfg = cfg
+        self.lo, self.hi = lo_ns, (2**63 if follow else hi_ns)
+        self.nodes = frozenset(nodes) if nodes else None
+        self.source = source
+        self.follow = follow
+        self.stats = WindowStats()
+        self._lanes: list[Any] = list(lanes or [])
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._dlq = dlq and source == "kafka"
+        self._last: dict[str, tuple[int, int]] = {}  # node -> (seq, last_ns) of last accepted batch
+        self._partitions_of_nodes: dict[int, list[str]] = {}
+
+    async def __aenter__(self) -> WindowReader:
+        try:
+            if self._lanes:
+                pass
+            elif self.source == "kafka":
+                await self._open_kafka()
+            elif self.source == "local":
+                self._lanes = local_lanes(self.cfg.get("capture.bufferDir"), self.nodes)
+            elif self.source == "archive":
+                self._lanes = self._archive_lanes()
+            else:
+                raise ConfigError(
+                    f"--source {self.source!r} is invalid: expected kafka, local, archive or snapshot:ID"
+                )
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for lane in self._lanes:
+                await lane.aclose()
+            if self._consumer is not None:
+                consumer, self._consumer = self._consumer, None
+                await consumer.stop()
+            if self._producer is not None:
+                producer, self._producer = self._producer, None
+                await producer.stop()
+
+    # -- sources ---------------------------------------------------------------------------
+    def _archive_lanes(self) -> list[Any]:
+        try:
+            from . import archive_store  # type: ignore[attr-defined]
+        except ImportError:
+            raise ConfigError(
+                "--source archive needs the archiver (rawcap/archive_store.py), not available yet"
+            ) from None
+        fn = getattr(archive_store, "iter_window", None) or getattr(archive_store, "read_window", None)
+        if fn is None:
+            raise ConfigError("--source archive: rawcap.archive_store has no window reader")
+        values = fn(self.cfg, self.lo, self.hi, nodes=sorted(self.nodes) if self.nodes else None)
+        if not hasattr(values, "__aiter__"):
+            sync_values = iter(values)
+
+            async def agen() -> AsyncIterator[bytes | memoryview]:
+                for v in sync_values:
+                    yield v
+
+            values = agen()
+        return [ValueLane("archive", values)]
+
+    async def _open_kafka(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka.errors import KafkaError
+
+        kwargs = kafka_client_kwargs(self.cfg, "consumer", request_timeout_ms=30000)
+        consumer = AIOKafkaConsumer(**kwargs)
+        try:
+            with anyio.fail_after(30):
+                await consumer.start()
+        except (KafkaError, TimeoutError, OSError) as exc:
+            await consumer.stop()
+            raise TransportError(
+                f"cannot reach Kafka at {kwargs.get('bootstrap_servers')}: {exc!r}"
+            ) from None
+        self._consumer = consumer
+        parts = consumer.partitions_for_topic(topics.PACKETS)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topics.PACKETS)
+        if not parts:
+            raise ConfigError(f"topic {topics.PACKETS} does not exist on {kwargs.get('bootstrap_servers')}")
+        n = len(parts)
+        if self.nodes is not None:
+            for node in sorted(self.nodes):
+                self._partitions_of_nodes.setdefault(node_partition(node, n), []).append(node)
+            wanted = sorted(self._partitions_of_nodes)
+        else:
+            wanted = sorted(parts)
+        tps = [TopicPartition(topics.PACKETS, p) for p in wanted]
+        consumer.assign(tps)
+        begin = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+        lo_ms = max(0, (self.lo - MARGIN_NS) // 1_000_000)
+        starts = await consumer.offsets_for_times({tp: lo_ms for tp in tps})
+        if self.follow:
+            stops: dict[Any, Any] = {}
+        else:
+            hi_ms = (self.hi + MARGIN_NS) // 1_000_000
+            stops = await consumer.offsets_for_times({tp: hi_ms for tp in tps})
+        for tp in tps:
+            s = starts.get(tp)
+            start = s.offset if s is not None else end[tp]
+            if s is not None and start == begin[tp] and begin[tp] > 0 and s.timestamp * 1_000_000 > self.lo:
+                self.stats.recycled.append(
+                    f"partition {tp.partition}: offsets before {begin[tp]} were recycled by retention; "
+                    f"data before {format_ns(s.timestamp * 1_000_000)} is gone"
+                )
+            stop: float = math.inf if self.follow else (stops[tp].offset if stops.get(tp) else end[tp])
+            consumer.seek(tp, start)
+            self._lanes.append(_KafkaLane(consumer, tp, start, stop, self))
+
+    async def check_nodes(self) -> None:
+        """Raise for a requested node that never wrote to its partition (a typo, usually)."""
+        if self.nodes is None:
+            return
+        missing = [n for n in self.nodes if n not in self.stats.nodes]
+        if not missing:
+            return
+        if self.source != "kafka" or self._consumer is None:
+            return
+        seen = await self._recent_keys()
+        for node in sorted(missing):
+            if node not in seen:
+                raise ConfigError(
+                    f"unknown node {node!r}: no batches from it in {topics.PACKETS} "
+                    f"(nodes seen: {', '.join(sorted(seen)) or 'none'})"
+                )
+
+    async def _recent_keys(self) -> set[str]:
+        """Keys at the start and end of every partition (a cheap existence check)."""
+        from aiokafka import TopicPartition
+
+        c = self._consumer
+        parts = sorted(c.partitions_for_topic(topics.PACKETS) or ())
+        tps = [TopicPartition(topics.PACKETS, p) for p in parts]
+        c.assign(tps)
+        begin, end = await c.beginning_offsets(tps), await c.end_offsets(tps)
+        keys: set[str] = set()
+        for tp in tps:
+            for start in sorted({begin[tp], max(begin[tp], end[tp] - 100)}):
+                if start >= end[tp]:
+                    continue
+                c.seek(tp, start)
+                got = await c.getmany(tp, timeout_ms=2000, max_records=100)
+                keys.update(r.key.decode(errors="replace") for r in got.get(tp, []) if r.key)
+        return keys
+
+    # -- batch admission -------------------------------------------------------------------
+    async def _corrupt(self, value: bytes | memoryview, meta: dict[str, Any], exc: Exception) -> None:
+        self.stats.corrupt += 1
+        log.warning("corrupt batch skipped: %s", exc, extra={k: v for k, v in meta.items() if k != "key"})
+        if not self._dlq:
+            return
+        try:
+            if self._producer is None:
+                from aiokafka import AIOKafkaProducer
+
+                self._producer = AIOKafkaProducer(**kafka_client_kwargs(self.cfg, "producer"))
+                await self._producer.start()
+            headers = [
+                ("error", str(exc).encode()),
+                ("source.topic", topics.PACKETS.encode()),
+                ("source.partition", str(meta.get("partition")).encode()),
+                ("source.offset", str(meta.get("offset")).encode()),
+                ("reporter", b"forensics"),
+            ]
+            await self._producer.send_and_wait(topics.DLQ, bytes(value), key=meta.get("key"), headers=headers)
+        except Exception as dexc:  # the DLQ is best effort; the read goes on
+            log.warning("could not send corrupt batch to %s: %r", topics.DLQ, dexc)
+
+    def _admit(self, header: BatchHeader) -> bool:
+        """Window, node and sequence checks on a batch header; True to use it."""
+        if self.nodes is not None and header.node not in self.nodes:
+            return False
+        in_window = header.count > 0 and header.last_ns >= self.lo and header.first_ns < self.hi
+        prev = self._last.get(header.node)
+        if prev is not None:
+            pseq, plast = prev
+            if header.seq <= pseq:
+                if header.first_ns <= plast:
+                    self.stats.node(header.node).duplicates += 1
+                    return False
+                log.warning("node %s: sequence restarted at %d (was %d)", header.node, header.seq, pseq)
+            elif header.seq > pseq + 1 and in_window:
+                st = self.stats.node(header.node)
+                st.gaps.append((pseq + 1, header.seq - 1))
+                log.warning(
+                    "node %s: sequence gap: batches %d..%d missing (%d), before %s",
+                    header.node,
+                    pseq + 1,
+                    header.seq - 1,
+                    header.seq - pseq - 1,
+                    format_ns(header.first_ns),
+                )
+        self._last[header.node] = (header.seq, max(header.last_ns, prev[1] if prev else 0))
+        if not in_window:
+            return False
+        st = self.stats.node(header.node)
+        st.batches += 1
+        st.first_seq = header.seq if st.first_seq is None else min(st.first_seq, header.seq)
+        st.last_seq = header.seq if st.last_seq is None else max(st.last_seq, header.seq)
+        return True
+
+    async def _fetch(self, lane: Any) -> list[tuple[BatchHeader, bytes | memoryview, int]] | None:
+        vals = await lane.next_values()
+        if vals is None:
+            return None
+        out = []
+        for value, meta in vals:
+            try:
+                header, off = decode_header(value)
+            except BatchError as exc:
+                await self._corrupt(value, meta, exc)
+                continue
+            if self._admit(header):
+                out.append((header, value, off))
+        if vals and not out:
+            # Nothing usable, but the lane moved: report the watermark through a marker.
+            last = vals[-1][0]
+            try:
+                h, _ = decode_header(last)
+                return [(h, b"", -1)]
+            except BatchError:
+                return []
+        return out
+
+    # -- raw batches (snapshots) -----------------------------------------------------------
+    async def batches(self) -> AsyncIterator[tuple[BatchHeader, bytes | memoryview]]:
+        """Every in-window batch value, lane by lane (each node's batches in order)."""
+        for lane in self._lanes:
+            while True:
+                got = await self._fetch(lane)
+                if got is None:
+                    break
+                for header, value, off in got:
+                    if off < 0:
+                        continue
+                    try:
+                        decode_batch(value)
+                    except BatchError as exc:
+                        await self._corrupt(value, {"source": lane.name}, exc)
+                        continue
+                    st = self.stats.node(header.node)
+                    st.packets += header.count
+                    st.bytes += header.body_len
+                    st.first_ns = (
+                        header.first_ns if st.first_ns is None else min(st.first_ns, header.first_ns)
+                    )
+                    st.last_ns = header.last_ns if st.last_ns is None else max(st.last_ns, header.last_ns)
+                    yield header, value
+
+    # -- merged packets --------------------------------------------------------------------
+    async def packets(
+        self, match: Callable[[bytes | memoryview, int], bool] | None = None, chunk: int = 4096
+    ) -> AsyncIterator[list[WPacket]]:
+        """Packets of every selected node in time order, trimmed to the window, in lists."""
+        if self.follow:
+            async for out in self._follow(match):
+                yield out
+            return
+        async for item in self.items(match, chunk):
+            if isinstance(item, RawBatch):
+                h = item.header
+                try:
+                    pk = list(iter_packets(h, item.body))
+                except BatchError as exc:
+                    await self.corrupt_batch(h, exc)
+                    continue
+                node, ifaces = h.node, h.ifaces
+                self.stats.node(node).bytes += sum(p.caplen for p in pk)
+                yield [
+                    WPacket(
+                        p.ts_ns,
+                        node,
+                        ifaces.get(p.ifindex, str(p.ifindex)),
+                        p.caplen,
+                        p.origlen,
+                        p.pkttype,
+                        p.data,
+                    )
+                    for p in pk
+                ]
+            else:
+                yield item
+
+    async def corrupt_batch(self, header: BatchHeader, exc: Exception) -> None:
+        """For consumers of :meth:`items` that find a raw batch's body invalid while walking it."""
+        st = self.stats.node(header.node)
+        st.packets -= header.count
+        await self._corrupt(b"", {"node": header.node, "seq": header.seq}, exc)
+
+    async def items(
+        self, match: Callable[[bytes | memoryview, int], bool] | None = None, chunk: int = 4096
+    ) -> AsyncIterator[list[WPacket] | RawBatch]:
+        """Like :meth:`packets`, but a batch that lies wholly inside the window and before
+        every other node's next packet comes as one :class:`RawBatch` (no per-packet objects;
+        its packet count is already in the stats, its bytes are the caller's to add)."""
+        lanes = self._lanes
+        marks = [-1] * len(lanes)  # watermark per lane; huge when done
+        done = [False] * len(lanes)
+        cursors: dict[str, _Cursor] = {}
+        heap: list[tuple[int, str]] = []
+        lo, hi = self.lo, self.hi
+
+        async def pull(i: int) -> None:
+            got = await self._fetch(lanes[i])
+            if got is None:
+                done[i] = True
+                marks[i] = 2**64
+                return
+            for header, value, off in got:
+                marks[i] = max(marks[i], header.first_ns)
+                if off < 0:
+                    continue
+                cur = cursors.get(header.node)
+                if cur is None:
+                    cur = cursors[header.node] = _Cursor(header.node, i)
+                cur.pending.append((header, value, off))
+                if cur.header is None and cur.next_batch():
+                    heapq.heappush(heap, (cur.head(), cur.node))
+
+        for i in range(len(lanes)):
+            await pull(i)
+        out: list[WPacket] = []
+        while True:
+            # Lanes behind the head of the merge must read on before anything is released.
+            head = heap[0][0] if heap else None
+            lagging = [i for i in range(len(lanes)) if not done[i] and (head is None or marks[i] < head)]
+            if lagging:
+                for i in lagging:
+                    await pull(i)
+                continue
+            if not heap:
+                break
+            _ts, node = heapq.heappop(heap)
+            cur = cursors[node]
+            h = cur.header
+            assert h is not None and cur.raw is not None
+            limit = min(heap[0][0] if heap else 2**64, min(marks))
+            st = self.stats.node(node)
+            if cur.packets is None:
+                try:
+                    cur.raw = decompress_body(h, cur.raw)
+                except BatchError as exc:
+                    await self._corrupt(cur.value, {"source": lanes[cur.lane].name, "node": node}, exc)
+                    if cur.next_batch():
+                        heapq.heappush(heap, (cur.head(), node))
+                    continue
+                if match is None and h.first_ns >= lo and h.last_ns < hi and h.last_ns <= limit:
+                    if out:
+                        yield out
+                        out = []
+                    st.packets += h.count
+                    st.first_ns = h.first_ns if st.first_ns is None else st.first_ns
+                    st.last_ns = h.last_ns
+                    yield RawBatch(h, cur.raw)
+                    # Let the Kafka fetcher send its next request while we convert this one.
+                    await anyio.lowlevel.checkpoint()
+                    if cur.next_batch():
+                        heapq.heappush(heap, (cur.head(), node))
+                    continue
+                try:
+                    cur.packets = list(iter_packets(h, cur.raw))
+                except BatchError as exc:
+                    await self._corrupt(cur.value, {"source": lanes[cur.lane].name, "node": node}, exc)
+                    if cur.next_batch():
+                        heapq.heappush(heap, (cur.head(), node))
+                    continue
+            pk, pos, n, iface = cur.packets, cur.pos, len(cur.packets), h.ifaces
+            while pos < n:
+                p = pk[pos]
+                t = p.ts_ns
+                if t > limit and pos > cur.pos:
+                    break
+                pos += 1
+                if t < lo or t >= hi:
+                    continue
+                if match is not None and not match(p.data, p.origlen):
+                    continue
+                out.append(
+                    WPacket(
+                        t, node, iface.get(p.ifindex, str(p.ifindex)), p.caplen, p.origlen, p.pkttype, p.data
+                    )
+                )
+                st.packets += 1
+                st.bytes += p.caplen
+                if st.first_ns is None:
+                    st.first_ns = t
+                st.last_ns = t
+            cur.pos = pos
+            if pos < n or cur.next_batch():
+                heapq.heappush(heap, (cur.head(), node))
+            if len(out) >= chunk:
+                yield out
+                out = []
+                await anyio.lowlevel.checkpoint()
+        if out:
+            yield out
+
+    async def _load(self, cur: _Cursor, lane_name: str) -> bool:
+        """Decode the cursor's next pending batch into packets (used by ``--follow``)."""
+        while cur.next_batch():
+            assert cur.header is not None
+            try:
+                cur.packets = decode_batch(cur.value).packets
+            except BatchError as exc:
+                await self._corrupt(cur.value, {"source": lane_name, "node": cur.node}, exc)
+                continue
+            if cur.packets:
+                return True
+        return False
+
+    async def _follow(
+        self, match: Callable[[bytes | memoryview, int], bool] | None
+    ) -> AsyncIterator[list[WPacket]]:
+        """Live tail: batches are emitted as they arrive (per-batch order, no cross-node merge)."""
+        while True:
+            out: list[WPacket] = []
+            for lane in self._lanes:
+                got = await self._fetch(lane)
+                for header, value, off in got or []:
+                    if off < 0:
+                        continue
+                    cur = _Cursor(header.node, 0)
+                    cur.pending.append((header, value, off))
+                    if not await self._load(cur, lane.name) or cur.packets is None:
+                        continue
+                    st = self.stats.node(header.node)
+                    ifaces = header.ifaces
+                    for p in cur.packets:
+                        if p.ts_ns < self.lo or (match is not None and not match(p.data, p.origlen)):
+                            continue
+                        out.append(
+                            WPacket(
+                                p.ts_ns,
+                                header.node,
+                                ifaces.get(p.ifindex, str(p.ifindex)),
+                                p.caplen,
+                                p.origlen,
+                                p.pkttype,
+                                p.data,
+                            )
+                        )
+                        st.packets += 1
+                        st.bytes += p.caplen
+            if out:
+                yield out
+            else:
+                await anyio.sleep(0.2)

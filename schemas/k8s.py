@@ -1,0 +1,424 @@
+"""Records on ``rawcap.k8s`` (compacted) and the workload index every consumer builds from them.
+
+``rawcap k8s-watch`` turns the Kubernetes API objects it watches into small change records,
+one Kafka key per object (``pod/<ns>/<name>``, ``service/<ns>/<name>``,
+``endpointslice/<ns>/<name>``, ``namespace/<name>``, ``node/<name>``) so that compaction
+keeps the newest state of each object; a delete is a tombstone (null value) whose Kafka
+timestamp says when the object went away. Values are msgpack maps with ``"v": 1``; a reader
+rejects another major version with :class:`UnsupportedRecord`.
+
+:class:`WorkloadIndex` is the reader side, sans-I/O: feed it ``(key, value, ts_ns)`` in topic
+order and ask ``resolve(ip, ts_ns)``. Pod IPs are reused, so every IP holds a timeline of
+validity intervals and a lookup answers "who had this IP *at that time*", not "who has it
+now". It lives here rather than in ``enrich`` so that forensics and the dissector can attach
+the same workload names without importing another service.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from .errors import RawcapError
+
+__all__ = (
+    "K8S_VERSION",
+    "EndpointSliceRecord",
+    "K8sRecord",
+    "NamespaceRecord",
+    "NodeRecord",
+    "PodRecord",
+    "ServiceRecord",
+    "UnsupportedRecord",
+    "Workload",
+    "WorkloadIndex",
+    "decode_k8s",
+    "encode_k8s",
+    "pack_ip",
+    "record_key",
+)
+
+K8S_VERSION: Final = 1
+_OPEN: Final = 1 << 63  # end of an interval that has not ended
+TERMINAL_PHASES: Final = frozenset(("Succeeded", "Failed"))
+
+
+class UnsupportedRecord(RawcapError):
+    """A ``rawcap.k8s`` value this reader cannot decode (unknown version or kind, bad shape)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PodRecord:
+    namespace: str
+    name: str
+    uid: str
+    node: str = ""
+    ips: tuple[str, ...] = ()
+    host_network: bool = False
+    phase: str = ""
+    owner_kind: str = ""
+    owner_name: str = ""
+    containers: tuple[str, ...] = ()  # container ids without the runtime prefix
+    start_ns: int = 0  # status.startTime (creationTimestamp if absent)
+    end_ns: int = 0  # when the pod stopped holding its IP (terminal phase), 0 while running
+    labels: tuple[tuple[str, str], ...] = ()
+    rv: str = ""
+    kind: str = "pod"
+
+    @property
+    def key(self) -> str:
+        return f"pod/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecord:
+    namespace: str
+    name: str
+    uid: str
+    cluster_ips: tuple[str, ...] = ()
+    type: str = "ClusterIP"
+    start_ns: int = 0
+    rv: str = ""
+    kind: str = "service"
+
+    @property
+    def key(self) -> str:
+        return f"service/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSliceRecord:
+    namespace: str
+    name: str
+    service: str
+    endpoints: tuple[tuple[str, str], ...] = ()  # (ip, pod name); pod name "" if not a pod
+    rv: str = ""
+    kind: str = "endpointslice"
+
+    @property
+    def key(self) -> str:
+        return f"endpointslice/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceRecord:
+    name: str
+    uid: str = ""
+    phase: str = ""
+    rv: str = ""
+    kind: str = "namespace"
+
+    @property
+    def key(self) -> str:
+        return f"namespace/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    name: str
+    uid: str = ""
+    ips: tuple[str, ...] = ()
+    rv: str = ""
+    kind: str = "node"
+
+    @property
+    def key(self) -> str:
+        return f"node/{self.name}"
+
+
+K8sRecord = PodRecord | ServiceRecord | EndpointSliceRecord | NamespaceRecord | NodeRecord
+_TYPES: Final[dict[str, type]] = {
+    "pod": PodRecord,
+    "service": ServiceRecord,
+    "endpointslice": EndpointSliceRecord,
+    "namespace": NamespaceRecord,
+    "node": NodeRecord,
+}
+_TUPLE_FIELDS: Final = frozenset(("ips", "containers", "cluster_ips"))
+
+
+def record_key(record: K8sRecord) -> str:
+    return record.key
+
+
+def encode_k8s(record: K8sRecord) -> bytes:
+    """The value of ``record`` on ``rawcap.k8s`` (its key is ``record.key``)."""
+    doc: dict[str, Any] = {"v": K8S_VERSION}
+    for name in record.__slots__:  # type: ignore[union-attr]
+        value = getattr(record, name)
+        if isinstance(value, tuple):
+            value = [list(v) if isinstance(v, tuple) else v for v in value]
+        doc[name] = value
+    return msgpack.packb(doc, use_bin_type=True)
+
+
+def decode_k8s(value: bytes) -> K8sRecord:
+    """Decode a non-null ``rawcap.k8s`` value; tombstones (None) are the caller's business."""
+    try:
+        doc = msgpack.unpackb(value, raw=False)
+    except Exception as exc:
+        raise UnsupportedRecord(f"rawcap.k8s value is not msgpack: {exc}") from None
+    if not isinstance(doc, dict):
+        raise UnsupportedRecord("rawcap.k8s value is not a map")
+    if doc.get("v") != K8S_VERSION:
+        raise UnsupportedRecord(f"rawcap.k8s record version {doc.get('v')!r} is not supported")
+    cls = _TYPES.get(doc.get("kind", ""))
+    if cls is None:
+        raise UnsupportedRecord(f"rawcap.k8s record kind {doc.get('kind')!r} is unknown")
+    kwargs: dict[str, Any] = {}
+    for name in cls.__slots__:  # type: ignore[attr-defined]
+        if name not in doc:
+            continue
+        value = doc[name]
+        if isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise UnsupportedRecord(f"rawcap.k8s {cls.__name__} is malformed: {exc}") from None
+
+
+def pack_ip(text: str) -> bytes:
+    """``10.0.0.1`` -> 4 bytes, ``fd00::1`` -> 16 bytes (the form ``rawcap.packet`` uses)."""
+    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """Who an IP belonged to at some time; ``kind`` is pod, service or node."""
+
+    kind: str
+    name: str
+    namespace: str = ""
+    node: str = ""
+    service: str = ""
+    owner_kind: str = ""
+    owner_name: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "kind": self.kind, "name": self.name, "namespace": self.namespace, "node": self.node,
+            "service": self.service, "owner_kind": self.owner_kind, "owner_name": self.owner_name,
+        }
+
+
+class _Span:
+    """One validity interval of one IP: [start, end) owned by ``uid``."""
+
+    __slots__ = ("end", "start", "uid", "workload")
+
+    def __init__(self, start: int, uid: str, workload: Workload) -> None:
+        self.start = start
+        self.end = _OPEN
+        self.uid = uid
+        self.workload = workload
+
+
+class WorkloadIndex:
+    """IP -> workload timelines built from ``rawcap.k8s`` records; sans-I/O.
+
+    ``ts_ns`` passed to :meth:`apply` is when the change was observed (the Kafka timestamp);
+    records carry their own start/end times when the API says them (pod ``startTime``, a
+    terminal phase), which are preferred so that a watcher started late, or a consumer
+    replaying the topic, still dates intervals correctly. When an IP is handed to a new owner
+    while the old one still holds it (the delete arrived late), the old interval ends where the
+    new one starts.
+    """
+
+    def __init__(self) -> None:
+        self._ips: dict[bytes, list[_Span]] = {}
+        self._pods: dict[str, PodRecord] = {}  # key -> newest record
+        self._pod_spans: dict[str, list[tuple[bytes, _Span]]] = {}  # uid -> its spans
+        self._services: dict[str, ServiceRecord] = {}
+        self._slices: dict[str, EndpointSliceRecord] = {}
+        self._pod_services: dict[tuple[str, str], set[str]] = {}  # (ns, pod) -> services
+        self._nodes: dict[str, NodeRecord] = {}
+        self._namespaces: dict[str, NamespaceRecord] = {}
+        self._strings: dict[str, str] = {}
+
+    # -- feeding --------------------------------------------------------------------------
+    def apply_value(self, key: str, value: bytes | None, ts_ns: int) -> None:
+        """Apply one raw topic record (``value`` None is a tombstone)."""
+        self.apply(key, None if value is None else decode_k8s(value), ts_ns)
+
+    def apply(self, key: str, record: K8sRecord | None, ts_ns: int) -> None:
+        kind = key.split("/", 1)[0]
+        if kind == "pod":
+            self._apply_pod(key, record, ts_ns)  # type: ignore[arg-type]
+        elif kind == "service":
+            self._apply_service(key, record, ts_ns)  # type: ignore[arg-type]
+        elif kind == "endpointslice":
+            self._apply_slice(key, record)  # type: ignore[arg-type]
+        elif kind == "node":
+            self._apply_node(key, record, ts_ns)  # type: ignore[arg-type]
+        elif kind == "namespace":
+            if record is None:
+                self._namespaces.pop(key, None)
+            else:
+                self._namespaces[key] = record  # type: ignore[assignment]
+
+    def _s(self, text: str) -> str:
+        return self._strings.setdefault(text, text)
+
+    def _open(self, ip: bytes, start: int, uid: str, workload: Workload) -> _Span:
+        spans = self._ips.setdefault(ip, [])
+        for span in spans:
+            if span.uid == uid:
+                continue
+            if span.end == _OPEN:  # the old owner's delete is late: it ends where we start
+                start = max(start, span.start)
+                span.end = start
+            else:  # an IP is handed on only once released; startTime predates IP allocation
+                start = max(start, span.end)
+        span = _Span(start, uid, workload)
+        spans.append(span)
+        spans.sort(key=lambda s: s.start)
+        return span
+
+    def _close_uid(self, uid: str, end: int) -> None:
+        for _ip, span in self._pod_spans.pop(uid, ()):
+            if span.end == _OPEN:
+                span.end = max(span.start, end)
+
+    def _apply_pod(self, key: str, rec: PodRecord | None, ts_ns: int) -> None:
+        old = self._pods.get(key)
+        if rec is None:
+            if old is not None:
+                self._close_uid(old.uid or key, ts_ns)
+                del self._pods[key]
+            return
+        if not rec.uid:  # uids identify a pod across name reuse; fall back to the key
+            rec = PodRecord(**{**{n: getattr(rec, n) for n in rec.__slots__}, "uid": key})
+        if old is not None and old.uid != rec.uid:
+            self._close_uid(old.uid, rec.start_ns or ts_ns)
+        self._pods[key] = rec
+        if rec.phase in TERMINAL_PHASES:
+            self._close_uid(rec.uid, rec.end_ns or ts_ns)
+            return
+        if rec.host_network:
+            return
+        current = self._pod_spans.get(rec.uid, [])
+        wanted = {pack_ip(ip) for ip in rec.ips}
+        keep = []
+        for ip, span in current:
+            if ip in wanted and span.end == _OPEN:
+                keep.append((ip, span))
+                wanted.discard(ip)
+            elif span.end == _OPEN:
+                span.end = max(span.start, ts_ns)
+        if wanted:
+            wl = Workload(
+                "pod", self._s(rec.name), self._s(rec.namespace), self._s(rec.node), "",
+                self._s(rec.owner_kind), self._s(rec.owner_name),
+            )
+            start = rec.start_ns or ts_ns
+            if keep or current:  # an IP added later than the pod started: from now on
+                start = ts_ns
+            for ip in wanted:
+                keep.append((ip, self._open(ip, start, rec.uid, wl)))
+        self._pod_spans[rec.uid] = keep
+
+    def _apply_service(self, key: str, rec: ServiceRecord | None, ts_ns: int) -> None:
+        old = self._services.get(key)
+        if old is not None:
+            if rec is not None and rec.uid == old.uid and rec.cluster_ips == old.cluster_ips:
+                self._services[key] = rec
+                return
+            self._close_uid(old.uid, ts_ns)
+            del self._services[key]
+        if rec is None:
+            return
+        self._services[key] = rec
+        wl = Workload("service", self._s(rec.name), self._s(rec.namespace), "", self._s(rec.name))
+        spans = []
+        for ip in rec.cluster_ips:
+            if ip and ip != "None":
+                packed = pack_ip(ip)
+                start = ts_ns if old is not None else (rec.start_ns or ts_ns)
+                spans.append((packed, self._open(packed, start, rec.uid, wl)))
+        self._pod_spans[rec.uid] = spans
+
+    def _apply_slice(self, key: str, rec: EndpointSliceRecord | None) -> None:
+        old = self._slices.pop(key, None)
+        if old is not None:
+            for _ip, pod in old.endpoints:
+                members = self._pod_services.get((old.namespace, pod))
+                if members is not None:
+                    members.discard(old.service)
+                    if not members:
+                        del self._pod_services[(old.namespace, pod)]
+        if rec is None:
+            return
+        self._slices[key] = rec
+        for _ip, pod in rec.endpoints:
+            if pod:
+                self._pod_services.setdefault((rec.namespace, pod), set()).add(self._s(rec.service))
+
+    def _apply_node(self, key: str, rec: NodeRecord | None, ts_ns: int) -> None:
+        old = self._nodes.pop(key, None)
+        uid = f"node:{key}"
+        if old is not None:
+            self._close_uid(uid, ts_ns)
+        if rec is None:
+            return
+        self._nodes[key] = rec
+        wl = Workload("node", self._s(rec.name), "", self._s(rec.name))
+        spans = []
+        for ip in rec.ips:
+            packed = pack_ip(ip)
+            spans.append((packed, self._open(packed, 0 if old is None else ts_ns, uid, wl)))
+        self._pod_spans[uid] = spans
+
+    # -- reading --------------------------------------------------------------------------
+    def resolve(self, ip: bytes, ts_ns: int) -> Workload | None:
+        """The workload that held packed address ``ip`` at ``ts_ns``, or None."""
+        spans = self._ips.get(ip)
+        if not spans:
+            return None
+        for span in reversed(spans):
+            if span.start <= ts_ns < span.end:
+                wl = span.workload
+                if wl.kind == "pod":
+                    services = self._pod_services.get((wl.namespace, wl.name))
+                    if services:
+                        return Workload(wl.kind, wl.name, wl.namespace, wl.node,
+                                        ",".join(sorted(services)), wl.owner_kind, wl.owner_name)
+                return wl
+        return None
+
+    def prune(self, before_ns: int) -> int:
+        """Forget intervals that ended before ``before_ns``; returns how many were dropped."""
+        dropped = 0
+        for ip in list(self._ips):
+            spans = self._ips[ip]
+            kept = [s for s in spans if s.end >= before_ns]
+            dropped += len(spans) - len(kept)
+            if kept:
+                self._ips[ip] = kept
+            else:
+                del self._ips[ip]
+        return dropped
+
+    def pods(self) -> Iterator[PodRecord]:
+        return iter(self._pods.values())
+
+    def pod(self, namespace: str, name: str) -> PodRecord | None:
+        return self._pods.get(f"pod/{namespace}/{name}")
+
+    def pod_by_container(self, container_id: str) -> PodRecord | None:
+        for pod in self._pods.values():
+            if container_id in pod.containers:
+                return pod
+        return None
+
+    def nodes(self) -> list[str]:
+        return sorted(r.name for r in self._nodes.values())
+
+    def stats(self) -> dict[str, int]:
+        return {"pods": len(self._pods), "services": len(self._services), "slices": len(self._slices),
+                "nodes": len(self._nodes), "namespaces": len(self._namespaces), "ips": len(self._ips)}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# make setup: everything rawcap needs on a fresh Debian 12 machine of this kind, as root.
+# Idempotent; a step already done is skipped, so a second run takes seconds.
+#
+#   1. apt: bcc (python3-bpfcc, bpfcc-tools), tcpdump, tshark, kcat, iproute2, libpcap,
+#      JDK + Maven (for the Kafka jars), and the newest linux-headers-6.12.*-cloud-amd64
+#      (+ -common) with /lib/modules/$(uname -r)/{build,source} pointing at them
+#   2. .venv at the repo root with rawcap installed editable ('.[test]'), bcc importable
+#   3. compose/install-stack.sh: Kafka broker jars + MinIO server for `rawcap stack`
+#
+# Environment: VENV (default .venv), PYTHON (default python3), RAWCAP_STACK_CACHE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+APT_PACKAGES=(python3-bpfcc bpfcc-tools tcpdump tshark kcat iproute2 libpcap0.8-dev
+              openjdk-17-jdk-headless maven ca-certificates)
+export DEBIAN_FRONTEND=noninteractive
+
+say() { echo "setup: $*"; }
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null && SUDO="sudo" || { say "error: run as root (apt, kernel headers)"; exit 1; }
+fi
+
+# --- 1. apt packages ------------------------------------------------------------------
+missing() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+  done
+}
+headers_ok() {
+  local build="/lib/modules/$(uname -r)/build"
+  [ -e "$build/Makefile" ] && [ -e "/lib/modules/$(uname -r)/source/Makefile" ] \
+    && readlink -f "$build" | grep -q 'linux-headers-6\.12\..*-cloud-amd64'
+}
+
+need=($(missing "${APT_PACKAGES[@]}"))
+if [ ${#need[@]} -eq 0 ] && headers_ok; then
+  say "apt packages and kernel headers already installed"
+else
+  say "apt-get update"
+  $SUDO apt-get update -qq
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections
+  if [ ${#need[@]} -gt 0 ]; then
+    say "apt-get install ${need[*]}"
+    $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+  if ! headers_ok; then
+    arch_pkg="$(apt-cache search --names-only '^linux-headers-6\.12\..*-cloud-amd64$' \
+                | awk '{print $1}' | sort -V | tail -n1)"
+    [ -n "$arch_pkg" ] || { say "error: apt-cache offers no linux-headers-6.12.*-cloud-amd64"; exit 1; }
+    common_pkg="${arch_pkg%-cloud-amd64}-common"
+    say "apt-get install $arch_pkg $common_pkg"
+    $SUDO apt-get install -y -qq --no-install-recommends "$arch_pkg" "$common_pkg" >/dev/null
+    mod="/lib/modules/$(uname -r)"
+    $SUDO mkdir -p "$mod"
+    $SUDO ln -sfn "/usr/src/$arch_pkg" "$mod/build"
+    $SUDO ln -sfn "/usr/src/$common_pkg" "$mod/source"
+    headers_ok || { say "error: $mod/build does not point at usable headers"; exit 1; }
+    say "kernel headers: $mod/build -> /usr/src/$arch_pkg"
+  fi
+fi
+
+# --- 2. Python venv -------------------------------------------------------------------
+stamp="$VENV/.rawcap-installed"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { say "error: $PYTHON is older than 3.11"; exit 1; }
+  say "creating $VENV with $("$PYTHON" --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ -x "$VENV/bin/rawcap" ]; then
+  say "rawcap already installed in $VENV"
+else
+  say "pip install -e '.[test]' into $VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e '.[test]'
+  touch "$stamp"
+fi
+# bcc is pure Python over libbcc: link just that package, not all of dist-packages.
+site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if [ "$(readlink "$site/bcc" 2>/dev/null)" != /usr/lib/python3/dist-packages/bcc ]; then
+  ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
+  say "linked bcc into $site"
+fi
+"$VENV/bin/python" -c 'import bcc' || { say "error: bcc does not import in $VENV"; exit 1; }
+
+# --- 3. local stack binaries ----------------------------------------------------------
+bash compose/install-stack.sh
+say "done"

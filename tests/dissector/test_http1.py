@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import pytest
+
+from dissector._errors import Malformed, Truncated
+from dissector.http1 import CLIENT, SERVER, EndOfMessage, HTTP1Reader, Request, Response, Resync
+
+from .helpers import drain, same_at_every_split
+
+REQS = (b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n"
+        b"POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+        b"PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\n"
+        b"X-Trailer: t\r\n\r\n")
+RESPS = (b"HTTP/1.1 100 Continue\r\n\r\n"
+         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+         b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"  # reply to HEAD: no body
+         b"HTTP/1.1 204 No Content\r\n\r\n"
+         b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnope\r\n0\r\n\r\n"
+         b"HTTP/1.0 200 OK\r\n\r\nuntil close")
+
+
+def test_requests_pipelined_every_split() -> None:
+    evs = same_at_every_split(lambda: HTTP1Reader(CLIENT), REQS)
+    reqs = [e for e in evs if isinstance(e, Request)]
+    ends = [e for e in evs if isinstance(e, EndOfMessage)]
+    assert [(r.method, r.target) for r in reqs] == [("GET", "/a?x=1"), ("POST", "/b"),
+                                                     ("PUT", "/c")]
+    assert [e.body_bytes for e in ends] == [0, 5, 5]
+    assert ends[2].body == b"abcde"
+
+
+def make_server() -> HTTP1Reader:
+    r = HTTP1Reader(SERVER, max_body=3)
+    for m in ("GET", "HEAD", "DELETE", "GET", "GET"):
+        r.expect(m)
+    return r
+
+
+def test_responses_every_split_with_eof_body() -> None:
+    evs = same_at_every_split(make_server, RESPS, eof=True)
+    resps = [e.status for e in evs if isinstance(e, Response)]
+    ends = [e for e in evs if isinstance(e, EndOfMessage)]
+    assert resps == [100, 200, 200, 204, 404, 200]
+    assert [e.body_bytes for e in ends] == [2, 0, 0, 4, 11]  # 1xx has no EndOfMessage
+    assert ends[-1].body == b"unt" and ends[-1].body_truncated  # capped at max_body
+
+
+@pytest.mark.parametrize("bad", [
+    b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+    b"\x16\x03\x01\x02\x00",
+    b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+])
+def test_malformed_poisons(bad: bytes) -> None:
+    r = HTTP1Reader(CLIENT)
+    r.feed(bad)
+    with pytest.raises(Malformed):
+        drain(r)
+    r.feed(b"GET / HTTP/1.1\r\n\r\n")
+    with pytest.raises(Malformed):
+        r.next_event()
+
+
+def test_truncated_is_not_malformed() -> None:
+    r = HTTP1Reader(CLIENT)
+    r.feed(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+    assert isinstance(r.next_event(), Request)
+    r.feed_eof()
+    with pytest.raises(Truncated):
+        drain(r)
+
+
+def test_gap_inside_body_keeps_sync_gap_elsewhere_resyncs() -> None:
+    r = HTTP1Reader(CLIENT)
+    r.feed(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+    assert isinstance(r.next_event(), Request)
+    r.feed_gap(4)
+    r.feed(b"xyz")
+    r.feed(b"GET /next HTTP/1.1\r\n\r\n")
+    evs = drain(r)
+    assert isinstance(evs[0], EndOfMessage) and evs[0].body_bytes == 10 and evs[0].body_truncated
+    assert evs[1].target == "/next"
+    # a gap in a head: resync at the next start line
+    r.feed(b"GET /lost HTT")
+    r.feed_gap(100)
+    r.feed(b"garbage\r\nmore GET /found HTTP/1.1\r\n\r\n")
+    evs = drain(r)
+    assert isinstance(evs[0], Resync) and evs[0].lost_message
+    assert [e.target for e in evs if isinstance(e, Request)] == ["/found"]
+
+
+def test_midstream_start_finds_next_response() -> None:
+    r = HTTP1Reader(SERVER)
+    r.feed_gap(0)
+    r.feed(b"ody of an earlier one\r\nHTTP/1.1 302 Found\r\nContent-Length: 0\r\n\r\n")
+    evs = drain(r)
+    assert isinstance(evs[0], Resync) and not evs[0].lost_message
+    assert [e.status for e in evs if isinstance(e, Response)] == [302]
+
+
+def test_head_size_capped() -> None:
+    r = HTTP1Reader(CLIENT)
+    r.feed(b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 70000)
+    with pytest.raises(Malformed):
+        drain(r)
+    assert len(r.buf) == 0

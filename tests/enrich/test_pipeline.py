@@ -1,0 +1,200 @@
+"""k8s-watch -> rawcap.k8s / rawcap.control, enrich -> rawcap.flows, flows CLI; real Kafka."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgpack
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from enrich import FilterPlanner, Selection, run_enrich, run_k8s_watch
+from enrich._consumer import read_topic_to_end
+from rawcap.config import Config
+from rawcap.kafka import ensure_topics, producer_kwargs
+from schemas import Packet, encode_batch, topics
+from schemas.control import CaptureFilter, decode_control
+from schemas.flows import FlowRecord
+
+from .fakekube import FakeKube, namespace, node, pod, service
+from .frames import handshake
+
+pytestmark = pytest.mark.integration
+S = 1_000_000_000
+
+
+def rfc3339(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextlib.asynccontextmanager
+async def fake_cluster(tmp_path: Path) -> AsyncIterator[tuple[FakeKube, str]]:
+    fk = FakeKube()
+    await fk.start()
+    fk.put("namespace", namespace("shop"))
+    fk.put("namespace", namespace("billing"))
+    fk.put("node", node("enr-node-a", "192.0.2.77"))
+    fk.put("service", service("shop", "api", "10.96.7.20"))
+    fk.put("pod", pod("shop", "api-0", "10.231.7.20", "enr-node-a", owner=("StatefulSet", "api")))
+    kc = tmp_path / "kubeconfig"
+    kc.write_text(fk.kubeconfig())
+    try:
+        yield fk, str(kc)
+    finally:
+        await fk.stop()
+
+
+async def _control_filters(cfg: Config) -> dict[str, CaptureFilter]:
+    out: dict[str, CaptureFilter] = {}
+
+    def apply(r: Any) -> None:
+        if r.key and r.key.startswith(b"filter/") and r.value:
+            out[r.key.decode()] = decode_control(r.value)  # type: ignore[assignment]
+
+    await read_topic_to_end(cfg, topics.CONTROL, apply)
+    return out
+
+
+async def _wait(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    with anyio.fail_after(timeout, reason=f"timed out waiting for {what}"):
+        while not (got := pred()):
+            await anyio.sleep(0.1)
+    return got
+
+
+async def _send_packets(cfg: Config, node_name: str, seq: int, frames: list[bytes], t0: int) -> None:
+    pkts = [Packet(t0 + i * 1000, len(f), len(f), 2, 0, memoryview(f)) for i, f in enumerate(frames)]
+    producer = AIOKafkaProducer(**producer_kwargs(cfg))
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.PACKETS, encode_batch(node=node_name, seq=seq, packets=pkts,
+                                                                  ifaces={2: "veth0"}),
+                                     key=node_name.encode(), timestamp_ms=t0 // 1_000_000)
+    finally:
+        await producer.stop()
+
+
+async def test_pod_ip_reuse_attributed_end_to_end(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    cfg = make_config({"enrich.flowInterval": "1s", "enrich.grace": "500ms", "node.name": "enr-node-a"})
+    await ensure_topics(cfg)
+    node_name = f"enr-node-{time.time_ns() % 10**6}"
+    flows: list[FlowRecord] = []
+
+    async def collect(records: list[FlowRecord]) -> None:
+        flows.extend(r for r in records if r.node == node_name)
+
+    # a process report for the client socket (the capture agent's rawcap.procs)
+    producer = AIOKafkaProducer(**producer_kwargs(cfg))
+    await producer.start()
+    await producer.send_and_wait(topics.PROCS, msgpack.packb({
+        "ts_ns": time.time_ns(), "pid": 4242, "comm": "curl", "cgroup_id": 99,
+        "container_id": "c0ffee", "proto": "tcp", "saddr": "10.231.7.10", "sport": 40001,
+        "daddr": "10.231.7.20", "dport": 80}), key=b"enr-node-a")
+    await producer.stop()
+
+    async with fake_cluster(tmp_path) as (fk, kc):
+        fk.put("pod", pod("shop", "web-1", "10.231.7.10", node_name,
+                          start=rfc3339(time.time_ns() - 60 * S)))
+        stop_watch, stop_enrich = anyio.Event(), anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: run_k8s_watch(cfg, kubeconfig=kc, stop=stop_watch))
+            tg.start_soon(lambda: run_enrich(cfg, stop=stop_enrich, on_flows=collect))
+            await anyio.sleep(3)
+            t_before = time.time_ns()
+            await _send_packets(cfg, node_name, 1, handshake("10.231.7.10", 40001, "10.231.7.20", 80), t_before)
+            await _wait(lambda: [f for f in flows if f.sport == 40001], 30, "flow before reuse")
+            fk.delete("pod", "shop", "web-1")
+            await anyio.sleep(1)
+            fk.put("pod", pod("billing", "batch-7", "10.231.7.10", node_name, owner=("Job", "batch"),
+                              start=rfc3339(time.time_ns())))
+            await anyio.sleep(2)
+            t_after = time.time_ns()
+            await _send_packets(cfg, node_name, 2, handshake("10.231.7.10", 40002, "10.231.7.20", 80), t_after)
+            await _wait(lambda: [f for f in flows if f.sport == 40002], 30, "flow after reuse")
+            stop_watch.set()
+            stop_enrich.set()
+
+    before = next(f for f in flows if f.sport == 40001)
+    after = next(f for f in flows if f.sport == 40002)
+    assert before.src_workload is not None and after.src_workload is not None
+    assert (before.src_workload.namespace, before.src_workload.name) == ("shop", "web-1")
+    assert (after.src_workload.namespace, after.src_workload.name) == ("billing", "batch-7")
+    assert after.src_workload.owner_kind == "Job"
+    assert before.dst_workload is not None and before.dst_workload.name == "api-0"
+    assert (before.packets_fwd, before.packets_rev) == (4, 3)
+    assert before.src_process is not None and before.src_process.pid == 4242
+    assert before.src_process.comm == "curl"
+
+    # the CLI reads them back, with the namespace filter
+    env_cfg = tmp_path / "values.yaml"
+    env_cfg.write_text(f"kafka:\n  bootstrap: {cfg.get('kafka.bootstrap')}\n")
+    out = await anyio.to_thread.run_sync(lambda: subprocess.run(
+        [sys.executable, "-m", "rawcap.cli", "--config", str(env_cfg), "flows", "--from", "-5m",
+         "--node", node_name, "--namespace", "billing", "--json"],
+        capture_output=True, text=True, timeout=60))
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert [(d["sport"], d["src_workload"]["name"]) for d in lines] == [(40002, "batch-7")]
+    text = await anyio.to_thread.run_sync(lambda: subprocess.run(
+        [sys.executable, "-m", "rawcap.cli", "--config", str(env_cfg), "flows", "--from", "-5m",
+         "--node", node_name], capture_output=True, text=True, timeout=60))
+    assert "pod/shop/web-1" in text.stdout and "pid=4242 comm=curl" in text.stdout
+
+
+async def test_values_change_republishes_capture_filters(make_config: Callable[..., Config],
+                                                         tmp_path: Path) -> None:
+    cfg = make_config()
+    await ensure_topics(cfg)
+    async with fake_cluster(tmp_path) as (fk, kc):
+        fk.put("pod", pod("billing", "ledger-0", "10.231.8.5", "enr-node-a"))
+
+        async def watch_with(sel: Selection, check: Callable[[dict[str, CaptureFilter]], bool],
+                             then: Callable[[], Any] | None = None,
+                             then_check: Callable[[dict[str, CaptureFilter]], bool] | None = None) -> None:
+            stop = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: run_k8s_watch(cfg, kubeconfig=kc, planner=FilterPlanner(sel),
+                                                    stop=stop, settle_s=0.1))
+                await _wait(lambda: check(await_filters()), 30, "filters")
+                if then is not None and then_check is not None:
+                    then()
+                    await _wait(lambda: then_check(await_filters()), 30, "updated filters")
+                stop.set()
+
+        current: dict[str, CaptureFilter] = {}
+
+        def await_filters() -> dict[str, CaptureFilter]:
+            return current
+
+        async def poll() -> None:
+            while True:
+                current.clear()
+                current.update(await _control_filters(cfg))
+                await anyio.sleep(0.3)
+
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(poll)
+            # values: everything captured
+            await watch_with(Selection(), lambda f: f.get("filter/*") == CaptureFilter(version=f["filter/*"].version)
+                             and "filter/enr-node-a" not in f or not f["filter/enr-node-a"].deny_ips)
+            v0 = current["filter/*"].version
+            # values change: billing excluded -> the node's filter denies the billing pod IPs,
+            # and a billing pod started later is denied within seconds
+            await watch_with(
+                Selection(excluded=("billing",)),
+                lambda f: "10.231.8.5/32" in getattr(f.get("filter/enr-node-a"), "deny_ips", ()),
+                then=lambda: fk.put("pod", pod("billing", "ledger-1", "10.231.8.6", "enr-node-a")),
+                then_check=lambda f: "10.231.8.6/32" in f["filter/enr-node-a"].deny_ips,
+            )
+            assert current["filter/enr-node-a"].version > v0
+            assert "10.231.7.20/32" not in current["filter/enr-node-a"].deny_ips  # shop still captured
+            outer.cancel_scope.cancel()
