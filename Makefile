@@ -16,9 +16,12 @@ demo: setup
 test: setup
 	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
 
+# ruff and mypy both run; either failing fails the target.
 lint:
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy $(PY_PACKAGES) tests
+	@rc=0; \
+	$(VENV)/bin/ruff check . || rc=1; \
+	$(VENV)/bin/mypy $(PY_PACKAGES) tests || rc=1; \
+	exit $$rc
 
 stack-up:
 	$(VENV)/bin/rawcap stack up

@@ -9,6 +9,11 @@ body reaches ``capture.batch.maxBytes`` or ``capture.batch.maxDelay`` after its 
 
 The output is byte-compatible with :func:`schemas.encode_block_batch`: ``MAGIC``, the
 msgpack header, one zstd frame over the concatenated blocks (each trimmed to ``blk_len``).
+
+Incompressible traffic (TLS, already-compressed payloads) costs zstd about 1 ms per MiB for
+nothing, which is most of the agent's CPU at high rates. So compression adapts: when a batch
+shrinks by less than ``_WORTH`` the next ``_PLAIN_BATCHES`` batches are stored with codec
+``none`` (a plain copy out of the ring, ~20x cheaper), then one batch probes zstd again.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from schemas import BODY_TPACKET3, MAGIC, BatchHeader, block_summary
 
 __all__ = ("BlockBatcher", "ClosedBatch")
 
+_WORTH = 0.9  # compressed / raw above this: not worth compressing
+_PLAIN_BATCHES = 32
 _FIRST_OFF = struct.Struct("<I")  # tpacket_block_desc.hdr.offset_to_first_pkt at byte 16
 _FRAME_TS = struct.Struct("<II")  # tpacket3_hdr.tp_sec, tp_nsec at byte 4
 
@@ -55,10 +62,13 @@ class BlockBatcher:
         # Probe the codec now: a bad level fails at start, not on the first packet.
         self._zc = zstandard.ZstdCompressor(level=level, write_checksum=True)
         self._clock = clock
+        self._plain_left = 0
+        self.plain_batches = 0
         self._reset()
 
     def _reset(self) -> None:
         self._cobj: Any = None
+        self._plain = False
         self._parts: list[bytes] = []
         self._count = self._raw = 0
         self._first = self._last = 0
@@ -78,13 +88,14 @@ class BlockBatcher:
         first_off = _FIRST_OFF.unpack_from(block, 16)[0]
         sec, nsec = _FRAME_TS.unpack_from(block, first_off + 4)
         t0 = sec * 1_000_000_000 + nsec
-        if self._cobj is None:
-            self._cobj = self._zc.compressobj()
+        if self._count == 0:
+            self._plain = self._plain_left > 0
+            self._cobj = None if self._plain else self._zc.compressobj()
             self._opened = self._clock()
             self._first = t0
         used = block[:blk_len]
         try:
-            out = self._cobj.compress(used)
+            out = bytes(used) if self._plain else self._cobj.compress(used)
         finally:
             used.release()
         if out:
@@ -104,11 +115,17 @@ class BlockBatcher:
     def close(self) -> ClosedBatch | None:
         if self._count == 0:
             return None
-        self._parts.append(self._cobj.flush())
+        if self._plain:
+            self._plain_left -= 1
+            self.plain_batches += 1
+        else:
+            self._parts.append(self._cobj.flush())
+            if sum(len(p) for p in self._parts) > _WORTH * self._raw:
+                self._plain_left = _PLAIN_BATCHES
         header = BatchHeader(
             node=self.node, seq=self.next_seq, count=self._count, first_ns=self._first,
-            last_ns=self._last, ifaces=self._ifaces(), body=BODY_TPACKET3, codec="zstd",
-            body_len=self._raw, snaplen=self.snaplen,
+            last_ns=self._last, ifaces=self._ifaces(), body=BODY_TPACKET3,
+            codec="none" if self._plain else "zstd", body_len=self._raw, snaplen=self.snaplen,
         )
         value = b"".join([MAGIC, msgpack.packb(header.to_msgpack_map(), use_bin_type=True),
                           *self._parts])

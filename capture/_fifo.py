@@ -37,6 +37,7 @@ __all__ = ("SEGMENT_SUFFIX", "STATE_FILE", "Entry", "Fifo", "segment_name")
 log = logging.getLogger("rawcap.capture")
 
 SEGMENT_SUFFIX = ".rcsg"
+_RECENT = 16
 STATE_FILE = "shipped.json"
 
 
@@ -103,6 +104,9 @@ class Fifo:
         self._fh: object | None = None
         self._cur: Segment | None = None
         self._fds: dict[Path, int] = {}
+        # The newest batches, as written: a shipper that keeps up sends these without
+        # reading the segment back (saves a copy and a syscall per batch).
+        self._recent: dict[int, bytes] = {}
 
     # --- start-up ---------------------------------------------------------------------
 
@@ -172,6 +176,8 @@ class Fifo:
         self._cur.size += need
         self._cur.entries.append(Entry(batch.seq, offset, len(batch.value), batch.count,
                                        batch.raw_bytes, batch.first_ns))
+        self._recent[batch.seq] = batch.value
+        self._recent.pop(batch.seq - _RECENT, None)
         self.next_seq += 1
         self.batches_written += 1
         if self.on_append:
@@ -246,6 +252,9 @@ class Fifo:
         if found is None:
             return None
         seg, entry = found
+        cached = self._recent.get(seq)
+        if cached is not None:
+            return entry, cached
         fd = self._fds.get(seg.path)
         if fd is None:
             try:

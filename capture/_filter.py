@@ -55,6 +55,29 @@ def _check_headers() -> None:
         )
 
 
+CAP_NET_RAW, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 13, 21, 38, 39
+
+
+def effective_caps() -> int:
+    """Bit mask of this process's effective capabilities (``CapEff`` in /proc)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def require_caps(what: str, *caps: int) -> None:
+    eff = effective_caps()
+    if eff & (1 << CAP_SYS_ADMIN):
+        return
+    names = {CAP_NET_RAW: "CAP_NET_RAW", CAP_BPF: "CAP_BPF", CAP_PERFMON: "CAP_PERFMON"}
+    missing = [names[c] for c in caps if not eff & (1 << c)]
+    if missing:
+        raise FilterUnavailable(f"{what} needs {' and '.join(missing)} (or root); "
+                                "see docs/capture.md, Capabilities")
+
+
 class _Quiet:
     """Silence clang's chatter on fd 2 while bcc compiles (it would end up in user logs)."""
 
@@ -96,12 +119,13 @@ class KernelFilter:
 
     def __init__(self, snaplen: int = 0) -> None:
         bcc = load_bcc()
+        require_caps("loading the eBPF capture filter", CAP_BPF)
         _check_headers()
-        text = Path(__file__).with_name("_filter.c").read_text()
+        text = Path(__file__).with_name("_filter.c").read_bytes()
         try:
             with _Quiet():
                 self._bpf = bcc.BPF(text=text, cflags=["-w"])
-                self._fn = self._bpf.load_func("rawcap_filter", bcc.BPF.SOCKET_FILTER)
+                self._fn = self._bpf.load_func(b"rawcap_filter", bcc.BPF.SOCKET_FILTER)
         except PermissionError:
             raise FilterUnavailable(
                 "not allowed to load eBPF programs: the agent needs CAP_BPF (and CAP_PERFMON, "
@@ -126,7 +150,7 @@ class KernelFilter:
         return int(self._fn.fd)
 
     def _write_cfg(self, flags: int) -> None:
-        cfg = self._bpf["cfg"]
+        cfg = self._bpf[b"cfg"]
         leaf = cfg.Leaf()
         leaf.snaplen = self.snaplen
         leaf.flags = flags
@@ -161,10 +185,10 @@ class KernelFilter:
                 raise ConfigError(f"capture filter: protocol {proto!r} is not tcp or udp")
         with self._lock:
             b = self._bpf
-            self._sync_set(b["deny_ip"], [_lpm_key(b["deny_ip"], n) for n in deny_ips])
-            self._sync_set(b["deny_port"], [b["deny_port"].Key(int(p)) for p in f.deny_ports])
-            self._sync_set(b["allow_ip"], [_lpm_key(b["allow_ip"], n) for n in allow_ips])
-            self._sync_set(b["allow_port"], [b["allow_port"].Key(int(p)) for p in f.allow_ports])
+            self._sync_set(b[b"deny_ip"], [_lpm_key(b[b"deny_ip"], n) for n in deny_ips])
+            self._sync_set(b[b"deny_port"], [b[b"deny_port"].Key(int(p)) for p in f.deny_ports])
+            self._sync_set(b[b"allow_ip"], [_lpm_key(b[b"allow_ip"], n) for n in allow_ips])
+            self._sync_set(b[b"allow_port"], [b[b"allow_port"].Key(int(p)) for p in f.allow_ports])
             self.current = f
             self._write_cfg(self._flags())
         log.info("capture filter applied", extra={"filter_version": f.version,
@@ -176,7 +200,7 @@ class KernelFilter:
     def set_ifaces(self, ifindexes: set[int] | None) -> None:
         """Restrict capture to these interfaces (``None``: whatever the socket is bound to)."""
         with self._lock:
-            m = self._bpf["ifaces"]
+            m = self._bpf[b"ifaces"]
             if ifindexes is not None:
                 self._sync_set(m, [m.Key(i) for i in ifindexes])
             self._ifaces = set(ifindexes) if ifindexes is not None else None
@@ -195,7 +219,7 @@ class KernelFilter:
 
     def counters(self) -> list[int]:
         """Per-slot totals over CPUs: seen TCP/UDP, accepted, rejected, other protocols."""
-        m = self._bpf["counters"]
+        m = self._bpf[b"counters"]
         return [int(sum(m[ctypes.c_int(i)])) for i in range(4)]
 
     def close(self) -> None:

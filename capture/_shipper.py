@@ -15,12 +15,14 @@ from collections.abc import Awaitable
 from typing import Any
 
 import anyio
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from rawcap.config import Config
-from rawcap.kafka import ensure_topics, producer_kwargs
-from schemas.errors import TransportError
+from rawcap.kafka import consumer_kwargs, ensure_topics, producer_kwargs
+from schemas import decode_header
+from schemas.errors import BatchError, TransportError
 from schemas.topics import PACKETS
 
 from ._fifo import Fifo
@@ -31,6 +33,8 @@ __all__ = ("IN_FLIGHT", "Shipper", "producer_config")
 log = logging.getLogger("rawcap.capture")
 
 IN_FLIGHT = 8
+#: Records read back from our partition's tail when (re)connecting (see _skip_already_in_kafka).
+_TAIL = 64
 _BACKOFF_MAX = 5.0
 
 
@@ -78,6 +82,7 @@ class Shipper:
                     await ensure_topics(self.cfg, 10.0)
                     self._topics_ok = True
                 await producer.start()
+                await self._skip_already_in_kafka()
                 self.connected = True
                 backoff = 0.5
                 log.info("shipper connected", extra={"resume_seq": self.fifo.acked_seq + 1})
@@ -98,6 +103,50 @@ class Shipper:
                     await producer.stop()
             await anyio.sleep(backoff)
             backoff = min(_BACKOFF_MAX, backoff * 2)
+
+    async def _skip_already_in_kafka(self) -> None:
+        """Move ``acked_seq`` past batches of ours that Kafka already holds.
+
+        A crash between Kafka's acknowledgement and ``shipped.json``, or a producer that
+        failed with batches in flight, would otherwise resend them under a new producer id
+        (which the broker cannot deduplicate). Only the tail of our partition can hold such
+        batches: read the last ``_TAIL`` records there and take our highest sequence.
+        """
+        high = await self._kafka_high_seq()
+        if high > self.fifo.acked_seq and high <= self.fifo.last_seq:
+            log.info("batches already in Kafka, not resending",
+                     extra={"from_seq": self.fifo.acked_seq + 1, "to_seq": high})
+            self.fifo.mark_acked(high)
+
+    async def _kafka_high_seq(self) -> int:
+        consumer = AIOKafkaConsumer(**consumer_kwargs(self.cfg, None, enable_auto_commit=False))
+        try:
+            await consumer.start()
+            md = await consumer._client.fetch_all_metadata()
+            parts = sorted(md.partitions_for_topic(PACKETS) or ())
+            if not parts:
+                return 0
+            tp = TopicPartition(PACKETS, DefaultPartitioner()(self.key, parts, parts))
+            consumer.assign([tp])
+            end = (await consumer.end_offsets([tp]))[tp]
+            start = max(0, end - _TAIL)
+            consumer.seek(tp, start)
+            high = 0
+            while await consumer.position(tp) < end:
+                got = await consumer.getmany(tp, timeout_ms=2000, max_records=_TAIL)
+                if not got:
+                    break
+                for rec in got.get(tp, []):
+                    if rec.key == self.key and rec.value:
+                        try:
+                            header, _ = decode_header(rec.value)
+                        except BatchError:
+                            continue
+                        high = max(high, header.seq)
+            return high
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await consumer.stop()
 
     async def _ship(self, producer: AIOKafkaProducer, until_caught_up: bool) -> None:
         send, recv = anyio.create_memory_object_stream[tuple[int, Awaitable[Any]]](IN_FLIGHT)

@@ -35,7 +35,7 @@ from schemas.control import CaptureFilter
 
 from ._batcher import BlockBatcher, ClosedBatch
 from ._fifo import Fifo
-from ._filter import KernelFilter
+from ._filter import FilterUnavailable, KernelFilter
 from ._ifaces import IfaceSelection, resolve
 from ._metrics import Metrics
 from ._netns import in_netns
@@ -98,6 +98,12 @@ class Agent:
         self.shipper: Any = None
         self.procs: Any = None
         self._want_procs = self.kafka if procs is None else procs
+        if self._want_procs and self.kafka:
+            from ._procs import ProcsTracer
+            try:
+                self.procs = ProcsTracer(cfg, self.node, self.metrics)
+            except FilterUnavailable as exc:
+                log.warning("process context disabled: %s", exc)
 
     # --- public -----------------------------------------------------------------------
 
@@ -310,6 +316,8 @@ class Agent:
             self.ring = None
         s.filter_rejected = self.filter.counters()[2]
         self.filter.close()
+        if self.procs is not None:
+            self.procs.close()
         if self.fifo is not None:
             s.last_seq = self.fifo.last_seq
             s.lost_batches, s.lost_packets = self.fifo.lost_batches, self.fifo.lost_packets

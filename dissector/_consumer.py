@@ -142,6 +142,15 @@ async def run_dissect(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+async def _partitions(consumer: Any, topic: str) -> set[int]:
+    """Partitions of ``topic``; an unsubscribed consumer has no metadata for it yet."""
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        await consumer._client.force_metadata_update()  # as rawcap.window does
+        parts = consumer.partitions_for_topic(topic)
+    return set(parts or ())
+
+
 async def read_switch(cfg: Config) -> DissectionSwitch | None:
     """The newest ``dissection`` record on ``rawcap.control`` (None when there is none)."""
     from aiokafka import TopicPartition
@@ -152,7 +161,7 @@ async def read_switch(cfg: Config) -> DissectionSwitch | None:
     try:
         with anyio.fail_after(30):
             await consumer.start()
-        parts = consumer.partitions_for_topic(topics.CONTROL) or set()
+        parts = await _partitions(consumer, topics.CONTROL)
         tps = [TopicPartition(topics.CONTROL, p) for p in sorted(parts)]
         if not tps:
             return None
@@ -243,7 +252,7 @@ async def _follow(args: argparse.Namespace, cfg: Config) -> int:
             await consumer.start()
             await control.start()
         ctps = [TopicPartition(topics.CONTROL, p)
-                for p in sorted(control.partitions_for_topic(topics.CONTROL) or ())]
+                for p in sorted(await _partitions(control, topics.CONTROL))]
         if ctps:
             control.assign(ctps)
             await control.seek_to_end(*ctps)

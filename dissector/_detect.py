@@ -13,6 +13,7 @@ from typing import Final
 
 from .http1._parser import _REQ_START, _RESP_START, METHODS
 from .http2 import PREFACE
+from .postgres import looks_like_startup
 
 __all__ = ("DNS_PORTS", "UNKNOWN", "detect")
 
@@ -35,6 +36,8 @@ def detect(data: bytes, sport: int, dport: int, *, midstream: bool,
         return ("http1", True)
     if head.startswith(b"HTTP/1."):
         return ("http1", False)
+    if looks_like_startup(data):
+        return ("postgres", True)
     if _RESP_REQ.match(data):
         return ("redis", True)
     if sport in REDIS_PORTS and data[:1] in (b"+", b"-", b":", b"$", b"*", b"%", b"_"):

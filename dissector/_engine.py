@@ -117,6 +117,7 @@ class _Flow:
             proto, ep, client_dir, eng.emit, eng.sstats, eng.redact, max_body=eng.max_body,
             pairer=eng.dns, flow_key=(ep.src_ip, ep.src_port, ep.dst_ip, ep.dst_port, "tcp"))
         eng.flows_detected[proto] = eng.flows_detected.get(proto, 0) + 1
+        sess.max_buffer = eng.max_flow_bytes
         self.stream.sink = sess  # skip this layer from now on
         pending, self.pending = self.pending, []
         for kind, d, val, ts in pending:
@@ -153,6 +154,7 @@ class Dissector:
         self.udp_dns = 0
         self.udp_errors = 0
         self.last_ts = 0
+        self._addrs: dict[bytes, str] = {}
 
     def stats(self) -> dict[str, Any]:
         return {"packets": self.packets, "flows_open": len(self.order),
@@ -198,6 +200,18 @@ class Dissector:
                 if stream.closed:
                     self._forget(flow)
                 return
+            if etype == 0x0800 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF:
+                # UDP: same offsets for the ports; only DNS ports are dissected.
+                if sport in DNS_PORTS or dport in DNS_PORTS:
+                    self.last_ts = ts_ns
+                    try:
+                        msg = parse_message(frame[42:14 + total], ts_ns)
+                    except ParseError:
+                        self.udp_errors += 1
+                        return
+                    self.udp_dns += 1
+                    self._dns(msg, src, sport, dst, dport)
+                return
         p = parse_l4(frame)
         if p is None or p.fragment:
             return
@@ -227,12 +241,25 @@ class Dissector:
                 self.udp_errors += 1
                 return
             self.udp_dns += 1
-            src, dst = format_addr(p.src), format_addr(p.dst)
-            if msg.is_response:
-                ep = Endpoints(self.node, "udp", dst, p.dport, src, p.sport)
-            else:
-                ep = Endpoints(self.node, "udp", src, p.sport, dst, p.dport)
-            self.dns.message(msg, ep, (ep.src_ip, ep.src_port, ep.dst_ip, ep.dst_port, "udp"))
+            self._dns(msg, p.src, p.sport, p.dst, p.dport)
+
+    def _dns(self, msg: Any, src: bytes, sport: int, dst: bytes, dport: int) -> None:
+        s, d = self._addr(src), self._addr(dst)
+        if msg.is_response:
+            ep = Endpoints(self.node, "udp", d, dport, s, sport)
+        else:
+            ep = Endpoints(self.node, "udp", s, sport, d, dport)
+        self.dns.message(msg, ep, (ep.src_ip, ep.src_port, ep.dst_ip, ep.dst_port, "udp"))
+
+    def _addr(self, packed: bytes) -> str:
+        """Formatted address, cached (DNS packets would otherwise format two per packet)."""
+        cache = self._addrs
+        text = cache.get(packed)
+        if text is None:
+            if len(cache) >= 65536:
+                cache.clear()
+            text = cache[packed] = format_addr(packed)
+        return text
 
     def _new_flow(self, key: tuple[Any, ...], p: Any, flags: int) -> tuple[_Flow, int]:
         if len(self.order) >= self.max_flows:
@@ -277,8 +304,10 @@ class Dissector:
         for ts, frame in frames:
             pkt(ts, frame)
 
-    def run_pcap_records(self, buf: Any, off: int, big_endian: bool, ns_mul: int) -> int:
-        """Walk classic-pcap records in ``buf`` from ``off``; return the packets dissected.
+    def run_pcap_records(self, buf: Any, off: int, big_endian: bool, ns_mul: int,
+                         ) -> tuple[int, int]:
+        """Walk classic-pcap records in ``buf`` from ``off``; return (packets, end offset):
+        an end offset short of ``len(buf)`` means the last record was cut off.
 
         The same work as calling :meth:`packet` per record, with the TCP/IPv4 fast path
         inlined: a file of millions of packets is where per-call overhead shows.
@@ -312,8 +341,18 @@ class Dissector:
                         elif plen > 0:
                             p0 = off + 34 + hl
                             stream = flow.stream
-                            stream.segment(ent[1], seq, flags, buf[p0:p0 + min(plen, end - p0)],
-                                           ts)
+                            payload = buf[p0:p0 + min(plen, end - p0)]
+                            half = stream.halves[ent[1]]
+                            if (not flags & 0x07 and half.next_seq == seq and not half.ooo
+                                    and not stream.closed and half.fin_seq is None):
+                                # In-order data segment: TcpStream.segment's first branch,
+                                # inlined.
+                                half.next_seq = (seq + len(payload)) & 0xFFFFFFFF
+                                stream.last_ts = ts
+                                stream.stats.bytes_delivered += len(payload)
+                                stream.sink.on_data(ent[1], payload, ts)
+                            else:
+                                stream.segment(ent[1], seq, flags, payload, ts)
                             if stream.closed:
                                 self._forget(flow)
                         elif flags & 0x07:
@@ -326,4 +365,4 @@ class Dissector:
                         continue
             packet(ts, buf[off:end])
             off = end
-        return count
+        return count, off

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rawcap.config import Config
-from rawcap.pcapfile import LINKTYPE_ETHERNET, read_capture
+from rawcap.pcapfile import LINKTYPE_ETHERNET, TruncatedCapture, read_capture
 from rawcap.timeparse import format_ns
 from schemas.calls import Call
 from schemas.errors import ConfigError
@@ -87,18 +87,24 @@ def dissect_pcap(path: str | Path, dissector: Dissector) -> int:
     if classic is not None:
         mm, big, mul = classic
         try:
-            n = dissector.run_pcap_records(mm, 24, big, mul)
+            n, end = dissector.run_pcap_records(mm, 24, big, mul)
+            size = len(mm)
         finally:
             mm.close()
         dissector.finish()
+        if end != size:
+            raise TruncatedCapture(f"{path}: truncated at byte {end} of {size} (the {n} "
+                                   "packets before it were dissected)")
         return n
-    with p.open("rb") as fh:
-        for recs in read_capture(fh, name=str(path), chunk=8 << 20):
-            for r in recs:
-                if r.linktype == LINKTYPE_ETHERNET:
-                    pkt(r.ts_ns, r.data)
-            n += len(recs)
-    dissector.finish()
+    try:
+        with p.open("rb") as fh:
+            for recs in read_capture(fh, name=str(path), chunk=8 << 20):
+                for r in recs:
+                    if r.linktype == LINKTYPE_ETHERNET:
+                        pkt(r.ts_ns, r.data)
+                n += len(recs)
+    finally:
+        dissector.finish()  # a truncated file: what came before still becomes calls
     return n
 
 

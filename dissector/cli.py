@@ -14,7 +14,7 @@ from schemas.errors import ConfigError
 __all__ = ("add_commands",)
 
 SOURCES_HELP = "kafka (default), local, archive or snapshot:ID"
-L7 = ("http1", "http2", "grpc", "dns", "redis")
+L7 = ("http1", "http2", "grpc", "dns", "redis", "postgres")
 
 
 def _dissect(args: argparse.Namespace, cfg: Config) -> Any:
@@ -44,6 +44,7 @@ def _dissect_pcap(args: argparse.Namespace, cfg: Config) -> int:
         dissect_pcap(args.pcap, d)
     finally:
         out.flush()
+        sys.stdout.flush()
         if store is not None:
             store.close()
     if args.stats:

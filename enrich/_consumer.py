@@ -59,8 +59,9 @@ class Enricher:
         self.next_offset: dict[int, int] = {}
         self.packets = self.non_l4 = self.corrupt = 0
 
-    def add_batch(self, partition: int, offset: int, value: bytes) -> None:
-        """Raises :class:`BatchError` for a corrupt batch (the caller sends it to the DLQ)."""
+    def add_batch(self, partition: int, offset: int, value: bytes) -> str:
+        """Add one batch; returns its node. Raises :class:`BatchError` for a corrupt batch
+        (the caller sends it to the DLQ)."""
         try:
             batch = decode_batch(value)
             node = batch.header.node
@@ -76,6 +77,7 @@ class Enricher:
                 table.add(pkt.ts_ns, l4, pkt.origlen, offset)
                 self.packets += 1
             self._last_add[key] = time.monotonic()
+            return node
         finally:
             self.next_offset[partition] = offset + 1
 
@@ -105,10 +107,20 @@ class Enricher:
                 out[partition] = min(out.get(partition, tag), tag)
         return out
 
+    def _pod_uid(self, ip: bytes, ts_ns: int) -> str:
+        wl = self.index.resolve(ip, ts_ns)
+        pod = self.index.pod(wl.namespace, wl.name) if wl is not None and wl.kind == "pod" else None
+        return pod.uid if pod is not None else ""
+
+    def horizon(self) -> int | None:
+        """Oldest packet time still needed (for pruning closed history), or None."""
+        marks = [t.watermark for t in self.tables.values() if t.watermark]
+        return min(marks) if marks else None
+
     def record(self, f: Flow) -> FlowRecord:
         t = f.first_ns
         proto = _PROTO.get(f.proto, str(f.proto))
-        src_proc, dst_proc = self.procs.lookup(proto, f.a, f.ap, f.b, f.bp, t)
+        src_proc, dst_proc = self.procs.lookup(f.node, f.a, f.ap, f.b, f.bp, t, self._pod_uid)
         return FlowRecord(
             node=f.node, proto=proto, src=format_addr(f.a), sport=f.ap, dst=format_addr(f.b),
             dport=f.bp, first_ns=f.first_ns, last_ns=f.last_ns, interval_ns=f.bucket * self.interval,
@@ -133,18 +145,18 @@ async def stop_client(client: Any) -> None:
             pass
 
 
-async def partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float = 10.0) -> list[TopicPartition]:
+async def partitions(consumer: AIOKafkaConsumer, topic: str, wait_s: float = 10.0) -> list[TopicPartition]:
     """The partitions of ``topic`` (a group-less consumer knows no topic metadata yet)."""
     parts = consumer.partitions_for_topic(topic)
     if not parts:
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(wait_s):
             await consumer._client._wait_on_metadata(topic)  # adds the topic, waits for it
         parts = consumer.partitions_for_topic(topic)
     return [TopicPartition(topic, p) for p in sorted(parts or ())]
 
 
 async def read_topic_to_end(cfg: Config, topic: str,
-                            apply: Callable[[Any], None], *, timeout: float = 30.0) -> None:
+                            apply: Callable[[Any], None], *, wait_s: float = 30.0) -> None:
     """Read a whole (compacted) topic from the beginning to its current end, once."""
     consumer = AIOKafkaConsumer(**consumer_kwargs(cfg, None))
     await consumer.start()
@@ -155,8 +167,8 @@ async def read_topic_to_end(cfg: Config, topic: str,
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        with anyio.fail_after(timeout):
-            while any(await consumer.position(tp) < ends[tp] for tp in tps):
+        with anyio.fail_after(wait_s):
+            while any([await consumer.position(tp) < ends[tp] for tp in tps]):
                 got = await consumer.getmany(timeout_ms=500, max_records=1000)
                 for recs in got.values():
                     for r in recs:
@@ -217,7 +229,7 @@ async def run_enrich(cfg: Config, *, stop: anyio.Event | None = None,
 
     def apply_proc(r: Any) -> None:
         if r.value:
-            procs.apply_value(r.value, r.timestamp * 1_000_000)
+            procs.apply_value(r.value)
 
     producer = AIOKafkaProducer(**producer_kwargs(cfg))
     consumer = AIOKafkaConsumer(topics.PACKETS, **consumer_kwargs(
@@ -228,9 +240,11 @@ async def run_enrich(cfg: Config, *, stop: anyio.Event | None = None,
             tg.start_soon(_follow, cfg, topics.K8S, apply_k8s, k8s_ready)
             tg.start_soon(_follow, cfg, topics.PROCS, apply_proc, procs_ready)
             tg.start_soon(_on_signal, stopping)
-            with anyio.fail_after(60):
-                await k8s_ready.wait()
+            await k8s_ready.wait()  # workloads first: a flow published without them is wrong
+            with anyio.move_on_after(120) as late:
                 await procs_ready.wait()
+            if late.cancelled_caught:  # process context keeps loading; flows start without it
+                log.warning("rawcap.procs not read to its end after 120 s; enriching meanwhile")
             log.info("context loaded", extra=index.stats())
             await consumer.start()
             try:
@@ -259,7 +273,9 @@ async def _enrich_loop(cfg: Config, consumer: AIOKafkaConsumer, producer: AIOKaf
         for tp, msgs in got.items():
             for m in msgs:
                 try:
-                    enricher.add_batch(tp.partition, m.offset, m.value)
+                    node = enricher.add_batch(tp.partition, m.offset, m.value)
+                    log.debug("batch added", extra={"node": node, "partition": tp.partition,
+                                                    "offset": m.offset})
                 except BatchError as exc:
                     enricher.corrupt += 1
                     log.warning("corrupt batch to DLQ", extra={"partition": tp.partition,
@@ -270,11 +286,17 @@ async def _enrich_loop(cfg: Config, consumer: AIOKafkaConsumer, producer: AIOKaf
                         ("source.offset", str(m.offset).encode()), ("reporter", b"enrich")])
         records = enricher.due()
         await _commit(consumer, producer, enricher, records, on_flows)
-        if time.monotonic() - last_prune > 60:
+        horizon = enricher.horizon()
+        if time.monotonic() - last_prune > 60 and horizon is not None:
+            # keep an hour of closed history behind the oldest packet time still in play,
+            # so that replaying older packets still finds the pods of that time
             last_prune = time.monotonic()
-            enricher.index.prune(time.time_ns() - 3600 * 1_000_000_000)
-            enricher.procs.prune(time.time_ns() - 3600 * 1_000_000_000)
-    await _commit(consumer, producer, enricher, enricher.flush(), on_flows)
+            enricher.index.prune(horizon - 3600 * 1_000_000_000)
+            enricher.procs.prune(horizon - 3600 * 1_000_000_000)
+    final = enricher.flush()
+    await _commit(consumer, producer, enricher, final, on_flows)
+    log.info("enrich stopped", extra={"flushed_flows": len(final), "packets": enricher.packets,
+                                      "corrupt_batches": enricher.corrupt})
 
 
 async def _commit(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, enricher: Enricher,

@@ -58,10 +58,13 @@ def _ip_net(ip: str) -> str:
     return f"{ip}/128" if ":" in ip else f"{ip}/32"
 
 
-def compute_filters(pods: Iterable[PodRecord], nodes: Iterable[str], sel: Selection) -> dict[str, CaptureFilter]:
+def compute_filters(
+    pods: Iterable[PodRecord], nodes: Iterable[str], sel: Selection
+) -> dict[str, CaptureFilter]:
     """Filter records by key (``filter/<node>``, ``filter/*``), version 0 (the planner stamps)."""
     if sel.trivial:
-        return {filter_key("*"): CaptureFilter()}
+        everything = CaptureFilter()
+        return {filter_key("*"): everything, **{filter_key(n): everything for n in nodes}}
     allow: dict[str, set[str]] = {n: set() for n in nodes}
     deny: dict[str, set[str]] = {n: set() for n in nodes}
     for pod in pods:
@@ -103,6 +106,8 @@ class FilterPlanner:
 
     def plan(self, pods: Iterable[PodRecord], nodes: Iterable[str]) -> dict[str, CaptureFilter]:
         wanted = compute_filters(pods, nodes, self.selection)
+        for key in self.published:  # a node record left from other values must not linger
+            wanted.setdefault(key, wanted[filter_key("*")])
         changed: dict[str, CaptureFilter] = {}
         for key, f in wanted.items():
             old = self.published.get(key)

@@ -151,7 +151,7 @@ class Change:
 
 
 def _same(a: K8sRecord, b: K8sRecord) -> bool:
-    return dataclasses.replace(a, rv="") == dataclasses.replace(b, rv="")  # type: ignore[type-var]
+    return dataclasses.replace(a, rv="") == dataclasses.replace(b, rv="")
 
 
 class ObjectCache:

@@ -1,103 +1,144 @@
-"""Process context from ``rawcap.procs``: which process owned a socket at some time.
+"""Process context from ``rawcap.procs``: which process owned a flow's socket at some time.
 
-The capture agent's eBPF programs report, per socket event, the local and remote address
-and port with pid, comm, cgroup id and container id. A flow end ``(ip, port)`` is matched to
-the newest report for that socket at or before the flow's first packet (small clock slack
-allowed: the tracepoint fires around the SYN, not necessarily before it is captured).
+The capture agent reports on the syscall side (``schemas.procs``), one observation per
+record, of four kinds; each answers a different question about a flow end:
 
-The record layout is the capture issue's ``schemas.procs``; until it is importable this
-reader accepts the msgpack maps by field name (``ts_ns``, ``pid``, ``comm``, ``cgroup_id``,
-``container_id``, ``proto``, ``saddr``/``src``, ``sport``, ``daddr``/``dst``, ``dport``).
+- ``tcp`` (outgoing connection established, full 5-tuple): the process behind
+  ``(saddr, sport)``; addresses are cluster-unique, so this holds whatever node saw the flow.
+- ``listen`` (local address, often the wildcard, and port): the server process of flows to
+  that port on that node. Pods on one node may all listen on ``0.0.0.0:80``, so when several
+  candidates fit, the one whose ``pod_uid`` is the destination pod wins.
+- ``connect`` / ``udp`` with no source port: the client process of flows from that node to
+  ``(daddr, dport)``; with a source port, like ``tcp``.
+
+A flow end is matched to the newest fitting report at or before its first packet, with
+:data:`SLACK_NS` of clock slack (the tracepoint fires around the SYN, not necessarily before
+the capture saw it).
 """
 
 from __future__ import annotations
 
 import bisect
-from typing import Any
-
-import msgpack
+from collections.abc import Callable
 
 from schemas.flows import ProcessInfo
 from schemas.k8s import pack_ip
+from schemas.procs import ProcRecord, decode_proc
 
-__all__ = ("ProcIndex",)
+__all__ = ("SLACK_NS", "ProcIndex")
 
-_SLACK_NS = 2_000_000_000
-
-
-def _get(doc: dict[str, Any], *names: str, default: Any = None) -> Any:
-    for n in names:
-        if n in doc and doc[n] is not None:
-            return doc[n]
-    return default
+SLACK_NS = 2_000_000_000
+_WILDCARD = (b"\0" * 4, b"\0" * 16)
 
 
-def _ip(value: Any) -> bytes | None:
-    if isinstance(value, bytes) and len(value) in (4, 16):
-        return value
-    if isinstance(value, str) and value:
-        try:
-            return pack_ip(value)
-        except OSError:
-            return None
-    return None
+class _Timeline:
+    __slots__ = ("infos", "times")
+
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self.infos: list[tuple[ProcessInfo, str]] = []  # (process, pod uid)
+
+    def add(self, ts: int, info: ProcessInfo, pod_uid: str) -> None:
+        i = bisect.bisect_right(self.times, ts)
+        self.times.insert(i, ts)
+        self.infos.insert(i, (info, pod_uid))
+
+    def at(self, ts: int) -> tuple[ProcessInfo, str] | None:
+        i = bisect.bisect_right(self.times, ts + SLACK_NS)
+        return self.infos[i - 1] if i else None
+
+    def prune(self, before: int) -> bool:
+        """Drop reports older than ``before`` except the newest one; True if now empty."""
+        i = bisect.bisect_left(self.times, before)
+        if i > 1:
+            del self.times[:i - 1], self.infos[:i - 1]
+        return not self.times
 
 
 class ProcIndex:
-    """(ip, port) -> time-ordered process reports; sans-I/O."""
+    """Socket -> process timelines; sans-I/O."""
 
     def __init__(self) -> None:
-        self._by_sock: dict[tuple[bytes, int], tuple[list[int], list[ProcessInfo]]] = {}
+        self._sock: dict[tuple[bytes, int], _Timeline] = {}
+        self._listen: dict[tuple[str, int], dict[tuple[bytes, str], _Timeline]] = {}
+        self._dest: dict[tuple[str, bytes, int], _Timeline] = {}
         self.records = 0
+        self.bad = 0
 
-    def add(self, ts_ns: int, ip: bytes, port: int, info: ProcessInfo) -> None:
-        times, infos = self._by_sock.setdefault((ip, port), ([], []))
-        i = bisect.bisect_right(times, ts_ns)
-        times.insert(i, ts_ns)
-        infos.insert(i, info)
+    def add(self, ts_ns: int, ip: bytes, port: int, info: ProcessInfo, pod_uid: str = "") -> None:
+        """The process behind socket ``(ip, port)`` from ``ts_ns`` on."""
+        self._sock.setdefault((ip, port), _Timeline()).add(ts_ns, info, pod_uid)
         self.records += 1
 
-    def apply_value(self, value: bytes, ts_ns: int) -> None:
-        try:
-            from schemas import procs as _schema  # type: ignore[attr-defined]
-        except ImportError:
-            _schema = None
-        doc: Any
-        if _schema is not None and hasattr(_schema, "decode_proc"):
-            doc = _schema.decode_proc(value)
-            doc = doc if isinstance(doc, dict) else {s: getattr(doc, s) for s in getattr(doc, "__slots__", ())}
-        else:
-            doc = msgpack.unpackb(value, raw=False)
-        if not isinstance(doc, dict):
+    def apply(self, rec: ProcRecord) -> None:
+        info = ProcessInfo(rec.pid, rec.comm, rec.container_id, rec.cgroup_id)
+        src = pack_ip(rec.saddr) if rec.saddr else None
+        if rec.kind == "listen":
+            if rec.sport:
+                addr = src if src is not None else b""
+                by_addr = self._listen.setdefault((rec.node, rec.sport), {})
+                by_addr.setdefault((addr, rec.pod_uid), _Timeline()).add(rec.ts_ns, info, rec.pod_uid)
+                self.records += 1
             return
-        ts = int(_get(doc, "ts_ns", default=ts_ns))
-        info = ProcessInfo(int(_get(doc, "pid", default=0)), str(_get(doc, "comm", default="")),
-                           str(_get(doc, "container_id", "container", default="")),
-                           int(_get(doc, "cgroup_id", "cgroup", default=0)))
-        src = _ip(_get(doc, "saddr", "src", "src_ip", "local_ip"))
-        sport = int(_get(doc, "sport", "src_port", "local_port", default=0))
-        if src is not None and sport:
-            self.add(ts, src, sport, info)
+        if src is not None and rec.sport and src not in _WILDCARD:
+            self.add(rec.ts_ns, src, rec.sport, info, rec.pod_uid)
+        elif rec.daddr and rec.dport:
+            key = (rec.node, pack_ip(rec.daddr), rec.dport)
+            self._dest.setdefault(key, _Timeline()).add(rec.ts_ns, info, rec.pod_uid)
+            self.records += 1
 
-    def find(self, ip: bytes, port: int, ts_ns: int) -> ProcessInfo | None:
-        entry = self._by_sock.get((ip, port))
-        if entry is None:
-            return None
-        times, infos = entry
-        i = bisect.bisect_right(times, ts_ns + _SLACK_NS)
-        return infos[i - 1] if i else None
+    def apply_value(self, value: bytes, ts_ns: int = 0) -> None:
+        """One ``rawcap.procs`` value; a malformed one is counted and skipped."""
+        try:
+            rec = decode_proc(value)
+        except ValueError:
+            self.bad += 1
+            return
+        self.apply(rec)
 
-    def lookup(self, proto: str, a: bytes, ap: int, b: bytes, bp: int,
-               ts_ns: int) -> tuple[ProcessInfo | None, ProcessInfo | None]:
-        if not self._by_sock:
+    def lookup(self, node: str, a: bytes, ap: int, b: bytes, bp: int, ts_ns: int,
+               pod_uid_of: Callable[[bytes, int], str] | None = None,
+               ) -> tuple[ProcessInfo | None, ProcessInfo | None]:
+        """(source process, destination process) of a flow first seen at ``ts_ns`` on ``node``."""
+        if not self.records:
             return None, None
-        return self.find(a, ap, ts_ns), self.find(b, bp, ts_ns)
+        src = self._sock_at(a, ap, ts_ns)
+        if src is None:
+            tl = self._dest.get((node, b, bp))
+            hit = tl.at(ts_ns) if tl is not None else None
+            src = hit[0] if hit else None
+        dst = self._sock_at(b, bp, ts_ns)
+        if dst is None:
+            dst = self._listener(node, b, bp, ts_ns, pod_uid_of)
+        return src, dst
+
+    def _sock_at(self, ip: bytes, port: int, ts: int) -> ProcessInfo | None:
+        tl = self._sock.get((ip, port))
+        hit = tl.at(ts) if tl is not None else None
+        return hit[0] if hit else None
+
+    def _listener(self, node: str, ip: bytes, port: int, ts: int,
+                  pod_uid_of: Callable[[bytes, int], str] | None) -> ProcessInfo | None:
+        by_addr = self._listen.get((node, port))
+        if not by_addr:
+            return None
+        exact = [h for (addr, _uid), tl in by_addr.items() if addr == ip if (h := tl.at(ts)) is not None]
+        if exact:
+            return exact[-1][0]
+        candidates = [h for (addr, _uid), tl in by_addr.items() if addr in (b"", *_WILDCARD)
+                      if (h := tl.at(ts)) is not None]
+        if len(candidates) > 1 and pod_uid_of is not None:
+            uid = pod_uid_of(ip, ts)
+            mine = [c for c in candidates if uid and c[1] == uid]
+            if mine:
+                return mine[0][0]
+            return None  # ambiguous: several pods listen on this port, none is known to be it
+        return candidates[0][0] if candidates else None
 
     def prune(self, before_ns: int) -> None:
-        for key in list(self._by_sock):
-            times, infos = self._by_sock[key]
-            i = bisect.bisect_left(times, before_ns)
-            if i >= len(times):
-                del self._by_sock[key]
-            elif i:
-                del times[:i - 1], infos[:i - 1]  # keep the newest one before the cut
+        for table in (self._sock, self._dest):
+            for key in [k for k, tl in table.items() if tl.prune(before_ns)]:
+                del table[key]  # type: ignore[arg-type]
+        for by_addr in self._listen.values():
+            for tl in by_addr.values():
+                tl.prune(before_ns)

@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 import anyio
-from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 from kubernetes_asyncio import client, config
 
 from schemas.errors import ConfigError, TransportError
@@ -59,7 +59,7 @@ async def api_client(kubeconfig: str = "") -> client.ApiClient:
     conf = client.Configuration()
     try:
         if kubeconfig:
-            if not os.path.exists(kubeconfig):
+            if not await anyio.Path(kubeconfig).exists():
                 raise ConfigError(f"k8s.kubeconfig: {kubeconfig} does not exist")
             await config.load_kube_config(config_file=kubeconfig, client_configuration=conf)
         elif os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -123,7 +123,7 @@ class Watcher:
         for ev in self.synced.values():
             await ev.wait()
 
-    async def run(self, send: ObjectSendStream[Change]) -> None:
+    async def run(self, send: MemoryObjectSendStream[Change]) -> None:
         async with send, anyio.create_task_group() as tg:
             for kind in self.kinds:
                 tg.start_soon(self._loop, kind, send.clone())
@@ -158,7 +158,7 @@ class Watcher:
             if not token:
                 return items, meta.get("resourceVersion", "")
 
-    async def _loop(self, kind: str, send: ObjectSendStream[Change]) -> None:
+    async def _loop(self, kind: str, send: MemoryObjectSendStream[Change]) -> None:
         cache = self.caches[kind]
         rv = ""
         backoff = 0.5
@@ -190,7 +190,8 @@ class Watcher:
                     await anyio.sleep(backoff * (0.5 + random.random()))
                     backoff = min(backoff * 2, self.backoff_max)
 
-    async def _watch(self, kind: str, rv: str, cache: ObjectCache, send: ObjectSendStream[Change]) -> str:
+    async def _watch(self, kind: str, rv: str, cache: ObjectCache,
+                     send: MemoryObjectSendStream[Change]) -> str:
         """One watch request from ``rv``; returns the newest resourceVersion seen when the
         server ends it (timeout, dropped connection: the caller resumes from there)."""
         self.stats.bump("watches", kind)

@@ -9,13 +9,15 @@ import re
 import sys
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+import anyio
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from rawcap.config import Config
 from rawcap.kafka import consumer_kwargs
 from rawcap.timeparse import format_ns, parse_window
 from schemas import topics
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, TransportError
 from schemas.flows import FlowRecord, UnsupportedFlow, decode_flow
 
 from ._consumer import partitions, run_enrich, run_k8s_watch, stop_client
@@ -144,7 +146,12 @@ async def _flows(args: argparse.Namespace, cfg: Config) -> int:
                      namespaces=args.namespace, pod=args.pod)
     margin_ms = 60_000 + int(cfg.get("enrich.flowInterval") * 1000)
     consumer = AIOKafkaConsumer(**consumer_kwargs(cfg, None))
-    await consumer.start()
+    try:
+        with anyio.fail_after(30):
+            await consumer.start()
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await stop_client(consumer)
+        raise TransportError(f"cannot reach Kafka at {cfg.get('kafka.bootstrap')}: {exc!r}") from None
     out = sys.stdout
     try:
         tps = await partitions(consumer, topics.FLOWS)

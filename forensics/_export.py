@@ -10,12 +10,16 @@ to stdout for ``| tshark -r -``.
 from __future__ import annotations
 
 import os
+import queue
 import struct
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import anyio
 
 from rawcap.pcapfile import LINKTYPE_ETHERNET, PcapngWriter, PcapWriter
 from rawcap.window import RawBatch, WindowReader, WPacket
@@ -33,6 +37,7 @@ _REC_SPLIT = struct.Struct("<IIIIi4x")
 #: Padding + block length of the previous EPB, then this EPB's header, in one pack.
 _JOIN = tuple(struct.Struct(f"<{pad}xIIIIIIII") for pad in range(4))
 _TRAIL = tuple(struct.Struct(f"<{pad}xI") for pad in range(4))
+_JOIN_PACK = tuple(j.pack for j in _JOIN)
 _PAD = (b"", b"\0", b"\0\0", b"\0\0\0")
 _FLUSH_BYTES = 4 * 1024 * 1024
 
@@ -93,15 +98,35 @@ async def write_capture(
     parts: list[Any] = [sink.header()]
     size = len(parts[0])
     total = 0
+    writer = _BackgroundWriter(out)
+    try:
+        total = await _convert(reader, sink, writer, parts, size, match, progress)
+        await writer.close()
+    finally:
+        writer.abort()
+    return total
+
+
+async def _convert(
+    reader: WindowReader,
+    sink: _PcapngSink | _PcapSink,
+    writer: _BackgroundWriter,
+    parts: list[Any],
+    size: int,
+    match: Callable[[bytes | memoryview, int], bool] | None,
+    progress: Callable[[int, int], None] | None,
+) -> int:
+    total = 0
     async for item in reader.items(match=match):
         if isinstance(item, RawBatch):
             h = item.header
             mark = len(parts)
             try:
-                n, nbytes, added = sink.batch(h, item.body, parts)
+                # In a worker thread, so that the event loop (the Kafka fetcher) runs meanwhile.
+                n, nbytes, added = await anyio.to_thread.run_sync(sink.batch, h, item.body, parts)
             except BatchError as exc:
                 del parts[mark:]
-                await reader.corrupt_batch(h, exc)
+                await reader.corrupt_batch(item, exc)
                 continue
             reader.stats.node(h.node).bytes += nbytes
             last_ts = h.last_ns
@@ -113,12 +138,63 @@ async def write_capture(
         total += n
         size += added
         if size >= _FLUSH_BYTES:
-            out.write(b"".join(parts))
+            await writer.put(parts)
             parts, size = [], 0
         if progress is not None:
             progress(total, last_ts)
-    out.write(b"".join(parts))
+    await writer.put(parts)
     return total
+
+
+class _BackgroundWriter:
+    """Joins and writes chunks in a thread while the next ones are built (``write`` releases
+    the GIL); at most a few chunks wait, so memory stays bounded."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._q: queue.Queue[list[Any] | None] = queue.Queue(maxsize=3)
+        self._exc: BaseException | None = None
+        self._aborted = False
+        self._t = threading.Thread(target=self._run, args=(out,), name="rawcap-pcap-writer", daemon=True)
+        self._t.start()
+
+    def _run(self, out: BinaryIO) -> None:
+        while True:
+            parts = self._q.get()
+            if parts is None:
+                return
+            if self._exc is None and not self._aborted:
+                try:
+                    out.write(b"".join(parts))
+                except BaseException as exc:
+                    self._exc = exc
+
+    async def put(self, parts: list[Any]) -> None:
+        if self._exc is not None:
+            raise self._exc
+        try:
+            self._q.put_nowait(parts)
+        except queue.Full:
+            await anyio.to_thread.run_sync(self._q.put, parts)
+
+    async def close(self) -> None:
+        """Wait for every chunk to be written; re-raise a write error (disk full, EPIPE)."""
+        await anyio.to_thread.run_sync(self._q.put, None)
+        await anyio.to_thread.run_sync(self._t.join)
+        if self._exc is not None:
+            raise self._exc
+
+    def abort(self) -> None:
+        """Stop the thread without writing what is still queued (after an error)."""
+        if not self._t.is_alive():
+            return
+        self._aborted = True
+        while True:
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                break
+        self._q.put(None)
+        self._t.join(10)
 
 
 class _PcapngSink:
@@ -170,43 +246,48 @@ class _PcapngSink:
     def _records(self, h: BatchHeader, body: bytes | memoryview, parts: list[Any]) -> tuple[int, int, int]:
         """The hot path: a ``rec`` body to EPBs with one ``pack`` per packet (the previous
         EPB's padding and trailing length fused with this one's header) and the packet bytes
-        by reference."""
+        by reference. Bounds are checked once: a record that overruns makes ``unpack_from``
+        fail or leaves ``pos`` past the end."""
+        count = h.count
+        if count == 0:
+            return 0, 0, 0
         node, ids, ifaces = h.node, self.ids, h.ifaces
-        add, first, joins = parts.append, _EPB.pack, _JOIN
+        add, packs = parts.append, _JOIN_PACK
         view = memoryview(body)
-        pos, end, unpack = 0, len(view), _REC_SPLIT.unpack_from
-        cur_if, idx = None, 0
-        prev_pad, prev_blen = 0, 0
-        nbytes = out = 0
-        for _ in range(h.count):
-            if pos + 24 > end:
-                raise RecordOverrun("record header runs past the end of the body")
-            ts_lo, ts_hi, caplen, origlen, ifindex = unpack(view, pos)
-            pos += 24
-            stop = pos + caplen
-            if stop > end:
-                raise RecordOverrun(f"record of {caplen} bytes runs past the end of the body")
-            if ifindex != cur_if:
-                ent = ids.get((node, ifindex)) or self._iface(
-                    node, ifindex, ifaces.get(ifindex, str(ifindex)), parts
-                )
-                idx, cur_if = ent[0], ifindex
-            pad = -caplen & 3
-            blen = 32 + caplen + pad
-            if prev_blen:
-                add(joins[prev_pad].pack(prev_blen, 6, blen, idx, ts_hi, ts_lo, caplen, origlen))
-            else:
-                add(first(6, blen, idx, ts_hi, ts_lo, caplen, origlen))
-            add(view[pos:stop])
-            prev_pad, prev_blen = pad, blen
-            pos = stop
-            nbytes += caplen
-            out += blen
+        end, unpack = len(view), _REC_SPLIT.unpack_from
+        try:
+            ts_lo, ts_hi, caplen, origlen, ifindex = unpack(view, 0)
+            cur_if = ifindex
+            ent = ids.get((node, ifindex)) or self._iface(
+                node, ifindex, ifaces.get(ifindex, str(ifindex)), parts
+            )
+            idx = ent[0]
+            prev_pad = -caplen & 3
+            prev_blen = 32 + caplen + prev_pad
+            add(_EPB.pack(6, prev_blen, idx, ts_hi, ts_lo, caplen, origlen))
+            pos = 24 + caplen
+            add(view[24:pos])
+            for _ in range(count - 1):
+                ts_lo, ts_hi, caplen, origlen, ifindex = unpack(view, pos)
+                if ifindex != cur_if:
+                    ent = ids.get((node, ifindex)) or self._iface(
+                        node, ifindex, ifaces.get(ifindex, str(ifindex)), parts
+                    )
+                    idx, cur_if = ent[0], ifindex
+                pad = -caplen & 3
+                blen = 32 + caplen + pad
+                add(packs[prev_pad](prev_blen, 6, blen, idx, ts_hi, ts_lo, caplen, origlen))
+                pos += 24
+                stop = pos + caplen
+                add(view[pos:stop])
+                prev_pad, prev_blen, pos = pad, blen, stop
+        except struct.error:
+            raise RecordOverrun("a record header runs past the end of the body") from None
         if pos != end:
-            raise RecordOverrun(f"{end - pos} bytes left after the last of {h.count} records")
-        if prev_blen:
-            add(_TRAIL[prev_pad].pack(prev_blen))
-        return h.count, nbytes, out
+            raise RecordOverrun(f"records end at byte {pos} of a {end}-byte body ({count} records)")
+        add(_TRAIL[prev_pad].pack(prev_blen))
+        nbytes = end - 24 * count
+        return count, nbytes, nbytes + 36 * count
 
     def packets(self, chunk: list[WPacket], parts: list[Any]) -> int:
         ids, add, pack, pads = self.ids, parts.append, _EPB.pack, _PAD

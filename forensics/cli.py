@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +41,16 @@ from ._snapshot import (
 __all__ = ("add_commands",)
 
 log = logging.getLogger("rawcap.forensics")
+
+
+def _sigterm_interrupts() -> None:
+    """SIGTERM ends a long command like Ctrl-C does: temporary files are removed, exit 130."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _notice(msg: str) -> None:
@@ -153,6 +165,7 @@ async def _cmd_export(args: argparse.Namespace, cfg: Config) -> int:
         raise ConfigError("pcap export needs -o FILE (or -o - for stdout)")
     flt = filter_from_args(args)
     reader, flt = await _reader(args, cfg, flt)
+    _sigterm_interrupts()
     out = OutputFile(args.output)
     try:
         async with reader:
@@ -198,7 +211,8 @@ def _line(p: Any) -> str:
     l4 = parse_l4(p.data)
     t = format_ns(p.ts_ns)
     if l4 is None:
-        return f"{t} {p.node} {p.iface} non-ip/other len={p.origlen}"
+        et = int.from_bytes(p.data[12:14], "big") if len(p.data) >= 14 else 0
+        return f"{t} {p.node} {p.iface} other ethertype=0x{et:04x} len={p.origlen}"
     s, d = format_addr(l4.src), format_addr(l4.dst)
     if l4.family == 6:
         s, d = f"[{s}]", f"[{d}]"
@@ -256,6 +270,7 @@ async def _cmd_snap_create(args: argparse.Namespace, cfg: Config) -> int:
         raise ConfigError("snapshot create needs --from and --to")
     lo, hi = parse_window(args.from_, args.to)
     store = SnapshotStore(cfg.get("snapshots.url"))
+    _sigterm_interrupts()
     manifest = await create_snapshot(
         cfg,
         store,

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import anyio
-import anyio.lowlevel
 import zstandard
 
 from schemas import BatchHeader, Packet, decode_batch, decode_header, iter_packets, topics
@@ -224,41 +223,49 @@ def node_partition(node: str, partitions: int) -> int:
 
 
 class _KafkaLane:
+    """One partition between two offsets. Each read drains everything aiokafka holds for the
+    partition (at most one fetch response), so its fetcher asks the broker for the next one
+    at once and the network overlaps with our decoding (which runs in worker threads)."""
+
     def __init__(self, consumer: Any, tp: Any, start: int, stop: float, reader: WindowReader) -> None:
         self.name = f"{tp.topic}[{tp.partition}]"
         self._c, self._tp, self._pos, self._stop = consumer, tp, start, stop
         self._reader = reader
+        self._buf: deque[tuple[bytes | memoryview, dict[str, Any]]] = deque()
 
     async def next_values(self) -> list[tuple[bytes | memoryview, dict[str, Any]]] | None:
-        if self._pos >= self._stop:
+        if not self._buf:
+            if self._pos >= self._stop:
+                return None
+            await self._drain()
+        out = []
+        while self._buf and len(out) < FETCH_BATCHES:
+            out.append(self._buf.popleft())
+        if not out and self._pos >= self._stop:
             return None
+        return out
+
+    async def _drain(self) -> None:
         deadline = time.monotonic() + (1.0 if math.isinf(self._stop) else 30.0)
         while True:
-            # Drain everything aiokafka holds for the partition (at most one fetch response,
-            # max_partition_fetch_bytes): its fetcher asks the broker for more right away.
-            got = await self._c.getmany(self._tp, timeout_ms=500, max_records=FETCH_BATCHES)
+            got = await self._c.getmany(self._tp, timeout_ms=500, max_records=100_000)
             recs = got.get(self._tp, [])
             if recs:
-                out = []
                 for r in recs:
                     if r.offset >= self._stop:
-                        self._pos = self._stop
+                        self._pos = int(self._stop)
                         break
-                    out.append(
-                        (
-                            r.value,
-                            {
-                                "partition": r.partition,
-                                "offset": r.offset,
-                                "key": r.key,
-                                "kafka_ts": r.timestamp,
-                            },
-                        )
-                    )
+                    meta = {
+                        "partition": r.partition,
+                        "offset": r.offset,
+                        "key": r.key,
+                        "kafka_ts": r.timestamp,
+                    }
+                    self._buf.append((r.value, meta))
                     self._pos = r.offset + 1
-                return out
+                return
             if math.isinf(self._stop):
-                return []
+                return
             if time.monotonic() > deadline:
                 raise TransportError(
                     f"{self.name}: no data at offset {self._pos} although the window ends at offset "
@@ -272,13 +279,14 @@ class _KafkaLane:
 class _Cursor:
     """One node's position in the merge: queued (compressed) batches and the current one."""
 
-    __slots__ = ("header", "lane", "node", "packets", "pending", "pos", "raw", "value")
+    __slots__ = ("header", "lane", "meta", "node", "packets", "pending", "pos", "raw", "value")
 
     def __init__(self, node: str, lane: int) -> None:
         self.node = node
         self.lane = lane
-        self.pending: deque[tuple[BatchHeader, bytes | memoryview, int]] = deque()
+        self.pending: deque[tuple[BatchHeader, bytes | memoryview, int, dict[str, Any]]] = deque()
         self.header: BatchHeader | None = None
+        self.meta: dict[str, Any] = {}
         self.value: bytes | memoryview = b""
         self.raw: bytes | memoryview | None = None
         self.packets: list[Packet] | None = None
@@ -291,10 +299,10 @@ class _Cursor:
     def next_batch(self) -> bool:
         """Move to the next queued batch (not decompressed yet); False when none is queued."""
         while self.pending:
-            header, value, off = self.pending.popleft()
+            header, value, off, meta = self.pending.popleft()
             if header.count == 0:
                 continue
-            self.header, self.value, self.pos = header, value, 0
+            self.header, self.value, self.pos, self.meta = header, value, 0, meta
             self.raw = memoryview(value)[off:]
             self.packets = None
             return True
@@ -307,6 +315,8 @@ class RawBatch(NamedTuple):
 
     header: BatchHeader
     body: bytes | memoryview  # decompressed body (rec or tpacket3 layout)
+    value: bytes | memoryview  # the batch as it was read (for rawcap.dlq)
+    meta: dict[str, Any]  # where it was read (partition, offset, key)
 
 
 def decompress_body(header: BatchHeader, body: bytes | memoryview) -> bytes | memoryview:
@@ -362,7 +372,8 @@ class WindowReader:
         self._consumer: Any = None
         self._producer: Any = None
         self._dlq = dlq and source == "kafka"
-        self._last: dict[str, tuple[int, int]] = {}  # node -> (seq, last_ns) of last accepted batch
+        self._last: dict[str, int] = {}  # node -> sequence number of the last batch read
+        self._seen: dict[str, dict[tuple[int, int, int], None]] = {}  # recent (seq, t0, n) per node
         self._partitions_of_nodes: dict[int, list[str]] = {}
 
     async def __aenter__(self) -> WindowReader:
@@ -424,7 +435,10 @@ class WindowReader:
         from aiokafka import AIOKafkaConsumer, TopicPartition
         from aiokafka.errors import KafkaError
 
-        kwargs = kafka_client_kwargs(self.cfg, "consumer", request_timeout_ms=30000)
+        # check_crcs off: the broker checks record CRCs when it accepts a produce, and every
+        # batch body carries a zstd content checksum verified on decompression; the client-side
+        # CRC pass costs ~30% of the Kafka read time of an export.
+        kwargs = kafka_client_kwargs(self.cfg, "consumer", request_timeout_ms=30000, check_crcs=False)
         consumer = AIOKafkaConsumer(**kwargs)
         try:
             with anyio.fail_after(30):
@@ -437,7 +451,11 @@ class WindowReader:
         self._consumer = consumer
         parts = consumer.partitions_for_topic(topics.PACKETS)
         if not parts:
-            await consumer._client.force_metadata_update()
+            # A fresh client knows no topic yet: ask for this one's metadata explicitly.
+            try:
+                await consumer._client._wait_on_metadata(topics.PACKETS)
+            except KafkaError:
+                pass
             parts = consumer.partitions_for_topic(topics.PACKETS)
         if not parts:
             raise ConfigError(f"topic {topics.PACKETS} does not exist on {kwargs.get('bootstrap_servers')}")
@@ -454,11 +472,6 @@ class WindowReader:
         end = await consumer.end_offsets(tps)
         lo_ms = max(0, (self.lo - MARGIN_NS) // 1_000_000)
         starts = await consumer.offsets_for_times({tp: lo_ms for tp in tps})
-        if self.follow:
-            stops: dict[Any, Any] = {}
-        else:
-            hi_ms = (self.hi + MARGIN_NS) // 1_000_000
-            stops = await consumer.offsets_for_times({tp: hi_ms for tp in tps})
         for tp in tps:
             s = starts.get(tp)
             start = s.offset if s is not None else end[tp]
@@ -467,7 +480,11 @@ class WindowReader:
                     f"partition {tp.partition}: offsets before {begin[tp]} were recycled by retention; "
                     f"data before {format_ns(s.timestamp * 1_000_000)} is gone"
                 )
-            stop: float = math.inf if self.follow else (stops[tp].offset if stops.get(tp) else end[tp])
+            # Read to the end offset as of now, not to offsets_for_times(to): timestamps in a
+            # partition are not monotonic (an imported capture, a FIFO replayed after a broker
+            # outage, nodes sharing a partition), and a batch of the window may follow a newer
+            # one. Out-of-window batches cost a header decode, never a decompression.
+            stop: float = math.inf if self.follow else end[tp]
             consumer.seek(tp, start)
             self._lanes.append(_KafkaLane(consumer, tp, start, stop, self))
 
@@ -532,32 +549,43 @@ class WindowReader:
 
     def _admit(self, header: BatchHeader) -> bool:
         """Window, node and sequence checks on a batch header; True to use it."""
-        if self.nodes is not None and header.node not in self.nodes:
+        node = header.node
+        if self.nodes is not None and node not in self.nodes:
             return False
         in_window = header.count > 0 and header.last_ns >= self.lo and header.first_ns < self.hi
-        prev = self._last.get(header.node)
-        if prev is not None:
-            pseq, plast = prev
-            if header.seq <= pseq:
-                if header.first_ns <= plast:
-                    self.stats.node(header.node).duplicates += 1
-                    return False
-                log.warning("node %s: sequence restarted at %d (was %d)", header.node, header.seq, pseq)
-            elif header.seq > pseq + 1 and in_window:
-                st = self.stats.node(header.node)
-                st.gaps.append((pseq + 1, header.seq - 1))
+        seen = self._seen.setdefault(node, {})
+        key = (header.seq, header.first_ns, header.count)
+        if key in seen:
+            # The same batch again (at-least-once delivery, a replayed FIFO): drop it.
+            if in_window:
+                self.stats.node(node).duplicates += 1
+            return False
+        seen[key] = None
+        if len(seen) > 4096:
+            del seen[next(iter(seen))]
+        pseq = self._last.get(node)
+        if pseq is not None and in_window:
+            if header.seq > pseq + 1:
+                self.stats.node(node).gaps.append((pseq + 1, header.seq - 1))
                 log.warning(
                     "node %s: sequence gap: batches %d..%d missing (%d), before %s",
-                    header.node,
+                    node,
                     pseq + 1,
                     header.seq - 1,
                     header.seq - pseq - 1,
                     format_ns(header.first_ns),
                 )
-        self._last[header.node] = (header.seq, max(header.last_ns, prev[1] if prev else 0))
+            elif header.seq <= pseq:
+                log.info(
+                    "node %s: sequence restarts at %d after %d (another capture or import)",
+                    node,
+                    header.seq,
+                    pseq,
+                )
+        self._last[node] = header.seq
         if not in_window:
             return False
-        st = self.stats.node(header.node)
+        st = self.stats.node(node)
         st.batches += 1
         st.first_seq = header.seq if st.first_seq is None else min(st.first_seq, header.seq)
         st.last_seq = header.seq if st.last_seq is None else max(st.last_seq, header.seq)
@@ -575,13 +603,13 @@ class WindowReader:
                 await self._corrupt(value, meta, exc)
                 continue
             if self._admit(header):
-                out.append((header, value, off))
+                out.append((header, value, off, meta))
         if vals and not out:
             # Nothing usable, but the lane moved: report the watermark through a marker.
             last = vals[-1][0]
             try:
                 h, _ = decode_header(last)
-                return [(h, b"", -1)]
+                return [(h, b"", -1, {})]
             except BatchError:
                 return []
         return out
@@ -594,13 +622,13 @@ class WindowReader:
                 got = await self._fetch(lane)
                 if got is None:
                     break
-                for header, value, off in got:
+                for header, value, off, meta in got:
                     if off < 0:
                         continue
                     try:
                         decode_batch(value)
                     except BatchError as exc:
-                        await self._corrupt(value, {"source": lane.name}, exc)
+                        await self._corrupt(value, {"source": lane.name, **meta}, exc)
                         continue
                     st = self.stats.node(header.node)
                     st.packets += header.count
@@ -626,7 +654,7 @@ class WindowReader:
                 try:
                     pk = list(iter_packets(h, item.body))
                 except BatchError as exc:
-                    await self.corrupt_batch(h, exc)
+                    await self.corrupt_batch(item, exc)
                     continue
                 node, ifaces = h.node, h.ifaces
                 self.stats.node(node).bytes += sum(p.caplen for p in pk)
@@ -645,11 +673,10 @@ class WindowReader:
             else:
                 yield item
 
-    async def corrupt_batch(self, header: BatchHeader, exc: Exception) -> None:
+    async def corrupt_batch(self, batch: RawBatch, exc: Exception) -> None:
         """For consumers of :meth:`items` that find a raw batch's body invalid while walking it."""
-        st = self.stats.node(header.node)
-        st.packets -= header.count
-        await self._corrupt(b"", {"node": header.node, "seq": header.seq}, exc)
+        self.stats.node(batch.header.node).packets -= batch.header.count
+        await self._corrupt(batch.value, dict(batch.meta), exc)
 
     async def items(
         self, match: Callable[[bytes | memoryview, int], bool] | None = None, chunk: int = 4096
@@ -670,14 +697,14 @@ class WindowReader:
                 done[i] = True
                 marks[i] = 2**64
                 return
-            for header, value, off in got:
+            for header, value, off, meta in got:
                 marks[i] = max(marks[i], header.first_ns)
                 if off < 0:
                     continue
                 cur = cursors.get(header.node)
                 if cur is None:
                     cur = cursors[header.node] = _Cursor(header.node, i)
-                cur.pending.append((header, value, off))
+                cur.pending.append((header, value, off, meta))
                 if cur.header is None and cur.next_batch():
                     heapq.heappush(heap, (cur.head(), cur.node))
 
@@ -702,9 +729,10 @@ class WindowReader:
             st = self.stats.node(node)
             if cur.packets is None:
                 try:
-                    cur.raw = decompress_body(h, cur.raw)
+                    # zstd releases the GIL: the Kafka fetcher keeps going meanwhile.
+                    cur.raw = await anyio.to_thread.run_sync(decompress_body, h, cur.raw)
                 except BatchError as exc:
-                    await self._corrupt(cur.value, {"source": lanes[cur.lane].name, "node": node}, exc)
+                    await self._corrupt(cur.value, {"source": lanes[cur.lane].name, **cur.meta}, exc)
                     if cur.next_batch():
                         heapq.heappush(heap, (cur.head(), node))
                     continue
@@ -715,16 +743,14 @@ class WindowReader:
                     st.packets += h.count
                     st.first_ns = h.first_ns if st.first_ns is None else st.first_ns
                     st.last_ns = h.last_ns
-                    yield RawBatch(h, cur.raw)
-                    # Let the Kafka fetcher send its next request while we convert this one.
-                    await anyio.lowlevel.checkpoint()
+                    yield RawBatch(h, cur.raw, cur.value, cur.meta)
                     if cur.next_batch():
                         heapq.heappush(heap, (cur.head(), node))
                     continue
                 try:
                     cur.packets = list(iter_packets(h, cur.raw))
                 except BatchError as exc:
-                    await self._corrupt(cur.value, {"source": lanes[cur.lane].name, "node": node}, exc)
+                    await self._corrupt(cur.value, {"source": lanes[cur.lane].name, **cur.meta}, exc)
                     if cur.next_batch():
                         heapq.heappush(heap, (cur.head(), node))
                     continue
@@ -755,7 +781,6 @@ class WindowReader:
             if len(out) >= chunk:
                 yield out
                 out = []
-                await anyio.lowlevel.checkpoint()
         if out:
             yield out
 
@@ -766,7 +791,7 @@ class WindowReader:
             try:
                 cur.packets = decode_batch(cur.value).packets
             except BatchError as exc:
-                await self._corrupt(cur.value, {"source": lane_name, "node": cur.node}, exc)
+                await self._corrupt(cur.value, {"source": lane_name, **cur.meta}, exc)
                 continue
             if cur.packets:
                 return True
@@ -780,11 +805,11 @@ class WindowReader:
             out: list[WPacket] = []
             for lane in self._lanes:
                 got = await self._fetch(lane)
-                for header, value, off in got or []:
+                for header, value, off, meta in got or []:
                     if off < 0:
                         continue
                     cur = _Cursor(header.node, 0)
-                    cur.pending.append((header, value, off))
+                    cur.pending.append((header, value, off, meta))
                     if not await self._load(cur, lane.name) or cur.packets is None:
                         continue
                     st = self.stats.node(header.node)

@@ -113,8 +113,8 @@ def decode_flow(value: bytes) -> FlowRecord:
     except Exception as exc:
         raise UnsupportedFlow(f"rawcap.flows value is not msgpack: {exc}") from None
     if not isinstance(doc, dict) or doc.get("v") != FLOWS_VERSION:
-        raise UnsupportedFlow(f"rawcap.flows record version {doc.get('v') if isinstance(doc, dict) else None!r}"
-                              " is not supported")
+        version = doc.get("v") if isinstance(doc, dict) else None
+        raise UnsupportedFlow(f"rawcap.flows record version {version!r} is not supported")
     try:
         return FlowRecord(
             node=doc["node"], proto=doc["proto"], src=doc["src"], sport=int(doc["sport"]),

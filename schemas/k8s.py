@@ -148,7 +148,7 @@ def record_key(record: K8sRecord) -> str:
 def encode_k8s(record: K8sRecord) -> bytes:
     """The value of ``record`` on ``rawcap.k8s`` (its key is ``record.key``)."""
     doc: dict[str, Any] = {"v": K8S_VERSION}
-    for name in record.__slots__:  # type: ignore[union-attr]
+    for name in record.__slots__:
         value = getattr(record, name)
         if isinstance(value, tuple):
             value = [list(v) if isinstance(v, tuple) else v for v in value]
@@ -409,12 +409,6 @@ class WorkloadIndex:
 
     def pod(self, namespace: str, name: str) -> PodRecord | None:
         return self._pods.get(f"pod/{namespace}/{name}")
-
-    def pod_by_container(self, container_id: str) -> PodRecord | None:
-        for pod in self._pods.values():
-            if container_id in pod.containers:
-                return pod
-        return None
 
     def nodes(self) -> list[str]:
         return sorted(r.name for r in self._nodes.values())

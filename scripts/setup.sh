@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(python3-bpfcc bpfcc-tools tcpdump tshark kcat iproute2 libpcap0.8-dev
-              openjdk-17-jdk-headless maven ca-certificates)
+              python3-venv openjdk-17-jdk-headless maven ca-certificates)
 export DEBIAN_FRONTEND=noninteractive
 
 say() { echo "setup: $*"; }

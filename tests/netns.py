@@ -25,7 +25,9 @@ API::
 ``VethPair(prefix, subnet=None, mtu=1500, vlan=None)``: ``subnet`` is the third octet of
 10.231.x.0/24 (default: derived from the prefix so that parallel tests differ). With
 ``vlan=ID`` each end also gets an 802.1Q sub-interface ``<iface>.<ID>`` addressed
-10.232.<n>.1/2 (``net.a.vlan_ip``), for VLAN-tagged traffic on the same veth.
+10.232.<n>.1/2 (``net.a.vlan_ip``), for VLAN-tagged traffic on the same veth; this needs
+the kernel's 8021q support (the CI machine's kernel has none: there, send tagged frames
+with a raw packet socket instead, as ``tests/capture/traffic.py vlan`` does).
 Offloads (GRO/TSO/GSO) are switched off on both ends so that every packet on the wire is
 one packet in a capture, as it would be on a physical NIC.
 """

@@ -18,7 +18,8 @@ from typing import Final
 from .._errors import Malformed, Truncated
 from .._sentinel import NEED_DATA, NeedData
 from ._events import EndOfMessage, Request, Response, Resync
-from ._state import State, step
+from ._state import TRANSITIONS as _T
+from ._state import State
 
 __all__ = ("CLIENT", "METHODS", "SERVER", "HTTP1Reader")
 
@@ -99,7 +100,7 @@ class HTTP1Reader:
                 (st is State.BODY_LENGTH and len(self.buf) + nbytes < self.remaining)
                 or st is State.BODY_EOF):
             # Lost bytes inside a body of known extent: count them, stay in sync.
-            self.state = step(st, "gap-in-body")
+            self.state = _T[(st, "gap-in-body")]
             if self.buf:
                 self._keep(self.buf)
                 self.remaining -= len(self.buf) if st is State.BODY_LENGTH else 0
@@ -110,7 +111,7 @@ class HTTP1Reader:
             self.body_trunc = True
             return
         in_message = (st is not State.IDLE and st is not State.RESYNC) or bool(self.buf)
-        self.state = step(st, "gap")
+        self.state = _T[(st, "gap")]
         self.buf.clear()
         self.end_ready = False
         self._lost_pending = Resync(ts_ns, in_message)
@@ -147,7 +148,7 @@ class HTTP1Reader:
         return NEED_DATA  # SWITCHED
 
     def _fail(self, msg: str) -> Malformed:
-        self.state = step(self.state, "malformed")
+        self.state = _T[(self.state, "malformed")]
         self.buf.clear()
         return Malformed(msg)
 
@@ -162,7 +163,7 @@ class HTTP1Reader:
                 self.buf.clear()
             return NEED_DATA
         del self.buf[:m.start()]
-        self.state = step(self.state, "found")
+        self.state = _T[(self.state, "found")]
         return self._head()
 
     def _head(self) -> Event:
@@ -241,7 +242,7 @@ class HTTP1Reader:
                 what = "switch" if status == 101 else "head-no-body"
                 if status == 101 and self.methods:
                     self.methods.popleft()
-                self.state = step(self.state, what)
+                self.state = _T[(self.state, what)]
                 return ev
             method = self.methods.popleft() if self.methods else ""
             if method == "HEAD" or status in (204, 304):
@@ -254,11 +255,18 @@ class HTTP1Reader:
                 what = "head-length" if length else "head-no-body"
             else:
                 what = "head-eof"
-        self.state = step(self.state, what)
+        self.state = _T[(self.state, what)]
         self.remaining = length or 0
         if what == "head-no-body":
             self.end_ready = True
         return ev
+
+    def _keep_prefix(self, data: bytes) -> None:
+        """Keep what fits of a body chunk already counted in ``body_len``."""
+        room = self.max_body - len(self.body)
+        self.body += data[:room]
+        if len(data) > room:
+            self.body_trunc = True
 
     def _keep(self, chunk: bytes | bytearray) -> None:
         self.body_len += len(chunk)
@@ -269,7 +277,7 @@ class HTTP1Reader:
             self.body_trunc = True
 
     def _end(self, what: str) -> EndOfMessage:
-        self.state = step(self.state, what)
+        self.state = _T[(self.state, what)]
         ev = EndOfMessage(self.body_len, bytes(self.body), self.body_trunc, self.ts)
         self.body = bytearray()
         return ev
@@ -314,10 +322,10 @@ class HTTP1Reader:
                 if size < 0:
                     raise self._fail("negative chunk size")
                 if size == 0:
-                    self.state = step(st, "last-chunk")
+                    self.state = _T[(st, "last-chunk")]
                 else:
                     self.remaining = size
-                    self.state = step(st, "chunk")
+                    self.state = _T[(st, "chunk")]
             elif st is State.CHUNK_DATA:
                 if self.remaining:
                     take = min(self.remaining, len(buf))
@@ -332,7 +340,7 @@ class HTTP1Reader:
                 if buf[:2] != b"\r\n":
                     raise self._fail("chunk data not followed by CRLF")
                 del buf[:2]
-                self.state = step(st, "chunk-done")
+                self.state = _T[(st, "chunk-done")]
             else:  # TRAILERS
                 if buf[:2] == b"\r\n":
                     del buf[:2]

@@ -183,9 +183,10 @@ class Stack:
         return self.s3.stop()
 
     def config(self, cfg: Config | None = None) -> Config:
-        """``cfg`` (or the defaults) pointed at this stack's broker."""
+        """``cfg`` (or the defaults) pointed at this stack's (plaintext) broker."""
         base = cfg if cfg is not None else load_config(env={})
-        return base.with_overrides({"kafka.bootstrap": self.bootstrap})
+        return base.with_overrides({"kafka.bootstrap": self.bootstrap,
+                                    "kafka.securityProtocol": "PLAINTEXT"})
 
     def up(self, cfg: Config | None = None, timeout: float = DEFAULT_TIMEOUT,
            topics: bool = True) -> dict[str, Any]:

@@ -142,7 +142,12 @@ def main() -> int:
     ap.add_argument("--no-udp", action="store_true")
     ap.add_argument("--interval", type=float, default=0.0, help="seconds between rounds")
     ap.add_argument("--random", action="store_true", help="incompressible payloads")
+    ap.add_argument("--comm", help="process name (prctl PR_SET_NAME) before any traffic")
     a = ap.parse_args()
+    if a.comm:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, a.comm.encode()[:15], 0, 0, 0)  # PR_SET_NAME
     if a.mode == "icmp":
         return icmp(a.args[0], int(a.args[1]))
     if a.mode == "vlan":

@@ -56,3 +56,34 @@ def test_flow_cap_evicts(real_pcap: Path) -> None:
     assert len(d.order) == 0
     # the two flows that kept their slot still produce their calls
     assert any(c.complete and c.proto in ("http1", "http2", "grpc") for c in calls)
+
+
+def test_per_flow_buffer_cap_poisons_only_that_flow() -> None:
+    """A Redis value that never ends must not grow memory past dissector.maxFlowBytes."""
+    import struct
+
+    def tcp(src: int, sport: int, dport: int, seq: int, flags: int, payload: bytes) -> bytes:
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 0, 0x4000, 64, 6, 0,
+                         bytes((10, 0, 0, src)), bytes((10, 0, 0, 9)))
+        return (b"\x02" * 12 + b"\x08\x00" + ip
+                + struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 0x50, flags, 1, 0, 0) + payload)
+
+    out: list[Call] = []
+    d = Dissector(out.append, max_flow_bytes=64 * 1024)
+    d.packet(1, tcp(1, 5000, 6379, 100, 0x02, b""))
+    seq = 101
+    first = b"*2\r\n$3\r\nSET\r\n$100000000\r\n"
+    d.packet(2, tcp(1, 5000, 6379, seq, 0x18, first))
+    seq += len(first)
+    for i in range(100):  # 140 KB of a 100 MB bulk string
+        d.packet(3 + i, tcp(1, 5000, 6379, seq, 0x10, b"x" * 1400))
+        seq += 1400
+    # another flow on the same table still works
+    d.packet(200, tcp(2, 5001, 80, 7, 0x02, b""))
+    d.packet(201, tcp(2, 5001, 80, 8, 0x18, b"GET /ok HTTP/1.1\r\n\r\n"))
+    flows = {f.ports: f for f in d.order}
+    redis = flows[(5000, 6379)]
+    assert redis.session.dead and len(redis.session.readers[0].buf) == 0
+    assert d.sstats.poisoned_flows == 1
+    d.finish()
+    assert any(c.path == "/ok" for c in out)

@@ -16,17 +16,19 @@ from dissector import Dissector, ParseError, collect_events
 from dissector.dns import DnsTcpReader, parse_message
 from dissector.http1 import CLIENT, SERVER, HTTP1Reader
 from dissector.http2 import HTTP2Reader
+from dissector.postgres import PgReader
 from dissector.redis import RespReader
 
 from .test_dns import Q, R
 from .test_http1 import REQS, RESPS
 from .test_http2 import conversation
+from .test_postgres import CLIENT as PG_CLIENT
+from .test_postgres import SERVER as PG_SERVER
 from .test_redis import CMDS, REPLIES
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
 H2C, H2S = conversation()
-SEEDS = [REQS, RESPS, H2C, H2S, CMDS, REPLIES, Q, R]
 
 
 @st.composite
@@ -112,6 +114,20 @@ def test_http2_server(data: bytes, cuts: list[int], gap: int | None) -> None:
 @given(st.one_of(inputs(CMDS), inputs(REPLIES)), CUTS, GAP, st.booleans())
 def test_redis(data: bytes, cuts: list[int], gap: int | None, client: bool) -> None:
     run_reader(RespReader(client=client), data, cuts, gap)
+
+
+@FUZZ
+@given(inputs(PG_CLIENT), CUTS, GAP)
+def test_postgres_client(data: bytes, cuts: list[int], gap: int | None) -> None:
+    run_reader(PgReader(client=True), data, cuts, gap)
+
+
+@FUZZ
+@given(inputs(PG_SERVER), CUTS, GAP)
+def test_postgres_server(data: bytes, cuts: list[int], gap: int | None) -> None:
+    r = PgReader(client=False)
+    r.expect_ssl_reply()
+    run_reader(r, data, cuts, gap)
 
 
 @FUZZ

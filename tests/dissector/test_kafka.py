@@ -73,7 +73,7 @@ def test_range_replay_from_kafka(real_pcap: Path, make_config: Callable[..., Con
     assert sorted(map(key, runs[0])) == sorted(key(c.as_dict()) for c in want)
     assert {c["node"] for c in runs[0]} == {node}
     # a range starting mid-connection still yields the later complete calls
-    first = [c for c in want if c.proto == "http1"][0]
+    first = next(c for c in want if c.proto == "http1")
     r = cli(cfg, "dissect", "--from", format_ns(first.resp_ts_ns + 1), "--to", hi, "--node",
             node, "--json", "--no-store", "--no-publish")
     part = [json.loads(x) for x in r.stdout.splitlines()]
@@ -112,10 +112,10 @@ def test_switch_and_follow(real_pcap: Path, make_config: Callable[..., Config],
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
     assert st["enabled"] is False
-    r = cli(cfg, "dissection", "start", "--stop-after", "4s")
+    r = cli(cfg, "dissection", "start", "--stop-after", "10s")
     assert r.returncode == 0 and "started" in r.stdout
     st = json.loads(cli(cfg, "dissection", "status", "--json").stdout)
-    assert st == {**st, "enabled": True, "stop_after_s": 4.0}
+    assert st == {**st, "enabled": True, "stop_after_s": 10.0}
 
     node = f"live-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "RAWCAP_BOOTSTRAP": cfg.get("kafka.bootstrap")}
@@ -124,10 +124,10 @@ def test_switch_and_follow(real_pcap: Path, make_config: Callable[..., Config],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env)
     try:
-        time.sleep(5)
+        time.sleep(3)
         fr = frames(real_pcap)
         anyio.run(produce, cfg, node, fr)
-        # stopAfter (4 s without packets) ends it on its own
+        # stopAfter (10 s without packets) ends it on its own
         out, err = follow.communicate(timeout=120)
     finally:
         if follow.poll() is None:

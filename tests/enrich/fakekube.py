@@ -48,7 +48,7 @@ class FakeKube:
         self.bookmark_interval = bookmark_interval
         self.gone_mode = gone_mode
         self.requests: list[dict[str, str]] = []
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
         self._watches: dict[int, web.Request] = {}
         self._expire = 0
         self._runner: web.AppRunner | None = None
@@ -86,8 +86,8 @@ class FakeKube:
         asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     def put(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Create or replace an object (ADDED or MODIFIED)."""
@@ -195,12 +195,11 @@ class FakeKube:
                 if bookmarks:
                     await send("BOOKMARK", {"kind": k, "apiVersion": api,
                                             "metadata": {"resourceVersion": str(pos)}})
-                async with self._changed:
-                    try:
-                        await asyncio.wait_for(self._changed.wait(),
-                                               min(self.bookmark_interval, max(0.0, deadline - loop.time())))
-                    except TimeoutError:
-                        pass
+                try:
+                    await asyncio.wait_for(self._changed.wait(),
+                                           min(self.bookmark_interval, max(0.0, deadline - loop.time())))
+                except TimeoutError:
+                    pass
             await resp.write_eof()
             return resp
         except (ConnectionResetError, asyncio.CancelledError):

@@ -141,7 +141,8 @@ def test_filters_from_values() -> None:
             PodRecord("shop", "db-0", "u3", "n2", ("10.231.0.3",), phase="Running"),
             PodRecord("shop", "hostnet", "u4", "n2", ("192.0.2.2",), host_network=True),
             PodRecord("shop", "done", "u5", "n2", ("10.231.0.9",), phase="Succeeded")]
-    assert compute_filters(pods, ["n1", "n2"], Selection()) == {"filter/*": CaptureFilter()}
+    assert compute_filters(pods, ["n1", "n2"], Selection()) == {
+        "filter/*": CaptureFilter(), "filter/n1": CaptureFilter(), "filter/n2": CaptureFilter()}
     excl = compute_filters(pods, ["n1", "n2"], Selection(excluded=("kube-system",)))
     assert excl["filter/n1"].deny_ips == ("10.231.0.2/32",) and not excl["filter/n1"].allow_ips
     assert excl["filter/n2"] == CaptureFilter()
@@ -162,6 +163,9 @@ def test_planner_publishes_only_changes_with_rising_versions() -> None:
     second = planner.plan(pods, ["n1"])
     assert list(second) == ["filter/n1"]
     assert second["filter/n1"].version > first["filter/n1"].version
+    widened = FilterPlanner(Selection())
+    widened.seed("filter/n9", second["filter/n1"])  # left on the topic by the old values
+    assert widened.plan(pods, ["n1"])["filter/n9"].deny_ips == ()
     assert decode_control(second["filter/n1"].encode()) == second["filter/n1"]
 
 
@@ -186,3 +190,32 @@ def test_enricher_joins_workloads_and_processes() -> None:
     assert decode_flow(encode_flow(rec)) == rec
     assert e.commit_offsets() == {0: 8}
     assert isinstance(rec, FlowRecord)
+
+
+def test_process_context_kinds() -> None:
+    from schemas.procs import ProcRecord
+
+    idx = ProcIndex()
+    t = 1_800_000_000 * S
+
+    def rec(**kw: object) -> ProcRecord:
+        base: dict[str, object] = {"ts_ns": t, "node": "n1", "pid": 1, "tid": 1, "comm": "x", "cgroup_id": 0}
+        base.update(kw)
+        return ProcRecord(**base)  # type: ignore[arg-type]
+
+    idx.apply(rec(kind="tcp", pid=10, comm="curl", saddr="10.231.0.1", sport=40000, daddr="10.231.0.2",
+                  dport=80, proto=6))
+    idx.apply(rec(kind="listen", pid=20, comm="nginx", saddr="0.0.0.0", sport=80, pod_uid="uid-web"))
+    idx.apply(rec(kind="listen", pid=21, comm="envoy", saddr="0.0.0.0", sport=80, pod_uid="uid-other"))
+    idx.apply(rec(kind="connect", pid=30, comm="dig", daddr="10.96.0.10", dport=53, proto=17))
+    idx.apply_value(b"\x81\xa1k\xa3bad")  # counted, skipped
+    a, b = pack_ip("10.231.0.1"), pack_ip("10.231.0.2")
+    src, dst = idx.lookup("n1", a, 40000, b, 80, t + 1, lambda ip, ts: "uid-web")
+    assert (src.comm, dst.comm) == ("curl", "nginx")  # type: ignore[union-attr]
+    _, ambiguous = idx.lookup("n1", a, 40000, b, 80, t + 1, lambda ip, ts: "")
+    assert ambiguous is None  # two pods listen on :80 and the destination pod is unknown
+    src, _ = idx.lookup("n1", pack_ip("10.231.0.5"), 5353, pack_ip("10.96.0.10"), 53, t)
+    assert src is not None and src.comm == "dig"
+    assert idx.lookup("n2", pack_ip("10.231.0.5"), 5353, pack_ip("10.96.0.10"), 53, t) == (None, None)
+    assert idx.lookup("n1", a, 40000, b, 80, t - 10 * S, None)[0] is None  # before the report
+    assert idx.bad == 1

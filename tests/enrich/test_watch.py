@@ -32,8 +32,8 @@ class Harness:
         self.changes: list[Change] = []
         self.index = WorkloadIndex()
 
-    async def wait_for(self, pred: Any, timeout: float = 10.0) -> Change:
-        with anyio.fail_after(timeout):
+    async def wait_for(self, pred: Any, wait_s: float = 10.0) -> Change:
+        with anyio.fail_after(wait_s):
             while True:
                 for ch in self.changes:
                     if pred(ch):
@@ -96,7 +96,8 @@ async def test_initial_list_builds_records(kube: FakeKube, tmp_path: Path) -> No
         assert (rec.owner_kind, rec.owner_name) == ("Deployment", "web")
         assert rec.ips == ("10.231.1.10",) and rec.node == "node-a"
         wl = watching.index.resolve(pack_ip("10.231.1.10"), time.time_ns())
-        assert wl is not None and (wl.name, wl.namespace, wl.service) == ("web-7d9f8c6b5-x2x4z", "shop", "web")
+        assert wl is not None
+        assert (wl.name, wl.namespace, wl.service) == ("web-7d9f8c6b5-x2x4z", "shop", "web")
         svc = watching.index.resolve(pack_ip("10.96.0.20"), time.time_ns())
         assert svc is not None and (svc.kind, svc.name) == ("service", "web")
         assert watching.index.resolve(pack_ip("192.0.2.1"), time.time_ns()).kind == "node"  # type: ignore[union-attr]
@@ -148,7 +149,7 @@ async def test_ip_reused_by_another_pod(kube: FakeKube, tmp_path: Path) -> None:
 async def test_dropped_watch_resumes_without_relist(kube: FakeKube, tmp_path: Path) -> None:
     async with run_watcher(kube, tmp_path) as watching:
         with anyio.fail_after(5):  # the watch is open once a bookmark came through it
-            while not watching.watcher.stats.bookmarks.get("pod"):
+            while not watching.watcher.stats.bookmarks.get("pod"):  # noqa: ASYNC110 (polling outside state)
                 await anyio.sleep(0.02)
         lists_before = dict(watching.watcher.stats.lists)
         rv_before = int(kube.rv)
@@ -186,13 +187,13 @@ async def test_410_gone_relists_and_diffs(kube: FakeKube, tmp_path: Path, mode: 
 async def test_error_event_410_on_open_watch(kube: FakeKube, tmp_path: Path) -> None:
     async with run_watcher(kube, tmp_path) as watching:
         with anyio.fail_after(5):  # the watch is open once a bookmark came through it
-            while not watching.watcher.stats.bookmarks.get("pod"):
+            while not watching.watcher.stats.bookmarks.get("pod"):  # noqa: ASYNC110 (polling outside state)
                 await anyio.sleep(0.02)
         kube.expire_watches()
         kube.put("pod", pod("shop", "after-expire", "10.231.3.2", "node-a"))
         await watching.wait_for(lambda c: c.key == "pod/shop/after-expire")
         with anyio.fail_after(5):
-            while watching.watcher.stats.gone.get("pod", 0) < 1:
+            while watching.watcher.stats.gone.get("pod", 0) < 1:  # noqa: ASYNC110 (polling outside state)
                 await anyio.sleep(0.05)
         assert watching.watcher.stats.lists["pod"] >= 2
 

@@ -15,8 +15,9 @@ DATA = Path(__file__).parent.parent / "data"
 RAWCAP = [str(Path(sys.executable).parent / "rawcap")]
 
 
-def rawcap(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None,
-           timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+def rawcap(
+    *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
     full = {**os.environ, **(env or {})}
     return subprocess.run([*RAWCAP, *args], capture_output=True, env=full, input=stdin, timeout=timeout)
 

@@ -3,6 +3,7 @@ judged by tshark/capinfos, snapshots (local store) with verify, and every bad in
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 from pathlib import Path
@@ -23,23 +24,42 @@ def buf(tmp_path: Path) -> dict[str, str]:
     recs = records(DATA / "small.pcap")
     shifted = tmp_path / "b.pcap"
     w = PcapWriter()
-    shifted.write_bytes(w.header() + b"".join(w.packets([(r.ts_ns + 500_000, r.caplen, r.origlen, r.data)
-                                                          for r in recs])))
+    shifted.write_bytes(
+        w.header() + b"".join(w.packets([(r.ts_ns + 500_000, r.caplen, r.origlen, r.data) for r in recs]))
+    )
     write_buffer(tmp_path / "buf", "node-b", shifted, segments=1)
-    return {"RAWCAP_CAPTURE_BUFFER_DIR": str(tmp_path / "buf"), "RAWCAP_SNAPSHOTS_URL": str(tmp_path / "snaps")}
+    return {
+        "RAWCAP_CAPTURE_BUFFER_DIR": str(tmp_path / "buf"),
+        "RAWCAP_SNAPSHOTS_URL": str(tmp_path / "snaps"),
+    }
 
 
 def test_export_one_node_equals_tcpdump(buf: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "a.pcapng"
-    p = rawcap("pcap", "export", "--source", "local", "--node", "node-a", "--from", FROM, "-o", str(out), env=buf)
+    p = rawcap(
+        "pcap", "export", "--source", "local", "--node", "node-a", "--from", FROM, "-o", str(out), env=buf
+    )
     assert p.returncode == 0, p.stderr
     assert wireshark_warnings(out) == []
     assert tshark_rows(out) == tshark_rows(DATA / "small.pcap")
     assert [bytes(r.data) for r in records(out)] == [bytes(r.data) for r in records(DATA / "small.pcap")]
     assert not list(tmp_path.glob(".a.pcapng.*"))  # the temporary name is gone
     classic = tmp_path / "a.pcap"
-    p = rawcap("pcap", "export", "--source", "local", "--node", "node-a", "--from", FROM, "--format", "pcap",
-               "-o", str(classic), env=buf)
+    p = rawcap(
+        "pcap",
+        "export",
+        "--source",
+        "local",
+        "--node",
+        "node-a",
+        "--from",
+        FROM,
+        "--format",
+        "pcap",
+        "-o",
+        str(classic),
+        env=buf,
+    )
     assert p.returncode == 0 and wireshark_warnings(classic) == []
     assert classic.read_bytes()[24:] == (DATA / "small.pcap").read_bytes()[24:]
 
@@ -54,20 +74,34 @@ def test_two_nodes_merge_in_time_order_into_stdout(buf: dict[str, str]) -> None:
     assert {r[1] for r in rows} == {"node-a:eth0", "node-b:eth0"}
     assert all(r[2] == "node=" + r[1].split(":")[0] for r in rows)
     # ... and the two interleave (each node's packet is followed by the other's).
-    assert sum(1 for a, b in zip(rows, rows[1:], strict=False) if a[1] != b[1]) > 20
+    assert sum(1 for a, b in itertools.pairwise(rows) if a[1] != b[1]) > 20
 
 
 def test_filters_and_consume(buf: dict[str, str]) -> None:
-    p = rawcap("consume", "--source", "local", "--node", "node-a", "--from", FROM, "--json", "tcp", "port", "8080",
-               env=buf)
+    p = rawcap(
+        "consume",
+        "--source",
+        "local",
+        "--node",
+        "node-a",
+        "--from",
+        FROM,
+        "--json",
+        "tcp",
+        "port",
+        "8080",
+        env=buf,
+    )
     assert p.returncode == 0, p.stderr
     lines = [json.loads(x) for x in p.stdout.decode().splitlines()]
-    want = subprocess.run(["tcpdump", "-nr", str(DATA / "small.pcap"), "tcp port 8080"], capture_output=True,
-                          text=True).stdout.splitlines()
+    want = subprocess.run(
+        ["tcpdump", "-nr", str(DATA / "small.pcap"), "tcp port 8080"], capture_output=True, text=True
+    ).stdout.splitlines()
     assert len(lines) == len(want) == 26
     assert lines[0]["flags"] == "S" and lines[1]["flags"] == "S." and lines[0]["dport"] == 8080
-    p = rawcap("consume", "--source", "local", "--from", FROM, "--proto", "udp", "--host", "10.231.163.1",
-               env=buf)
+    p = rawcap(
+        "consume", "--source", "local", "--from", FROM, "--proto", "udp", "--host", "10.231.163.1", env=buf
+    )
     text = p.stdout.decode().splitlines()
     assert p.returncode == 0 and len(text) == 2 * 5
     assert "node-a 10.231.163.1:39768 > 10.231.163.2:5353 udp len=52" in text[0]
@@ -75,23 +109,37 @@ def test_filters_and_consume(buf: dict[str, str]) -> None:
 
 def test_empty_window_is_a_valid_empty_file(buf: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "empty.pcapng"
-    p = rawcap("pcap", "export", "--source", "local", "--from", "2020-01-01T00:00:00Z", "--to",
-               "2020-01-01T00:05:00Z", "-o", str(out), env=buf)
+    p = rawcap(
+        "pcap",
+        "export",
+        "--source",
+        "local",
+        "--from",
+        "2020-01-01T00:00:00Z",
+        "--to",
+        "2020-01-01T00:05:00Z",
+        "-o",
+        str(out),
+        env=buf,
+    )
     assert p.returncode == 0
     assert b"no packets in the window" in p.stderr and len(p.stderr.splitlines()) == 1
     assert tshark_rows(out) == [] and wireshark_warnings(out) == []
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--from", "now", "--to", "-5m", "-o", "{tmp}/x.pcapng"], "is after --to"),
-    (["--node", "nope", "-o", "{tmp}/x.pcapng"], "unknown node 'nope'"),
-    (["-o", "/nonexistent-dir/x.pcapng"], "directory /nonexistent-dir does not exist"),
-    (["-o", "{tmp}"], "is a directory"),
-    (["--source", "snapshot:nope", "-o", "{tmp}/x.pcapng"], "unknown snapshot id 'nope'"),
-    (["--source", "floppy", "-o", "{tmp}/x.pcapng"], "--source 'floppy' is invalid"),
-    (["--from", "yesterday-ish", "-o", "{tmp}/x.pcapng"], "is not a time"),
-    (["--pod", "web-.*", "-o", "{tmp}/x.pcapng"], "need the Kubernetes layer"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "now", "--to", "-5m", "-o", "{tmp}/x.pcapng"], "is after --to"),
+        (["--node", "nope", "-o", "{tmp}/x.pcapng"], "unknown node 'nope'"),
+        (["-o", "/nonexistent-dir/x.pcapng"], "directory /nonexistent-dir does not exist"),
+        (["-o", "{tmp}"], "is a directory"),
+        (["--source", "snapshot:nope", "-o", "{tmp}/x.pcapng"], "unknown snapshot id 'nope'"),
+        (["--source", "floppy", "-o", "{tmp}/x.pcapng"], "--source 'floppy' is invalid"),
+        (["--from", "yesterday-ish", "-o", "{tmp}/x.pcapng"], "is not a time"),
+        (["--pod", "web-.*", "-o", "{tmp}/x.pcapng"], "need the Kubernetes layer"),
+    ],
+)
 def test_bad_input_is_one_line(buf: dict[str, str], tmp_path: Path, args: list[str], message: str) -> None:
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if "--source" not in argv:
@@ -122,7 +170,9 @@ def test_snapshot_lifecycle_local_store(buf: dict[str, str], tmp_path: Path) -> 
     again = rawcap("snapshot", "create", "--source", "local", *win, "--name", "inc-42", env=buf)
     assert again.returncode == 2 and b"already exists" in again.stderr
     show = json.loads(rawcap("snapshot", "show", "inc-42", "--json", env=buf).stdout)
-    assert set(show["nodes"]) == {"node-a", "node-b"} and show["window"]["to"].startswith("2026-11-23T02:53:18.6")
+    assert set(show["nodes"]) == {"node-a", "node-b"} and show["window"]["to"].startswith(
+        "2026-11-23T02:53:18.6"
+    )
     assert all(len(o["sha256"]) == 64 for o in show["objects"])
     assert b"inc-42" in rawcap("snapshot", "list", env=buf).stdout
     # The snapshot yields exactly what the same window gave from the source.

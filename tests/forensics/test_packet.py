@@ -21,11 +21,35 @@ def _records(name: str) -> list:
 
 
 def _tshark_fields(name: str) -> list[list[str]]:
-    fields = ["ip.src", "ipv6.src", "ip.dst", "ipv6.dst", "tcp.srcport", "udp.srcport", "tcp.dstport",
-              "udp.dstport", "tcp.flags", "tcp.len", "ip.frag_offset", "ipv6.fraghdr.offset", "icmp.type",
-              "icmpv6.type"]
-    argv = ["tshark", "-r", str(DATA / name), "-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE",
-            "-T", "fields", "-E", "occurrence=f"]
+    fields = [
+        "ip.src",
+        "ipv6.src",
+        "ip.dst",
+        "ipv6.dst",
+        "tcp.srcport",
+        "udp.srcport",
+        "tcp.dstport",
+        "udp.dstport",
+        "tcp.flags",
+        "tcp.len",
+        "ip.frag_offset",
+        "ipv6.fraghdr.offset",
+        "icmp.type",
+        "icmpv6.type",
+    ]
+    argv = [
+        "tshark",
+        "-r",
+        str(DATA / name),
+        "-o",
+        "ip.defragment:FALSE",
+        "-o",
+        "ipv6.defragment:FALSE",
+        "-T",
+        "fields",
+        "-E",
+        "occurrence=f",
+    ]
     for f in fields:
         argv += ["-e", f]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
@@ -73,13 +97,31 @@ def _eth(ethertype: int, payload: bytes, vlans: tuple[int, ...] = ()) -> bytes:
 
 def _ipv4(proto: int, l4: bytes, options: bytes = b"", frag: int = 0) -> bytes:
     ihl = (20 + len(options)) // 4
-    return struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(l4), 1, frag, 64, proto, 0,
-                       bytes([10, 231, 0, 1]), bytes([10, 231, 0, 2])) + options + l4
+    return (
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x40 | ihl,
+            0,
+            ihl * 4 + len(l4),
+            1,
+            frag,
+            64,
+            proto,
+            0,
+            bytes([10, 231, 0, 1]),
+            bytes([10, 231, 0, 2]),
+        )
+        + options
+        + l4
+    )
 
 
 def _tcp(payload: bytes = b"", flags: int = 0x18, opts: bytes = b"") -> bytes:
-    return struct.pack("!HHIIBBHHH", 40000, 443, 7, 9, ((20 + len(opts)) // 4) << 4, flags, 1000, 0, 0) + opts \
+    return (
+        struct.pack("!HHIIBBHHH", 40000, 443, 7, 9, ((20 + len(opts)) // 4) << 4, flags, 1000, 0, 0)
+        + opts
         + payload
+    )
 
 
 def _ipv6(nxt: int, rest: bytes, plen: int | None = None) -> bytes:
@@ -133,11 +175,14 @@ def test_other_protocols_are_none() -> None:
     assert parse_l4(b"") is None
 
 
-@pytest.mark.parametrize("frame", [
-    _eth(0x0800, _ipv4(6, _tcp(b"payload", opts=b"\x01\x01\x01\x01"))),
-    _eth(0x86DD, _ipv6(17, struct.pack("!HHHH", 1, 2, 8, 0))),
-    _eth(0x0800, _ipv4(17, struct.pack("!HHHH", 1, 2, 8, 0)), vlans=(0x8100,)),
-])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        _eth(0x0800, _ipv4(6, _tcp(b"payload", opts=b"\x01\x01\x01\x01"))),
+        _eth(0x86DD, _ipv6(17, struct.pack("!HHHH", 1, 2, 8, 0))),
+        _eth(0x0800, _ipv4(17, struct.pack("!HHHH", 1, 2, 8, 0)), vlans=(0x8100,)),
+    ],
+)
 def test_every_truncation_point_is_none_or_consistent(frame: bytes) -> None:
     full = parse_l4(frame)
     assert full is not None

@@ -20,8 +20,24 @@ def _read(path: Path) -> list:
 
 
 def _tshark_times(path: Path) -> list[tuple[int, int, int]]:
-    out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch", "-e",
-                          "frame.cap_len", "-e", "frame.len"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            str(path),
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "frame.cap_len",
+            "-e",
+            "frame.len",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rows = []
     for line in out.splitlines():
         t, c, o = line.split("\t")
@@ -73,7 +89,9 @@ def test_not_a_capture() -> None:
 
 def test_big_endian_pcap_and_pcapng() -> None:
     pkt = b"\x01" * 60
-    be_pcap = struct.pack(">IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + struct.pack(">IIII", 10, 5, 60, 70) + pkt
+    be_pcap = (
+        struct.pack(">IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + struct.pack(">IIII", 10, 5, 60, 70) + pkt
+    )
     (r,) = [r for recs in read_capture(io.BytesIO(be_pcap)) for r in recs]
     assert (r.ts_ns, r.caplen, r.origlen) == (10_000_005_000, 60, 70)
     shb = struct.pack(">IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack(">I", 28)
@@ -102,8 +120,13 @@ def test_writers_round_trip_through_tshark(tmp_path: Path) -> None:
     i1, idb1 = w.interface("node-b:eth0")
     half = len(recs) // 2
     rows = [(r.ts_ns, r.caplen, r.origlen, r.data) for r in recs]
-    body = w.header() + idb0 + idb1 + b"".join(w.packets(i0, rows[:half], b"node=node-a")) \
+    body = (
+        w.header()
+        + idb0
+        + idb1
+        + b"".join(w.packets(i0, rows[:half], b"node=node-a"))
         + b"".join(w.packets(i1, rows[half:]))
+    )
     out = tmp_path / "out.pcapng"
     out.write_bytes(body)
     _check_with_wireshark(out, len(recs))
@@ -111,8 +134,12 @@ def test_writers_round_trip_through_tshark(tmp_path: Path) -> None:
     back = _read(out)
     assert [r.iface for r in back] == ["node-a:eth0"] * half + ["node-b:eth0"] * (len(recs) - half)
     assert [bytes(r.data) for r in back] == [bytes(r.data) for r in recs]
-    comments = subprocess.run(["tshark", "-r", str(out), "-T", "fields", "-e", "frame.comment"],
-                              capture_output=True, text=True, check=True).stdout.splitlines()
+    comments = subprocess.run(
+        ["tshark", "-r", str(out), "-T", "fields", "-e", "frame.comment"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert comments[:half] == ["node=node-a"] * half and comments[half:] == [""] * (len(recs) - half)
 
     pw = PcapWriter()

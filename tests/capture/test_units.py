@@ -1,0 +1,150 @@
+"""Unit tests without a network: batcher, FIFO buffer, procs records."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from capture._batcher import BlockBatcher, ClosedBatch
+from capture._fifo import Fifo
+from schemas import decode_batch, encode_block_batch
+from schemas._tpacket import build_block
+from schemas.errors import RawcapError
+from schemas.procs import ProcRecord, decode_proc, parse_container
+
+from .helpers import read_fifo
+
+
+def _block(n: int, t0: int, payload: bytes = b"\x00" * 60, size: int = 1 << 16) -> bytes:
+    return build_block([(t0 + i, len(payload), 3, 0, payload) for i in range(n)], block_size=size)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_batcher_spans_blocks_and_matches_schema_encoder() -> None:
+    clock = _Clock()
+    b = BlockBatcher(node="n", next_seq=7, ifaces=lambda: {3: "eth0"}, max_bytes=1 << 20,
+                     max_delay=1.0, level=1, clock=clock)
+    blocks = [_block(5, 1_000), _block(3, 2_000)]
+    for blk in blocks:
+        assert b.add_block(memoryview(blk)) is None
+    assert not b.due()
+    clock.t = 1.5
+    assert b.due()
+    out = b.close()
+    assert isinstance(out, ClosedBatch) and out.seq == 7 and out.count == 8
+    batch = decode_batch(out.value)
+    assert batch.header.first_ns == 1_000 and batch.header.last_ns == 2_002
+    assert [p.ts_ns for p in batch.packets] == [1000, 1001, 1002, 1003, 1004, 2000, 2001, 2002]
+    ref = decode_batch(encode_block_batch(node="n", seq=7, blocks=blocks, ifaces={3: "eth0"}))
+    assert [bytes(p.data) for p in ref.packets] == [bytes(p.data) for p in batch.packets]
+    assert b.next_seq == 8 and b.close() is None
+
+
+def test_batcher_closes_at_max_bytes_and_skips_empty_blocks() -> None:
+    b = BlockBatcher(node="n", next_seq=1, ifaces=dict, max_bytes=1000, max_delay=10, level=1)
+    assert b.add_block(memoryview(build_block([], block_size=4096))) is None
+    out = b.add_block(memoryview(_block(20, 5)))
+    assert out is not None and out.count == 20 and not b.pending
+
+
+def test_batcher_stores_incompressible_batches_plain() -> None:
+    b = BlockBatcher(node="n", next_seq=1, ifaces=dict, max_bytes=1, max_delay=10, level=1)
+    rnd = [build_block([(i * 100 + j, 1000, 3, 0, os.urandom(1000)) for j in range(10)])
+           for i in range(3)]
+    first = b.add_block(memoryview(rnd[0]))
+    second = b.add_block(memoryview(rnd[1]))
+    assert first is not None and second is not None
+    assert decode_batch(first.value).header.codec == "zstd"
+    h2 = decode_batch(second.value)
+    assert h2.header.codec == "none" and len(h2.packets) == 10 and b.plain_batches == 1
+    assert [bytes(p.data) for p in h2.packets] == [bytes(p.data) for p in
+                                                    decode_batch(encode_block_batch(
+                                                        node="n", seq=2, blocks=[rnd[1]],
+                                                        ifaces={})).packets]
+
+
+def _batch(seq: int, size: int = 5000) -> ClosedBatch:
+    value = encode_block_batch(node="n", seq=seq, blocks=[_block(2, seq * 10, os.urandom(size // 2))],
+                               ifaces={3: "eth0"})
+    return ClosedBatch(seq, 2, seq * 10, seq * 10 + 1, size, value)
+
+
+def test_fifo_budget_loss_and_restart(tmp_path: Path) -> None:
+    fifo = Fifo(tmp_path, "n", budget=256 * 1024, segment_size=64 * 1024)
+    assert fifo.segment_size == 64 * 1024 and fifo.next_seq == 1
+    for seq in range(1, 11):
+        fifo.append(_batch(seq))
+    fifo.mark_acked(4)
+    for seq in range(11, 121):
+        fifo.append(_batch(seq))
+        assert fifo.total_bytes <= 256 * 1024
+    on_disk = read_fifo(tmp_path / "n")
+    first = on_disk[0].header.seq
+    assert first > 5 and [b.header.seq for b in on_disk] == list(range(first, 121))
+    assert fifo.lost_batches == first - 1 - 4  # everything recycled above acked_seq
+    assert fifo.read(first - 1) is None and fifo.read(first)[1] == fifo.read(first)[1]
+    fifo.close()
+    # a crash mid-write leaves half a frame: restart cuts it and continues the sequence
+    last_seg = sorted((tmp_path / "n").glob("*.rcsg"))[-1]
+    with open(last_seg, "ab") as fh:
+        fh.write(b"\x10\x00\x00\x00garbage")
+    again = Fifo(tmp_path, "n", budget=256 * 1024, segment_size=64 * 1024)
+    assert again.next_seq == 121 and again.acked_seq == 4 and again.lost_batches == fifo.lost_batches
+    again.append(_batch(121))
+    assert [b.header.seq for b in read_fifo(tmp_path / "n")][-2:] == [120, 121]
+    state = json.loads((tmp_path / "n" / "shipped.json").read_text())
+    assert state["acked_seq"] == 4
+    with pytest.raises(RawcapError, match="in use by another capture agent"):
+        Fifo(tmp_path, "n", budget=1 << 20, segment_size=1 << 16)
+    with pytest.raises(RawcapError, match="expected batch 122"):
+        again.append(_batch(500))
+    again.close()
+
+
+def test_fifo_sequence_survives_an_emptied_buffer(tmp_path: Path) -> None:
+    fifo = Fifo(tmp_path, "n", budget=1 << 20, segment_size=1 << 16)
+    for seq in range(1, 4):
+        fifo.append(_batch(seq))
+    fifo.mark_acked(3)
+    fifo.close()
+    for seg in (tmp_path / "n").glob("*.rcsg"):
+        seg.unlink()
+    assert Fifo(tmp_path, "n", budget=1 << 20, segment_size=1 << 16).next_seq == 4
+
+
+@pytest.mark.parametrize(("path", "cid", "runtime", "pod"), [
+    ("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0a1b2c3d_1111_2222_3333_444455556666"
+     ".slice/cri-containerd-" + "a" * 64 + ".scope", "a" * 64, "containerd",
+     "0a1b2c3d-1111-2222-3333-444455556666"),
+    ("/kubepods.slice/kubepods-pod0a1b2c3d_1111_2222_3333_444455556666.slice/crio-" + "b" * 64 + ".scope",
+     "b" * 64, "cri-o", "0a1b2c3d-1111-2222-3333-444455556666"),
+    ("/docker/" + "c" * 64, "c" * 64, "docker", ""),
+    ("/system.slice/docker-" + "d" * 64 + ".scope", "d" * 64, "docker", ""),
+    ("/kubepods/besteffort/pod0a1b2c3d-1111-2222-3333-444455556666/" + "e" * 64, "e" * 64,
+     "containerd", "0a1b2c3d-1111-2222-3333-444455556666"),
+    ("/user.slice/user-0.slice/session-1.scope", "", "", ""),
+    ("/", "", "", ""),
+])
+def test_parse_container(path: str, cid: str, runtime: str, pod: str) -> None:
+    assert parse_container(path) == (cid, runtime, pod)
+
+
+def test_proc_record_roundtrip_and_validation() -> None:
+    r = ProcRecord(ts_ns=1, node="n", kind="tcp", pid=2, tid=3, comm="curl", cgroup_id=4,
+                   cgroup_path="/x", proto=6, saddr="10.0.0.1", sport=5, daddr="fd00::1", dport=80)
+    assert decode_proc(r.encode()) == r
+    assert len(r.encode()) < 120
+    with pytest.raises(ValueError):
+        ProcRecord(ts_ns=1, node="n", kind="nope", pid=1, tid=1, comm="", cgroup_id=0)
+    with pytest.raises(ValueError):
+        decode_proc(b"\x01")

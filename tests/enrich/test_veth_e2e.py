@@ -1,0 +1,160 @@
+"""Real traffic over a veth pair, captured by the real agent, enriched, and filtered by values.
+
+capture agent (namespace b) -> rawcap.packets -> rawcap enrich -> rawcap.flows, with the pods
+of the fake API server holding the veth addresses: the client's IP is reused by a pod of
+another namespace half way through, and finally excluding that namespace in the values makes
+the running capture drop its traffic.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from enrich import FilterPlanner, Selection, run_enrich, run_k8s_watch
+from rawcap.config import Config
+from rawcap.kafka import ensure_topics
+from schemas.flows import FlowRecord
+from tests.capture.helpers import PY, RAWCAP, TRAFFIC, Proc
+from tests.netns import VethPair
+
+from .fakekube import FakeKube, namespace, node, pod
+
+pytestmark = pytest.mark.integration
+PORT = 7131
+
+
+def rfc3339(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _wait(pred: Callable[[], Any], wait_s: float, what: str) -> Any:
+    with anyio.fail_after(wait_s, reason=f"timed out waiting for {what}"):
+        while not (got := pred()):  # noqa: ASYNC110 (polling outside state)
+            await anyio.sleep(0.1)
+    return got
+
+
+CLIENT_PIDS: list[int] = []
+
+
+def _traffic(net: VethPair, rounds: int) -> None:
+    c = Proc([PY, TRAFFIC, "client", net.a.ip, str(PORT), "--sizes", "300", "--rounds", str(rounds),
+              "--no-udp", "--interval", "0.05"], ns=net.b)
+    CLIENT_PIDS.append(c.p.pid)  # `ip netns exec` execs: the pid is the client's
+    assert c.p.wait(60) == 0, c.text
+    c.stop()
+
+
+async def test_veth_flows_ip_reuse_and_namespace_exclusion(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    node_name = f"enr-veth-{uuid.uuid4().hex[:6]}"
+    cfg = make_config({"enrich.flowInterval": "1s", "enrich.grace": "500ms"})
+    await ensure_topics(cfg)
+    flows: list[FlowRecord] = []
+
+    async def collect(records: list[FlowRecord]) -> None:
+        flows.extend(r for r in records if r.node == node_name and PORT in (r.sport, r.dport))
+
+    with VethPair("rcenr") as net:
+        fk = FakeKube()
+        await fk.start()
+        kc = tmp_path / "kubeconfig"
+        kc.write_text(fk.kubeconfig())
+        for ns in ("shop", "frontend", "billing"):
+            fk.put("namespace", namespace(ns))
+        fk.put("node", node(node_name, "192.0.2.200"))
+        fk.put("pod", pod("shop", "server-0", net.a.ip, node_name, owner=("StatefulSet", "server")))
+        fk.put("pod", pod("frontend", "client-5c7d9-abcde", net.b.ip, node_name,
+                          owner=("ReplicaSet", "client-5c7d9"), pod_template_hash="5c7d9",
+                          start=rfc3339(time.time_ns() - 60 * 10**9)))
+        srv = Proc([PY, TRAFFIC, "server", str(PORT)], ns=net.a)
+        env = {"RAWCAP_BOOTSTRAP": cfg.get("kafka.bootstrap"), "RAWCAP_CAPTURE_BATCH_MAX_DELAY": "0.3s"}
+        cap = Proc([RAWCAP, "capture", "--netns", net.b.name, "--iface", net.b.iface, "--node", node_name,
+                    "--buffer-dir", str(tmp_path / "buf"), "--procs"], env=env)
+        try:
+            srv.wait_for("serving", stdout=True)
+            await anyio.to_thread.run_sync(lambda: cap.wait_for("capture running", 60))
+            await anyio.to_thread.run_sync(lambda: cap.wait_for("shipper connected", 60))
+            stop_enrich = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: run_enrich(cfg, stop=stop_enrich, on_flows=collect))
+                stop_watch = anyio.Event()
+                tg.start_soon(lambda: run_k8s_watch(cfg, kubeconfig=str(kc), stop=stop_watch,
+                                                    planner=FilterPlanner(Selection()), settle_s=0.1))
+                await anyio.sleep(3)
+
+                # 1. before the reuse: the client pod of namespace frontend
+                t1 = time.time_ns()
+                await anyio.to_thread.run_sync(_traffic, net, 3)
+                before = await _wait(lambda: [f for f in flows if f.first_ns >= t1], 40, "flows before reuse")
+
+                # 2. the client IP goes to another pod in another namespace
+                fk.delete("pod", "frontend", "client-5c7d9-abcde")
+                await anyio.sleep(1)
+                fk.put("pod", pod("billing", "invoicer-0", net.b.ip, node_name,
+                                  owner=("StatefulSet", "invoicer"), start=rfc3339(time.time_ns())))
+                await anyio.sleep(1.5)
+                t2 = time.time_ns()
+                await anyio.to_thread.run_sync(_traffic, net, 3)
+                after = await _wait(lambda: [f for f in flows if f.first_ns >= t2], 40, "flows after reuse")
+
+                # 3. values change: billing excluded -> the running capture drops its traffic
+                stop_watch.set()
+                await anyio.sleep(1)
+                applied = sum("filter applied" in line for line in cap.lines)
+                stop_watch2 = anyio.Event()
+                tg.start_soon(lambda: run_k8s_watch(
+                    cfg, kubeconfig=str(kc), stop=stop_watch2, settle_s=0.1,
+                    planner=FilterPlanner(Selection(excluded=("billing",)))))
+                await _wait(lambda: sum("filter applied" in line for line in cap.lines) > applied, 40,
+                            "the capture agent to apply the new filter")
+                t3 = time.time_ns()
+                await anyio.to_thread.run_sync(_traffic, net, 3)
+                await anyio.sleep(4)  # > interval + grace + batch delay: flows would be out
+                excluded = [f for f in flows if f.first_ns >= t3]
+                stop_watch2.set()
+
+                # 4. and back: the exclusion removed from the values, the traffic is seen again
+                await anyio.sleep(1)
+                applied = sum("filter applied" in line for line in cap.lines)
+                stop_watch3 = anyio.Event()
+                tg.start_soon(lambda: run_k8s_watch(cfg, kubeconfig=str(kc), stop=stop_watch3, settle_s=0.1,
+                                                    planner=FilterPlanner(Selection())))
+                await _wait(lambda: sum("filter applied" in line for line in cap.lines) > applied, 40,
+                            "the capture agent to apply the widened filter")
+                t4 = time.time_ns()
+                await anyio.to_thread.run_sync(_traffic, net, 3)
+                again = await _wait(lambda: [f for f in flows if f.first_ns >= t4], 40,
+                                    "flows after re-inclusion")
+                stop_watch3.set()
+                stop_enrich.set()
+        finally:
+            cap.stop()
+            srv.stop()
+            await fk.stop()
+
+    for f in before:
+        assert f.src == net.b.ip and f.dst == net.a.ip and f.dport == PORT
+        assert f.src_workload is not None and f.dst_workload is not None
+        assert (f.src_workload.namespace, f.src_workload.name) == ("frontend", "client-5c7d9-abcde")
+        assert (f.src_workload.owner_kind, f.src_workload.owner_name) == ("Deployment", "client")
+        assert (f.dst_workload.namespace, f.dst_workload.name) == ("shop", "server-0")
+        assert f.packets_fwd >= 3 and f.packets_rev >= 2 and "SYN" in f.tcp_flags
+        # process context from the agent's eBPF tracepoints: the traffic client in namespace b
+        assert f.src_process is not None and f.src_process.comm.startswith("python"), f
+        assert f.src_process.pid in CLIENT_PIDS, (f.src_process, CLIENT_PIDS)
+    for f in after:
+        assert f.src_workload is not None
+        assert (f.src_workload.namespace, f.src_workload.name) == ("billing", "invoicer-0")
+    assert len(before) >= 1 and len(after) >= 1
+    assert excluded == [], "traffic of an excluded namespace was still captured"
+    assert again and again[0].src_workload is not None and again[0].src_workload.name == "invoicer-0"
