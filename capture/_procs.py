@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -90,15 +91,28 @@ class _Cgroups:
         return self._by_id.get(cgroup_id, "")
 
 
+def _ensure_tracefs() -> None:
+    """bcc finds tracepoint ids under tracefs; many hosts (and containers) do not mount it.
+
+    With CAP_SYS_ADMIN the agent mounts it itself, as ``mount -t tracefs`` would; without,
+    the caller gets one line saying what to mount (a DaemonSet mounts it as a hostPath).
+    """
+    if os.path.isdir("/sys/kernel/tracing/events") or os.path.isdir("/sys/kernel/debug/tracing/events"):
+        return
+    result = subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not os.path.isdir("/sys/kernel/tracing/events"):
+        raise FilterUnavailable("tracefs is not mounted and could not be mounted "
+                                "(mount -t tracefs nodev /sys/kernel/tracing)")
+
+
 class ProcsTracer:
     """Loads the tracepoint program at construction (fail fast), runs with ``run()``."""
 
     def __init__(self, cfg: Config, node: str, metrics: Any) -> None:
         bcc = load_bcc()
         require_caps("process context (tracepoints)", CAP_BPF, CAP_PERFMON)
-        if not os.path.isdir("/sys/kernel/tracing/events") and \
-                not os.path.isdir("/sys/kernel/debug/tracing/events"):
-            raise FilterUnavailable("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)")
+        _ensure_tracefs()
         text = Path(__file__).with_name("_procs.c").read_bytes()
         try:
             with _Quiet():

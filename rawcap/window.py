@@ -411,25 +411,12 @@ class WindowReader:
 
     # -- sources ---------------------------------------------------------------------------
     def _archive_lanes(self) -> list[Any]:
-        try:
-            from . import archive_store  # type: ignore[attr-defined]
-        except ImportError:
-            raise ConfigError(
-                "--source archive needs the archiver (rawcap/archive_store.py), not available yet"
-            ) from None
-        fn = getattr(archive_store, "iter_window", None) or getattr(archive_store, "read_window", None)
-        if fn is None:
-            raise ConfigError("--source archive: rawcap.archive_store has no window reader")
-        values = fn(self.cfg, self.lo, self.hi, nodes=sorted(self.nodes) if self.nodes else None)
-        if not hasattr(values, "__aiter__"):
-            sync_values = iter(values)
+        """One lane over ``archive.url``: :func:`rawcap.archive_store.iter_window` yields the
+        window's batches each node in archive order, nodes merged by first packet time."""
+        from .archive_store import iter_window
 
-            async def agen() -> AsyncIterator[bytes | memoryview]:
-                for v in sync_values:
-                    yield v
-
-            values = agen()
-        return [ValueLane("archive", values)]
+        nodes = sorted(self.nodes) if self.nodes else None
+        return [ValueLane("archive", iter_window(self.cfg, self.lo, self.hi, nodes=nodes))]
 
     async def _open_kafka(self) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition

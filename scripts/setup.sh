@@ -63,6 +63,11 @@ else
   fi
 fi
 
+# bcc attaches tracepoints by the ids under tracefs, which not every host mounts.
+if [ ! -d /sys/kernel/tracing/events ] && [ ! -d /sys/kernel/debug/tracing/events ]; then
+  $SUDO mount -t tracefs nodev /sys/kernel/tracing && say "mounted tracefs on /sys/kernel/tracing"
+fi
+
 # --- 2. Python venv -------------------------------------------------------------------
 stamp="$VENV/.rawcap-installed"
 if [ ! -x "$VENV/bin/python" ]; then
