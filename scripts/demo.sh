@@ -3,10 +3,12 @@
 #
 #   1. start the local stack (Apache Kafka KRaft broker + MinIO) if it is not running
 #   2. make a veth pair: rcdemo0 (root namespace, 10.231.77.1) <-> rcdemo1 (namespace
-#      rcdemo, 10.231.77.2) with an HTTP server and a DNS-ish UDP echo inside the namespace
-#   3. run `rawcap capture --iface rcdemo0` while curl and UDP clients talk across the pair
-#   4. export the captured window from Kafka as pcapng, check it with capinfos/tshark
-#   5. dissect the same window into API calls, and print a summary
+#      rcdemo, 10.231.77.2) with an HTTP server and a DNS server inside the namespace
+#   3. run `rawcap capture --iface rcdemo0` (and tcpdump beside it, as the reference) while
+#      curl and DNS clients talk across the pair; stop it with SIGTERM (final flush)
+#   4. export the captured window from Kafka as pcapng, check it with capinfos/tshark and
+#      compare it with what tcpdump wrote
+#   5. dissect the same window from Kafka into API calls, and print a summary
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RAWCAP=.venv/bin/rawcap
@@ -19,6 +21,7 @@ mkdir -p "$OUT"
 cleanup() {
   [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null || true
   [ -n "${UDP_PID:-}" ] && kill "$UDP_PID" 2>/dev/null || true
+  [ -n "${TD_PID:-}" ] && kill "$TD_PID" 2>/dev/null || true
   ip link del rcdemo0 2>/dev/null || true
   ip netns del "$NS" 2>/dev/null || true
 }
@@ -44,33 +47,35 @@ echo '{"orders": [1, 2, 3]}' > "$OUT/www/api/orders"
 head -c 200000 /dev/urandom | base64 > "$OUT/www/big.txt"
 ip netns exec "$NS" $PY -m http.server 8080 --bind 10.231.77.2 --directory "$OUT/www" \
   >/dev/null 2>&1 & SERVER_PID=$!
-ip netns exec "$NS" $PY -c '
-import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("10.231.77.2", 5353))
-while True:
-    data, peer = s.recvfrom(2048); s.sendto(data[::-1], peer)
-' & UDP_PID=$!
+ip netns exec "$NS" $PY tests/dissector/servers/dns_server.py 10.231.77.2 53 >/dev/null & UDP_PID=$!
 sleep 1
 
-echo "== 3. capture on rcdemo0 for 12 s while clients talk"
+echo "== 3. capture on rcdemo0 while clients talk, then SIGTERM (final flush)"
 BUF="$OUT/buffer"
 rm -rf "$BUF"
 START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-$RAWCAP capture --iface rcdemo0 --node "$NODE" --buffer-dir "$BUF" --duration 12 &
+tcpdump -i rcdemo0 -s 0 -B 32768 -n -U -w "$OUT/tcpdump.pcap" 'tcp or udp' 2>/dev/null & TD_PID=$!
+$RAWCAP capture --iface rcdemo0 --node "$NODE" --buffer-dir "$BUF" --duration 120 \
+  2> >(tee "$OUT/capture.log" >&2) &
 CAP_PID=$!
-sleep 3
+# Compiling the eBPF filter takes a few seconds: talk only once the ring is open.
+for _ in $(seq 1 600); do
+  grep -q "capture running" "$OUT/capture.log" 2>/dev/null && break
+  kill -0 "$CAP_PID" 2>/dev/null || { echo "demo: capture agent exited early" >&2; exit 1; }
+  sleep 0.1
+done
 for i in $(seq 1 20); do
-  curl -s -o /dev/null "http://10.231.77.2:8080/api/orders?page=$i" || true
-  curl -s -o /dev/null "http://10.231.77.2:8080/missing/$i" || true
+  curl -s -o /dev/null "http://10.231.77.2:8080/api/orders?page=$i"
+  curl -s -o /dev/null "http://10.231.77.2:8080/missing/$i"
 done
 curl -s -o /dev/null http://10.231.77.2:8080/big.txt
-$PY -c '
-import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
-for i in range(50):
-    s.sendto(b"query %d" % i, ("10.231.77.2", 5353)); s.recvfrom(2048)
-'
+$PY tests/dissector/servers/dns_client.py 10.231.77.2 53 \
+  udp:api.rawcap.test:A udp:db.rawcap.test:AAAA udp:nx.rawcap.test:A tcp:web.rawcap.test:A \
+  udp:www.example.invalid:A
+sleep 1
+kill -TERM "$CAP_PID" "$TD_PID"
 wait "$CAP_PID"
+wait "$TD_PID" || true
 END=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 echo "== 4. export $START .. $END from Kafka as pcapng"
@@ -78,20 +83,26 @@ $RAWCAP pcap export --from "$START" --to "$END" --node "$NODE" -o "$OUT/demo.pca
 capinfos -c -u -i "$OUT/demo.pcapng" | sed 's/^/   /'
 echo "   tshark protocol hierarchy:"
 tshark -r "$OUT/demo.pcapng" -q -z io,phs 2>/dev/null | sed -n '/^eth/,/^=/p' | head -12 | sed 's/^/   /'
+RC_N=$(capinfos -M -c -T -r "$OUT/demo.pcapng" | awk -F'\t' '{print $2}')
+TD_N=$(capinfos -M -c -T -r "$OUT/tcpdump.pcap" | awk -F'\t' '{print $2}')
+echo "   rawcap exported $RC_N packets; tcpdump on the same interface wrote $TD_N"
 
-echo "== 5. dissect the same window into API calls"
-if $RAWCAP dissect --help >/dev/null 2>&1; then
-  $RAWCAP dissect --pcap "$OUT/demo.pcapng" --json > "$OUT/calls.jsonl" || true
-  $PY - "$OUT/calls.jsonl" <<'EOF'
+echo "== 5. dissect the same window from Kafka into API calls"
+$RAWCAP dissect --from "$START" --to "$END" --node "$NODE" --json --no-store > "$OUT/calls.jsonl"
+$PY - "$OUT/calls.jsonl" <<'EOF'
 import collections, json, sys
 calls = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-by = collections.Counter((c.get("protocol"), c.get("method"), c.get("status")) for c in calls)
+by = collections.Counter(
+    (c["proto"], c.get("method") or c.get("qname") or "",
+     c["status"] if c["proto"].startswith("http") else c.get("rcode"))
+    for c in calls)
 print(f"   {len(calls)} calls")
-for (proto, method, status), n in by.most_common(8):
-    print(f"   {n:4} x {proto} {method or ''} {status}")
+for (proto, what, status), n in sorted(by.items(), key=str):
+    print(f"   {n:4} x {proto:6} {what:24} {status}")
 EOF
-fi
 
 echo "== summary"
+echo "   captured: $RC_N packets (tcpdump: $TD_N)   calls: $(wc -l < "$OUT/calls.jsonl")"
 echo "   pcapng: $OUT/demo.pcapng   (open it in Wireshark)"
+[ "$RC_N" = "$TD_N" ] || { echo "demo: rawcap and tcpdump disagree ($RC_N vs $TD_N packets)" >&2; exit 1; }
 echo "   stack:  $RAWCAP stack status ; stop it with: $RAWCAP stack down"

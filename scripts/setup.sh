@@ -2,7 +2,7 @@
 # make setup: everything rawcap needs on a fresh Debian 12 machine of this kind, as root.
 # Idempotent; a step already done is skipped, so a second run takes seconds.
 #
-#   1. apt: bcc (python3-bpfcc, bpfcc-tools), tcpdump, tshark, kcat, iproute2, libpcap,
+#   1. apt: bcc (python3-bpfcc, bpfcc-tools), tcpdump, tshark, kcat, iproute2, libpcap, trafgen (netsniff-ng, for bench/capture),
 #      JDK + Maven (for the Kafka jars), and the newest linux-headers-6.12.*-cloud-amd64
 #      (+ -common) with /lib/modules/$(uname -r)/{build,source} pointing at them
 #   2. .venv at the repo root with rawcap installed editable ('.[test]'), bcc importable
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
-APT_PACKAGES=(python3-bpfcc bpfcc-tools tcpdump tshark kcat iproute2 libpcap0.8-dev
+APT_PACKAGES=(python3-bpfcc bpfcc-tools tcpdump tshark kcat iproute2 libpcap0.8-dev netsniff-ng
               python3-venv openjdk-17-jdk-headless maven ca-certificates)
 export DEBIAN_FRONTEND=noninteractive
 
