@@ -43,7 +43,7 @@ from ._metrics import Metrics
 from ._plan import Buffer, Known, PartitionPlan
 from ._retention import sweep
 
-__all__ = ("GROUP", "Archiver", "Summary")
+__all__ = ("GROUP", "Archiver", "Summary", "one_error")
 
 log = logging.getLogger("rawcap.archive")
 
@@ -64,6 +64,17 @@ class Summary:
 
     def line(self) -> str:
         return "archive summary: " + " ".join(f"{k}={v}" for k, v in vars(self).items())
+
+
+def one_error(eg: BaseExceptionGroup[Any]) -> BaseException:
+    """The first rawcap error inside a task group's exception group (else the group): the
+    CLI prints a rawcap error as one line."""
+    for exc in eg.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            exc = one_error(exc)
+        if isinstance(exc, RawcapError):
+            return exc
+    return eg
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -179,6 +190,8 @@ class Archiver:
                     tg.start_soon(self._retention_loop)
                 code = await self._main()
                 tg.cancel_scope.cancel()
+        except BaseExceptionGroup as eg:
+            raise one_error(eg) from None
         finally:
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(20):
@@ -260,8 +273,9 @@ class Archiver:
             if self._under_pressure():
                 await self._keepalive()
                 continue
-            if c.paused():
-                c.resume(*c.paused())
+            paused = c.paused() & c.assignment()
+            if paused:
+                c.resume(*paused)
             got = await c.getmany(timeout_ms=500, max_records=self.max_records)
             if not got:
                 continue
@@ -284,7 +298,13 @@ class Archiver:
             return
         hour = hour_of(header.first_ns)
         if plan.needs_lookup(header.node, hour):
-            plan.set_known(header.node, hour, await self._lookup(plan, header.node, hour))
+            known = await self._lookup(plan, header.node, hour)
+            plan.set_known(header.node, hour, known)
+            if known:
+                log.info("resuming: objects of this partition exist already", extra={
+                    "node": header.node, "hour": hour_path(hour), "partition": plan.partition,
+                    "indexed": sum(k.indexed for k in known),
+                    "unindexed": sum(not k.indexed for k in known)})
         before_skip, before_adopt = plan.skipped, plan.adopted
         for buf in plan.add(r.offset, r.value, header, hour, r.timestamp):
             self._queue(buf)
@@ -518,13 +538,16 @@ class Archiver:
 
     async def _retention_loop(self) -> None:
         period = min(600.0, max(60.0, self.retention / 24))
-        await anyio.sleep(2.0)
+        next_at = time.monotonic() + 2.0
         while True:
-            if 0 in self.plans:  # one sweeper per group: the holder of partition 0
-                cutoff = hour_of(time.time_ns() - int(self.retention * 1e9))
-                try:
-                    self.metrics.retention_deleted.inc(await sweep(self.store, cutoff))
-                except RawcapError as exc:
-                    self.metrics.errors.labels("retention").inc()
-                    log.warning("retention sweep failed (retried later): %s", exc)
-            await anyio.sleep(period)
+            await anyio.sleep(1.0)
+            # One sweeper per group: the holder of partition 0.
+            if time.monotonic() < next_at or 0 not in self.plans:
+                continue
+            cutoff = hour_of(time.time_ns() - int(self.retention * 1e9))
+            try:
+                self.metrics.retention_deleted.inc(await sweep(self.store, cutoff))
+            except RawcapError as exc:
+                self.metrics.errors.labels("retention").inc()
+                log.warning("retention sweep failed (retried later): %s", exc)
+            next_at = time.monotonic() + period

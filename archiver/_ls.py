@@ -17,6 +17,17 @@ async def hour_summaries(
     store: ArchiveStore, lo: int, hi: int, nodes: Iterable[str] | None = None, parallel: int = 16
 ) -> list[dict[str, Any]]:
     """One row per (node, hour) overlapping ``[lo, hi)``, in hour then node order."""
+    try:
+        return await _summaries(store, lo, hi, nodes, parallel)
+    except BaseExceptionGroup as eg:
+        from ._archiver import one_error
+
+        raise one_error(eg) from None
+
+
+async def _summaries(
+    store: ArchiveStore, lo: int, hi: int, nodes: Iterable[str] | None, parallel: int
+) -> list[dict[str, Any]]:
     wanted = sorted(set(nodes)) if nodes else None
     hours: list[int] = await anyio.to_thread.run_sync(
         store.hours_present, hour_of(lo), hour_of(max(lo, hi - 1))

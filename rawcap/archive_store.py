@@ -69,6 +69,11 @@ INDEX_FORMAT: Final = "rawcap.archive.index/1"
 HOUR_NS: Final = 3_600_000_000_000
 SCHEMES: Final = ("s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "file")
 _SAFE = re.compile(r"[A-Za-z0-9_.-]")
+_AUTH_FAILURE = re.compile(
+    r"<Code>(AccessDenied|SignatureDoesNotMatch|InvalidAccessKeyId|ExpiredToken|InvalidToken|"
+    r"AuthorizationHeaderMalformed|AuthenticationFailed|AuthorizationFailure)</Code>"
+    r"|status code: (401|403)\b"
+)
 _NAME_RE = re.compile(r"^(?P<topic>.+)-(?P<p>\d{5})-(?P<first>\d{20})-(?P<last>\d{20})$")
 
 
@@ -354,7 +359,8 @@ class ArchiveStore:
             if "NoSuchBucket" in str(exc) or "ContainerNotFound" in str(exc):
                 return ObjectMissing(f"archive bucket {self.bucket!r} does not exist ({self.where()})")
             return ObjectMissing(f"archive {self.url}: {what}: no such object")
-        if name in ("PermissionDeniedError", "UnauthenticatedError") or isinstance(exc, PermissionError):
+        denied = name in ("PermissionDeniedError", "UnauthenticatedError") or isinstance(exc, PermissionError)
+        if denied or _AUTH_FAILURE.search(str(exc)):
             return AccessDenied(
                 f"archive {self.where()}: access denied ({_first_line(exc)}): check the credentials "
                 "and the bucket policy"
@@ -421,7 +427,9 @@ class ArchiveStore:
             for chunk in self._ob.list(self.store, prefix or None, chunk_size=1000):
                 out.extend(dict(m) for m in chunk)
             return out
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            if "NoSuchBucket" in str(exc) or "ContainerNotFound" in str(exc):
+                raise self.error(exc, "LIST", prefix) from None
             return []
         except Exception as exc:
             raise self.error(exc, "LIST", prefix) from None
@@ -429,7 +437,9 @@ class ArchiveStore:
     def list_dirs(self, prefix: str) -> list[str]:
         try:
             res = self._ob.list_with_delimiter(self.store, prefix or None)
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            if "NoSuchBucket" in str(exc) or "ContainerNotFound" in str(exc):
+                raise self.error(exc, "LIST", prefix) from None
             return []
         except Exception as exc:
             raise self.error(exc, "LIST", prefix) from None

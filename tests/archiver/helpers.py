@@ -23,6 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from rawcap.window import node_partition
 from schemas import Packet, decode_header, encode_batch, topics
 from schemas._stream import split_frames
+from schemas.errors import BatchError
 
 RAWCAP = [sys.executable, "-m", "rawcap.cli"]
 PARTITIONS = 6
@@ -138,9 +139,11 @@ async def produce(bootstrap: str, items: Iterable[tuple[str, bytes]]) -> int:
     try:
         futs = []
         for node, value in items:
-            h, _ = decode_header(value)
-            futs.append(await prod.send(topics.PACKETS, value, key=node.encode(),
-                                        timestamp_ms=h.first_ns // 1_000_000))
+            try:
+                ts_ms = decode_header(value)[0].first_ns // 1_000_000
+            except BatchError:  # a corrupt value on purpose
+                ts_ms = time.time_ns() // 1_000_000
+            futs.append(await prod.send(topics.PACKETS, value, key=node.encode(), timestamp_ms=ts_ms))
             n += 1
         for f in futs:
             await f
@@ -205,7 +208,8 @@ async def precommit_end(bootstrap: str, group: str) -> dict[int, int]:
     await c.start()
     try:
         await c._client._wait_on_metadata(topics.PACKETS)
-        tps = [TopicPartition(topics.PACKETS, p) for p in sorted(c.partitions_for_topic(topics.PACKETS) or ())]
+        parts = sorted(c.partitions_for_topic(topics.PACKETS) or ())
+        tps = [TopicPartition(topics.PACKETS, p) for p in parts]
         c.assign(tps)
         end = await c.end_offsets(tps)
         await c.commit({tp: end[tp] for tp in tps})
@@ -215,11 +219,21 @@ async def precommit_end(bootstrap: str, group: str) -> dict[int, int]:
 
 
 async def committed(bootstrap: str, group: str) -> dict[int, int]:
+    """The group's committed offsets (the coordinator may still be starting on a fresh broker)."""
+    from aiokafka.errors import GroupCoordinatorNotAvailableError
+
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        offs = await admin.list_consumer_group_offsets(group)
-        return {tp.partition: m.offset for tp, m in offs.items() if m.offset >= 0}
+        for attempt in range(60):
+            try:
+                offs = await admin.list_consumer_group_offsets(group)
+                return {tp.partition: m.offset for tp, m in offs.items() if m.offset >= 0}
+            except GroupCoordinatorNotAvailableError:
+                if attempt == 59:
+                    raise
+                await anyio.sleep(0.5)
+        raise AssertionError("unreachable")
     finally:
         await admin.close()
 
@@ -287,7 +301,8 @@ async def end_offsets(bootstrap: str) -> dict[int, int]:
     await c.start()
     try:
         await c._client._wait_on_metadata(topics.PACKETS)
-        tps = [TopicPartition(topics.PACKETS, p) for p in sorted(c.partitions_for_topic(topics.PACKETS) or ())]
+        parts = sorted(c.partitions_for_topic(topics.PACKETS) or ())
+        tps = [TopicPartition(topics.PACKETS, p) for p in parts]
         end = await c.end_offsets(tps)
         return {tp.partition: end[tp] for tp in tps}
     finally:

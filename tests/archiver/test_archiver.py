@@ -114,7 +114,7 @@ def test_export_from_archive_equals_kafka_export(stack: Any, aenv: dict[str, str
 
     anyio.run(_recycle, stack.bootstrap, _partitions(nodes))
     gone = rawcap("pcap", "export", *win, "-o", str(tmp_path / "gone.pcapng"), env=aenv)
-    assert b"no packets in the window" in gone.stderr, gone.stderr.decode()
+    assert b"no packets in the window" in gone.stderr or b"unknown node" in gone.stderr, gone.stderr
 
     archive = outputs(["--source", "archive"], "archive")
     assert archive["all"].read_bytes() == kafka["all"].read_bytes()
@@ -151,9 +151,8 @@ def test_kill_9_during_uploads_archives_every_batch_once(stack: Any, aenv: dict[
     nodes = nodes_on_partitions(run_id, 3)
     anyio.run(precommit_end, stack.bootstrap, group)
     rng = random.Random()
-    kills = 0
-    skipped = adopted = 0
-    with Traffic(stack.bootstrap, nodes, rate=25, size=600) as traffic:
+    kills = resumed = completed = 0
+    with Traffic(stack.bootstrap, nodes, rate=15, size=600) as traffic:
         while kills < 6:
             arch = _archiver(aenv, group)
             arch.wait_for("assigned partitions", timeout=60)
@@ -161,7 +160,8 @@ def test_kill_9_during_uploads_archives_every_batch_once(stack: Any, aenv: dict[
             assert arch.p.poll() is None, arch.text
             arch.stop(signal.SIGKILL)
             kills += 1
-            skipped += arch.count("already archived")
+            resumed += arch.count("resuming: objects of this partition exist already")
+            completed += arch.count("completing an object written before a crash")
         traffic.stop()
     sent = list(traffic.sent)
     assert len(sent) > 500
@@ -174,8 +174,9 @@ def test_kill_9_during_uploads_archives_every_batch_once(stack: Any, aenv: dict[
     skipped, adopted = summary["skipped"], summary["adopted"]
     contents = Contents(s3_store(stack, run_id))
     contents.check_exactly_once(sent)
-    print(f"{kills} kills; final run skipped {skipped} batches and completed {adopted} objects; "
-          f"{len(contents.data)} objects hold {len(sent)} batches")
+    print(f"\n{kills} kills; restarts found existing uncommitted objects {resumed} times and completed "
+          f"{completed} objects lacking their index; the final run skipped {skipped} batches and "
+          f"completed {adopted} objects; {len(contents.data)} objects hold {len(sent)} batches")
 
 
 def test_bucket_outage_waits_and_loses_nothing(stack: Any, aenv: dict[str, str], run_id: str) -> None:
@@ -260,8 +261,6 @@ def test_bad_inputs_fail_fast_with_one_line(stack: Any, aenv: dict[str, str], ru
     for extra, needle in cases:
         env = {**aenv, **extra}
         for argv in (["archive", "--group", group], ["archive", "ls", "--from", "-1h"]):
-            if argv[1] == "ls" and needle == "access denied" and "AWS_ACCESS_KEY_ID" in extra:
-                continue
             p = rawcap(*argv, env=env, timeout=90)
             err = p.stderr.decode().strip()
             lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -282,10 +281,11 @@ def test_file_archive_retention_and_corrupt_batches(stack: Any, aenv: dict[str, 
     env = {**aenv, "RAWCAP_ARCHIVE_URL": f"file://{tmp_path}/arch"}
     anyio.run(precommit_end, stack.bootstrap, group)
     now = time.time_ns()
-    old = now - 3 * 24 * HOUR_NS
+    old = (now // HOUR_NS - 72) * HOUR_NS + 600 * 10**9
+    recent = max(now // HOUR_NS * HOUR_NS, now - 30 * 10**9)
     items = [(node, make_batch(node, s, old + s * 10**9)) for s in range(1, 6)]
     items.append((node, b"RCAPnot a batch"))
-    items += [(node, make_batch(node, s, now - 60 * 10**9 + s * 10**9)) for s in range(6, 11)]
+    items += [(node, make_batch(node, s, recent + s * 10**9)) for s in range(6, 11)]
     anyio.run(produce, stack.bootstrap, items)
     arch = _archiver(env, group)
     try:
@@ -303,11 +303,15 @@ def test_file_archive_retention_and_corrupt_batches(stack: Any, aenv: dict[str, 
     arch = _archiver(env, group, "--retention", "1d")
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(list(root.glob(f"node={node}/date=*/hour=*/*.rcsg"))) > 1:
+        old_day = f"date={format_ns(old)[:10]}"
+        while time.monotonic() < deadline and any(old_day in str(f) for f in root.rglob("*.*")):
             time.sleep(0.2)
     finally:
         assert arch.stop() == 0, arch.text
     left = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    assert len(left) == 2 and all(format_ns(now - 60 * 10**9)[:10] in x for x in left), left
+    hour = format_ns(recent)
+    here = f"date={hour[:10]}/hour={hour[11:13]}/"
+    assert left and all(here in x for x in left), left
+    assert len([x for x in left if x.endswith(".rcsg")]) == len([x for x in left if x.endswith(".json")])
     p = rawcap("consume", "--source", "archive", "--from", format_ns(old - HOUR_NS), "--node", node, env=env)
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 5 * 10, p.stderr.decode()
