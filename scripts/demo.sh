@@ -8,7 +8,9 @@
 #      curl and DNS clients talk across the pair; stop it with SIGTERM (final flush)
 #   4. export the captured window from Kafka as pcapng, check it with capinfos/tshark and
 #      compare it with what tcpdump wrote
-#   5. dissect the same window from Kafka into API calls, and print a summary
+#   5. dissect the same window from Kafka into API calls
+#   6. archive rawcap.packets into the stack's S3 bucket, export the window back from the
+#      archive, and print a summary
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RAWCAP=.venv/bin/rawcap
@@ -22,6 +24,7 @@ cleanup() {
   [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null || true
   [ -n "${UDP_PID:-}" ] && kill "$UDP_PID" 2>/dev/null || true
   [ -n "${TD_PID:-}" ] && kill "$TD_PID" 2>/dev/null || true
+  [ -n "${ARC_PID:-}" ] && kill "$ARC_PID" 2>/dev/null || true
   ip link del rcdemo0 2>/dev/null || true
   ip netns del "$NS" 2>/dev/null || true
 }
@@ -51,8 +54,7 @@ ip netns exec "$NS" $PY tests/dissector/servers/dns_server.py 10.231.77.2 53 >/d
 sleep 1
 
 echo "== 3. capture on rcdemo0 while clients talk, then SIGTERM (final flush)"
-BUF="$OUT/buffer"
-rm -rf "$BUF"
+BUF="$OUT/buffer"   # kept across runs: the agent resumes its sequence numbers
 START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 tcpdump -i rcdemo0 -s 0 -B 32768 -n -U -w "$OUT/tcpdump.pcap" 'tcp or udp' 2>/dev/null & TD_PID=$!
 $RAWCAP capture --iface rcdemo0 --node "$NODE" --buffer-dir "$BUF" --duration 120 \
@@ -101,8 +103,31 @@ for (proto, what, status), n in sorted(by.items(), key=str):
     print(f"   {n:4} x {proto:6} {what:24} {status}")
 EOF
 
+echo "== 6. archive rawcap.packets to the S3 bucket, export the window back from it"
+eval "$($RAWCAP stack status --json | $PY -c '
+import json, sys
+s = json.load(sys.stdin)["s3"]
+print("export AWS_ENDPOINT_URL=%(endpoint)s AWS_ACCESS_KEY_ID=%(access_key)s "
+      "AWS_SECRET_ACCESS_KEY=%(secret_key)s AWS_REGION=us-east-1 BUCKET=%(bucket)s" % s)')"
+export RAWCAP_ARCHIVE_URL="s3://$BUCKET/demo-archive"
+$RAWCAP archive --flush-interval 2s 2> "$OUT/archive.log" & ARC_PID=$!
+ARCHIVED=0
+for _ in $(seq 1 120); do
+  ARCHIVED=$($RAWCAP archive ls --from "$START" --to "$END" --node "$NODE" --json 2>/dev/null \
+             | $PY -c 'import json,sys; print(sum(json.loads(l).get("packets", 0) for l in sys.stdin if l.strip()))')
+  [ "$ARCHIVED" -ge "$RC_N" ] && break
+  kill -0 "$ARC_PID" 2>/dev/null || { cat "$OUT/archive.log" >&2; echo "demo: archiver exited" >&2; exit 1; }
+  sleep 1
+done
+kill -TERM "$ARC_PID"; wait "$ARC_PID"
+$RAWCAP archive ls --from "$START" --to "$END" --node "$NODE" | sed 's/^/   /'
+$RAWCAP pcap export --source archive --from "$START" --to "$END" --node "$NODE" -o "$OUT/demo-archive.pcapng"
+AR_N=$(capinfos -M -c -T -r "$OUT/demo-archive.pcapng" | awk -F'\t' '{print $2}')
+echo "   archive export: $AR_N packets"
+
 echo "== summary"
-echo "   captured: $RC_N packets (tcpdump: $TD_N)   calls: $(wc -l < "$OUT/calls.jsonl")"
+echo "   captured: $RC_N packets (tcpdump: $TD_N)   calls: $(wc -l < "$OUT/calls.jsonl")   from the archive: $AR_N packets"
 echo "   pcapng: $OUT/demo.pcapng   (open it in Wireshark)"
 [ "$RC_N" = "$TD_N" ] || { echo "demo: rawcap and tcpdump disagree ($RC_N vs $TD_N packets)" >&2; exit 1; }
+[ "$AR_N" = "$RC_N" ] || { echo "demo: the archive holds $AR_N of $RC_N packets" >&2; exit 1; }
 echo "   stack:  $RAWCAP stack status ; stop it with: $RAWCAP stack down"
