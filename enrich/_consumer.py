@@ -23,8 +23,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from rawcap.config import Config
 from rawcap.kafka import consumer_kwargs, ensure_topics, producer_kwargs
-from rawcap.packet import format_addr, parse_l4
-from schemas import decode_batch, topics
+from rawcap.packet import format_addr
+from schemas import topics
 from schemas.control import CaptureFilter, decode_control
 from schemas.errors import BatchError
 from schemas.flows import FlowRecord, encode_flow
@@ -32,6 +32,7 @@ from schemas.k8s import UnsupportedRecord, WorkloadIndex, encode_k8s
 
 from ._filters import FilterPlanner
 from ._flows import Flow, FlowTable
+from ._ingest import add_batch, decode_body
 from ._model import Change
 from ._procs import ProcIndex
 from ._watch import Watcher, api_client
@@ -63,19 +64,15 @@ class Enricher:
         """Add one batch; returns its node. Raises :class:`BatchError` for a corrupt batch
         (the caller sends it to the DLQ)."""
         try:
-            batch = decode_batch(value)
-            node = batch.header.node
+            header, raw = decode_body(value)
+            node = header.node
             key = (partition, node)
             table = self.tables.get(key)
             if table is None:
                 table = self.tables[key] = FlowTable(node, self.interval, max_flows=self.max_flows)
-            for pkt in batch.packets:
-                l4 = parse_l4(pkt.data)
-                if l4 is None:
-                    self.non_l4 += 1
-                    continue
-                table.add(pkt.ts_ns, l4, pkt.origlen, offset)
-                self.packets += 1
+            l4_packets, other = add_batch(table, header, raw, offset)
+            self.packets += l4_packets
+            self.non_l4 += other
             self._last_add[key] = time.monotonic()
             return node
         finally:

@@ -60,11 +60,16 @@ class FlowTable:
         return len(self._flows)
 
     def add(self, ts_ns: int, l4: L4, wirelen: int, tag: int = 0) -> None:
-        src, sport, dst, dport = l4.src, l4.sport, l4.dst, l4.dport
+        self.add_fields(ts_ns, l4.proto, l4.family, l4.src, l4.sport, l4.dst, l4.dport, l4.flags,
+                        wirelen, tag)
+
+    def add_fields(self, ts_ns: int, proto: int, family: int, src: bytes, sport: int, dst: bytes,
+                   dport: int, flags: int, wirelen: int, tag: int = 0) -> None:
+        """One packet, given its L4 fields (the hot path: no ``L4`` tuple needed)."""
         if (src, sport) <= (dst, dport):
-            key = (l4.proto, src, sport, dst, dport)
+            key = (proto, src, sport, dst, dport)
         else:
-            key = (l4.proto, dst, dport, src, sport)
+            key = (proto, dst, dport, src, sport)
         bucket = ts_ns // self.interval
         flow = self._flows.get(key)
         if flow is not None and flow.bucket != bucket:
@@ -77,22 +82,22 @@ class FlowTable:
             if len(self._flows) >= self.max_flows:
                 self._evict()
             a, ap, b, bp = src, sport, dst, dport
-            if l4.proto == IPPROTO_TCP and l4.flags & (SYN | ACK) == SYN | ACK:
+            if proto == IPPROTO_TCP and flags & (SYN | ACK) == SYN | ACK:
                 a, ap, b, bp = dst, dport, src, sport  # a SYN-ACK answers the flow's source
-            flow = Flow(self.node, l4.proto, l4.family, a, ap, b, bp, bucket, ts_ns, tag)
+            flow = Flow(self.node, proto, family, a, ap, b, bp, bucket, ts_ns, tag)
             self._flows[key] = flow
         if ts_ns > flow.last_ns:
             flow.last_ns = ts_ns
-        if ts_ns < flow.first_ns:
+        elif ts_ns < flow.first_ns:
             flow.first_ns = ts_ns
-        if src == flow.a and sport == flow.ap:
+        if sport == flow.ap and src == flow.a:
             flow.packets_fwd += 1
             flow.bytes_fwd += wirelen
-            flow.flags_fwd |= l4.flags
+            flow.flags_fwd |= flags
         else:
             flow.packets_rev += 1
             flow.bytes_rev += wirelen
-            flow.flags_rev |= l4.flags
+            flow.flags_rev |= flags
         if ts_ns > self.watermark:
             self.watermark = ts_ns
 

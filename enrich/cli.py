@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import re
 import sys
 from typing import Any
 
@@ -16,6 +15,7 @@ from aiokafka.errors import KafkaError
 from rawcap.config import Config
 from rawcap.kafka import consumer_kwargs
 from rawcap.timeparse import format_ns, parse_window
+from rawcap.workloads import WorkloadFilter, Workloads, workload_label
 from schemas import topics
 from schemas.errors import ConfigError, TransportError
 from schemas.flows import FlowRecord, UnsupportedFlow, decode_flow
@@ -92,11 +92,9 @@ class FlowFilter:
             raise ConfigError(f"--host: {exc}") from None
         self.ports = set(ports)
         self.protos = set(protos)
-        self.namespaces = set(namespaces)
-        try:
-            self.pod = re.compile(pod) if pod else None
-        except re.error as exc:
-            raise ConfigError(f"--pod {pod!r} is not a valid regular expression: {exc}") from None
+        # the same matching as forensics and calls (rawcap.workloads): --namespace matches a
+        # pod or service of that namespace, --pod a pod name, both on the same end
+        self.workloads = WorkloadFilter(Workloads(), namespaces=namespaces, pods=[pod] if pod else [])
 
     def match(self, r: FlowRecord) -> bool:
         if self.nodes and r.node not in self.nodes:
@@ -109,22 +107,14 @@ class FlowFilter:
             addrs = [ipaddress.ip_address(r.src), ipaddress.ip_address(r.dst)]
             if not any(a in n for n in self.nets for a in addrs):
                 return False
-        wls = [w for w in (r.src_workload, r.dst_workload) if w is not None and w.kind == "pod"]
-        if self.namespaces and not any(w.namespace in self.namespaces for w in wls):
-            return False
-        return not (self.pod and not any(self.pod.search(w.name) for w in wls))
+        return self.workloads.match_ends(r.src_workload, r.dst_workload)
 
 
 def _side(ip: str, port: int, wl: Any, proc: Any) -> str:
     addr = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
     parts = [addr]
     if wl is not None:
-        who = f"{wl.kind}/{wl.namespace}/{wl.name}" if wl.namespace else f"{wl.kind}/{wl.name}"
-        if wl.owner_kind:
-            who += f" ({wl.owner_kind}/{wl.owner_name})"
-        if wl.service and wl.kind == "pod":
-            who += f" svc={wl.service}"
-        parts.append(who)
+        parts.append(workload_label(wl))
     if proc is not None:
         parts.append(f"pid={proc.pid} comm={proc.comm}" + (f" ctr={proc.container_id[:12]}"
                                                             if proc.container_id else ""))

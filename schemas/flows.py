@@ -24,6 +24,7 @@ __all__ = ("FLOWS_VERSION", "TCP_FLAGS", "FlowRecord", "ProcessInfo", "Unsupport
            "decode_flow", "encode_flow", "flags_text")
 
 FLOWS_VERSION: Final = 1
+_packb = msgpack.Packer(use_bin_type=True).pack
 TCP_FLAGS: Final = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
 
 
@@ -101,10 +102,21 @@ def _proc(doc: Any) -> ProcessInfo | None:
 
 
 def encode_flow(rec: FlowRecord) -> bytes:
-    doc = rec.as_dict()
-    del doc["tcp_flags"]
-    doc["v"] = FLOWS_VERSION
-    return msgpack.packb(doc, use_bin_type=True)
+    """The value on ``rawcap.flows``: the fields of :meth:`FlowRecord.as_dict` (less the
+    derived ``tcp_flags``) plus ``"v"``; spelled out because the enricher encodes every flow."""
+    sw, dw, sp, dp = rec.src_workload, rec.dst_workload, rec.src_process, rec.dst_process
+    return _packb({
+        "node": rec.node, "proto": rec.proto, "src": rec.src, "sport": rec.sport, "dst": rec.dst,
+        "dport": rec.dport, "first_ns": rec.first_ns, "last_ns": rec.last_ns,
+        "interval_ns": rec.interval_ns, "packets_fwd": rec.packets_fwd, "bytes_fwd": rec.bytes_fwd,
+        "packets_rev": rec.packets_rev, "bytes_rev": rec.bytes_rev, "flags_fwd": rec.flags_fwd,
+        "flags_rev": rec.flags_rev,
+        "src_workload": None if sw is None else sw.as_dict(),
+        "dst_workload": None if dw is None else dw.as_dict(),
+        "src_process": None if sp is None else sp.as_dict(),
+        "dst_process": None if dp is None else dp.as_dict(),
+        "v": FLOWS_VERSION,
+    })
 
 
 def decode_flow(value: bytes) -> FlowRecord:

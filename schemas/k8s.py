@@ -17,7 +17,7 @@ the same workload names without importing another service.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -208,15 +208,18 @@ class Workload:
 
 
 class _Span:
-    """One validity interval of one IP: [start, end) owned by ``uid``."""
+    """One validity interval of one IP: [start, end) owned by ``uid``; ``joined`` caches the
+    workload with its services for EndpointSlice generation ``gen``."""
 
-    __slots__ = ("end", "start", "uid", "workload")
+    __slots__ = ("end", "gen", "joined", "start", "uid", "workload")
 
     def __init__(self, start: int, uid: str, workload: Workload) -> None:
         self.start = start
         self.end = _OPEN
         self.uid = uid
         self.workload = workload
+        self.joined = workload
+        self.gen = -1
 
 
 class WorkloadIndex:
@@ -236,10 +239,11 @@ class WorkloadIndex:
         self._pod_spans: dict[str, list[tuple[bytes, _Span]]] = {}  # uid -> its spans
         self._services: dict[str, ServiceRecord] = {}
         self._slices: dict[str, EndpointSliceRecord] = {}
-        self._pod_services: dict[tuple[str, str], set[str]] = {}  # (ns, pod) -> services
+        self._pod_services: dict[tuple[str, str], tuple[str, ...]] = {}  # (ns, pod) -> services
         self._nodes: dict[str, NodeRecord] = {}
         self._namespaces: dict[str, NamespaceRecord] = {}
         self._strings: dict[str, str] = {}
+        self._gen = 0  # bumped on every EndpointSlice change (invalidates _Span.joined)
 
     # -- feeding --------------------------------------------------------------------------
     def apply_value(self, key: str, value: bytes | None, ts_ns: int) -> None:
@@ -280,6 +284,29 @@ class WorkloadIndex:
         spans.sort(key=lambda s: s.start)
         return span
 
+    def _add_closed(self, ip: bytes, start: int, end: int, uid: str, workload: Workload) -> None:
+        """A finished interval learnt after the fact; it never shortens another owner's."""
+        spans = self._ips.setdefault(ip, [])
+        for span in spans:  # sorted by start
+            if span.uid == uid:
+                continue
+            if span.start <= start < span.end:
+                start = span.end
+            elif start < span.start < end:
+                end = span.start
+        if start < end:
+            span = _Span(start, uid, workload)
+            span.end = end
+            spans.append(span)
+            spans.sort(key=lambda s: s.start)
+        elif not spans:
+            del self._ips[ip]
+
+    def _workload(self, rec: PodRecord) -> Workload:
+        # pod names are unique: shared with the record, not interned; the rest repeats
+        return Workload("pod", rec.name, self._s(rec.namespace), self._s(rec.node), "",
+                        self._s(rec.owner_kind), self._s(rec.owner_name))
+
     def _close_uid(self, uid: str, end: int) -> None:
         for _ip, span in self._pod_spans.pop(uid, ()):
             if span.end == _OPEN:
@@ -298,6 +325,13 @@ class WorkloadIndex:
             self._close_uid(old.uid, rec.start_ns or ts_ns)
         self._pods[key] = rec
         if rec.phase in TERMINAL_PHASES:
+            if (old is None or old.uid != rec.uid) and rec.start_ns and rec.end_ns \
+                    and not rec.host_network:
+                # first seen already finished (a compacted topic replayed, a late watcher):
+                # it held its IPs from start to end, within whatever gaps other owners leave
+                wl = self._workload(rec)
+                for text in rec.ips:
+                    self._add_closed(pack_ip(text), rec.start_ns, rec.end_ns, rec.uid, wl)
             self._close_uid(rec.uid, rec.end_ns or ts_ns)
             return
         if rec.host_network:
@@ -312,10 +346,7 @@ class WorkloadIndex:
             elif span.end == _OPEN:
                 span.end = max(span.start, ts_ns)
         if wanted:
-            wl = Workload(
-                "pod", self._s(rec.name), self._s(rec.namespace), self._s(rec.node), "",
-                self._s(rec.owner_kind), self._s(rec.owner_name),
-            )
+            wl = self._workload(rec)
             start = rec.start_ns or ts_ns
             if keep or current:  # an IP added later than the pod started: from now on
                 start = ts_ns
@@ -344,20 +375,28 @@ class WorkloadIndex:
         self._pod_spans[rec.uid] = spans
 
     def _apply_slice(self, key: str, rec: EndpointSliceRecord | None) -> None:
+        # (ns, pod) -> a sorted tuple of service names: one small tuple per pod, not a set
+        self._gen += 1
+        members = self._pod_services
         old = self._slices.pop(key, None)
         if old is not None:
             for _ip, pod in old.endpoints:
-                members = self._pod_services.get((old.namespace, pod))
-                if members is not None:
-                    members.discard(old.service)
-                    if not members:
-                        del self._pod_services[(old.namespace, pod)]
+                had = members.get((old.namespace, pod))
+                if had is not None:
+                    left = tuple(s for s in had if s != old.service)
+                    if left:
+                        members[(old.namespace, pod)] = left
+                    else:
+                        del members[(old.namespace, pod)]
         if rec is None:
             return
         self._slices[key] = rec
+        service = self._s(rec.service)
         for _ip, pod in rec.endpoints:
             if pod:
-                self._pod_services.setdefault((rec.namespace, pod), set()).add(self._s(rec.service))
+                had = members.get((rec.namespace, pod), ())
+                if service not in had:
+                    members[(rec.namespace, pod)] = tuple(sorted((*had, service)))
 
     def _apply_node(self, key: str, rec: NodeRecord | None, ts_ns: int) -> None:
         old = self._nodes.pop(key, None)
@@ -383,12 +422,15 @@ class WorkloadIndex:
         for span in reversed(spans):
             if span.start <= ts_ns < span.end:
                 wl = span.workload
-                if wl.kind == "pod":
+                if wl.kind != "pod":
+                    return wl
+                if span.gen != self._gen:
                     services = self._pod_services.get((wl.namespace, wl.name))
-                    if services:
-                        return Workload(wl.kind, wl.name, wl.namespace, wl.node,
-                                        ",".join(sorted(services)), wl.owner_kind, wl.owner_name)
-                return wl
+                    span.joined = wl if not services else Workload(
+                        wl.kind, wl.name, wl.namespace, wl.node, ",".join(services),
+                        wl.owner_kind, wl.owner_name)
+                    span.gen = self._gen
+                return span.joined
         return None
 
     def prune(self, before_ns: int) -> int:
@@ -403,6 +445,11 @@ class WorkloadIndex:
             else:
                 del self._ips[ip]
         return dropped
+
+    def addresses_where(self, pred: Callable[[Workload], bool]) -> set[bytes]:
+        """Packed addresses that held a workload matching ``pred`` at some time (a cheap
+        pre-filter before resolving per packet; pod workloads here carry no ``service``)."""
+        return {ip for ip, spans in self._ips.items() if any(pred(s.workload) for s in spans)}
 
     def pods(self) -> Iterator[PodRecord]:
         return iter(self._pods.values())

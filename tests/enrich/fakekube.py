@@ -13,13 +13,16 @@ What it implements, as the API server does:
   real servers produce.
 - From the test: mutate objects (``put``/``delete``), ``compact()`` the history,
   ``drop_watches()`` (abort every open watch connection mid-stream), ``expire_watches()``
-  (send an ERROR 410 event on every open watch).
+  (send an ERROR 410 event on every open watch), ``fail_next(kind, n)`` (the next ``n``
+  requests for ``kind`` get ``500 InternalError`` with a Status body, as an overloaded
+  API server or a broken etcd answers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import uuid
 from typing import Any
 
@@ -40,7 +43,8 @@ def _key(obj: dict[str, Any]) -> str:
 
 
 class FakeKube:
-    def __init__(self, *, bookmark_interval: float = 0.2, gone_mode: str = "event") -> None:
+    def __init__(self, *, bookmark_interval: float = 0.2, gone_mode: str = "event",
+                 tls: ssl.SSLContext | None = None) -> None:
         self.rv = 1000
         self.objects: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in KIND_PATHS}
         self.history: list[tuple[int, str, str, dict[str, Any]]] = []
@@ -51,8 +55,11 @@ class FakeKube:
         self._changed = asyncio.Event()
         self._watches: dict[int, web.Request] = {}
         self._expire = 0
+        self._fail: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.port = 0
+        self.tls = tls
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> str:
@@ -61,10 +68,10 @@ class FakeKube:
             app.router.add_get(path, self._handler(kind))
         self._runner = web.AppRunner(app, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
         return self.url
 
     async def stop(self) -> None:
@@ -124,6 +131,10 @@ class FakeKube:
                 transport.abort()
         self._watches.clear()
 
+    def fail_next(self, kind: str, n: int = 1) -> None:
+        """The next ``n`` requests (list or watch) for ``kind`` fail with HTTP 500."""
+        self._fail[kind] = self._fail.get(kind, 0) + n
+
     def expire_watches(self) -> None:
         """Send ``ERROR`` (Status 410) on every open watch, as after etcd compaction."""
         self._expire += 1
@@ -134,9 +145,13 @@ class FakeKube:
     def _handler(self, kind: str) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
             q = request.query
-            self.requests.append({"kind": kind, **q})
+            self.requests.append({"kind": kind, "at": str(asyncio.get_running_loop().time()), **q})
             if request.headers.get("Authorization") != "Bearer test-token":
                 return web.json_response(_status(401, "Unauthorized", "no token"), status=401)
+            if self._fail.get(kind):
+                self._fail[kind] -= 1
+                return web.json_response(_status(500, "InternalError", "etcdserver: request timed out"),
+                                         status=500)
             if _go_bool(q.get("watch")):
                 return await self._watch(request, kind)
             return self._list(kind, q)

@@ -72,6 +72,30 @@ def test_index_ip_reuse_and_late_delete() -> None:
     assert idx.prune(200 * S) == 2 and idx.resolve(ip, 120 * S) is None
 
 
+def test_index_pod_first_seen_finished() -> None:
+    """Replaying a compacted topic: a Job pod's only record is its terminal one, and it may
+    come after the record of the pod that got its IP next. Both are dated right."""
+    idx = WorkloadIndex()
+    ip = pack_ip("10.231.0.6")
+    nxt = PodRecord("ns", "web-1", "uid-web", "n1", ("10.231.0.6",), phase="Running", start_ns=130 * S)
+    job = PodRecord("ns", "job-x", "uid-job", "n1", ("10.231.0.6",), phase="Succeeded",
+                    owner_kind="Job", owner_name="job", start_ns=100 * S, end_ns=120 * S)
+    late = PodRecord("ns", "job-y", "uid-y", "n1", ("10.231.0.6",), phase="Failed",
+                     start_ns=110 * S, end_ns=140 * S)  # overlaps both: only the gap is its
+    idx.apply(nxt.key, nxt, 500 * S)
+    idx.apply(job.key, job, 500 * S)
+    idx.apply(late.key, late, 500 * S)
+    assert idx.resolve(ip, 99 * S) is None
+    assert idx.resolve(ip, 110 * S).name == "job-x"  # type: ignore[union-attr]
+    assert idx.resolve(ip, 125 * S).name == "job-y"  # type: ignore[union-attr]
+    assert idx.resolve(ip, 135 * S).name == "web-1"  # type: ignore[union-attr]
+    assert idx.resolve(ip, 10**6 * S).name == "web-1"  # type: ignore[union-attr]
+    again = PodRecord("ns", "job-x", "uid-job", "n1", ("10.231.0.6",), phase="Succeeded",
+                      start_ns=100 * S, end_ns=120 * S, rv="2")
+    idx.apply(again.key, again, 600 * S)  # the same finished pod again: no second interval
+    assert len(idx._ips[ip]) == 3
+
+
 def test_index_services_and_membership() -> None:
     idx = WorkloadIndex()
     for kind, obj in [("pod", pod("ns", "api-0", "10.231.0.7", "n1", owner=("StatefulSet", "api"))),
@@ -81,6 +105,11 @@ def test_index_services_and_membership() -> None:
         idx.apply(rec.key, rec, 10**18)
     got = idx.resolve(pack_ip("10.231.0.7"), 2 * 10**18)
     assert got == Workload("pod", "api-0", "ns", "n1", "api", "StatefulSet", "api")
+    idx.apply("endpointslice/ns/api-abcde", None, 10**18)  # membership changes are seen at once
+    assert idx.resolve(pack_ip("10.231.0.7"), 2 * 10**18).service == ""  # type: ignore[union-attr]
+    slice_rec = to_record("endpointslice", endpointslice("ns", "api", [("api-0", "10.231.0.7")]))
+    idx.apply(slice_rec.key, slice_rec, 10**18)
+    assert idx.resolve(pack_ip("10.231.0.7"), 2 * 10**18) == got
     svc = idx.resolve(pack_ip("10.96.0.7"), 2 * 10**18)
     assert svc is not None and svc.kind == "service" and svc.service == "api"
     svc_rec = ServiceRecord("ns", "api", "sid", ("10.96.0.8",))
@@ -172,8 +201,8 @@ def test_planner_publishes_only_changes_with_rising_versions() -> None:
 def test_enricher_joins_workloads_and_processes() -> None:
     idx = WorkloadIndex()
     for obj in (pod("shop", "client-1", "10.231.0.1", "n1"), pod("shop", "server-1", "10.231.0.2", "n1")):
-        rec = to_record("pod", obj)
-        idx.apply(rec.key, rec, 10**18)
+        pod_rec = to_record("pod", obj)
+        idx.apply(pod_rec.key, pod_rec, 10**18)
     procs = ProcIndex()
     procs.add(1_700_000_000 * S, pack_ip("10.231.0.1"), 40000, ProcessInfo(4242, "curl", "c0ffee", 7))
     e = Enricher(idx, procs, 10 * S, grace_ns=0)
@@ -184,7 +213,8 @@ def test_enricher_joins_workloads_and_processes() -> None:
     assert e.commit_offsets() == {0: 7}
     assert e.due(now_ns=t0) == []
     [rec] = e.flush()
-    assert rec.src_workload.name == "client-1" and rec.dst_workload.name == "server-1"  # type: ignore[union-attr]
+    assert rec.src_workload is not None and rec.dst_workload is not None
+    assert rec.src_workload.name == "client-1" and rec.dst_workload.name == "server-1"
     assert rec.src_process == ProcessInfo(4242, "curl", "c0ffee", 7) and rec.dst_process is None
     assert (rec.packets_fwd, rec.packets_rev, rec.tcp_flags) == (4, 3, "FIN,SYN,PSH,ACK")
     assert decode_flow(encode_flow(rec)) == rec
@@ -219,3 +249,109 @@ def test_process_context_kinds() -> None:
     assert idx.lookup("n2", pack_ip("10.231.0.5"), 5353, pack_ip("10.96.0.10"), 53, t) == (None, None)
     assert idx.lookup("n1", a, 40000, b, 80, t - 10 * S, None)[0] is None  # before the report
     assert idx.bad == 1
+
+
+def _odd_frames() -> list[bytes]:
+    """Frames the fast path must hand to parse_l4, and some it must refuse, mixed with plain ones."""
+    import socket
+    import struct
+
+    eth = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01"
+    plain = tcp_frame("10.0.0.1", 1000, "10.0.0.2", 80, SYN)
+    ip_tcp = plain[14:]
+    v4opts = bytearray(ip_tcp[:20] + b"\x01\x01\x01\x01" + ip_tcp[20:])
+    v4opts[0] = 0x46
+    v4opts[2:4] = struct.pack("!H", len(v4opts))
+    first_frag = bytearray(plain)
+    first_frag[20:22] = b"\x20\x00"  # MF set, offset 0: still has ports
+    later_frag = bytearray(plain)
+    later_frag[20:22] = b"\x00\x10"  # offset 16: no ports
+    bad_doff = bytearray(plain)
+    bad_doff[14 + 20 + 12] = 0x40  # TCP header length 16 < 20
+    short_total = bytearray(plain)
+    short_total[16:18] = b"\x00\x10"
+    tcp6 = struct.pack("!HHIIBBHHH", 5000, 443, 1, 1, 5 << 4, SYN, 65535, 0, 0)
+    v6 = (struct.pack("!IHBB", 6 << 28, len(tcp6), 6, 64) + socket.inet_pton(socket.AF_INET6, "fd00::1")
+          + socket.inet_pton(socket.AF_INET6, "fd00::2") + tcp6)
+    icmp = bytearray(udp_frame("10.0.0.1", 1, "10.0.0.2", 2, b"x" * 40))
+    icmp[23] = 1
+    return [
+        plain, udp_frame("10.0.0.1", 53, "10.0.0.3", 5353, b""),  # UDP shorter than the fast window
+        udp_frame("10.0.0.3", 5353, "10.0.0.1", 53, b"y" * 100),
+        eth + b"\x08\x00" + bytes(v4opts), bytes(first_frag), bytes(later_frag), bytes(bad_doff),
+        bytes(short_total), eth + b"\x81\x00\x00\x07" + plain[12:],  # one VLAN tag
+        eth + b"\x86\xdd" + v6, bytes(icmp), eth + b"\x08\x06" + b"\x00" * 28,  # ARP
+        plain[:40],  # cut short by a snap length
+        tcp_frame("10.0.0.2", 80, "10.0.0.1", 1000, SYN | ACK, b"z" * 30),
+    ]
+
+
+@pytest.mark.parametrize("layout", ["records", "tpacket3"])
+def test_fast_ingest_agrees_with_parse_l4(layout: str) -> None:
+    from enrich._ingest import add_batch, decode_body
+    from schemas import decode_batch, encode_block_batch
+    from schemas._tpacket import build_block
+
+    frames = _odd_frames() * 3
+    t0 = 1_800_000_000 * S
+    if layout == "records":
+        pkts = [Packet(t0 + i, len(f), len(f) + 4, 2, 0, memoryview(f)) for i, f in enumerate(frames)]
+        value = encode_batch(node="n1", seq=1, packets=pkts, ifaces={2: "eth0"})
+    else:
+        block = bytearray(build_block([(t0 + i, len(f) + 4, 2, 0, f) for i, f in enumerate(frames)]))
+        block[48 + 20] |= 0x10  # first frame: the kernel stripped VLAN 7 into tp_vlan_tci
+        block[48 + 32] = 7
+        value = encode_block_batch(node="n1", seq=1, blocks=[bytes(block)], ifaces={2: "eth0"})
+    fast = FlowTable("n1", 10 * S)
+    header, raw = decode_body(value)
+    # not L4: TCP header length < 20, IP total length < header, ICMP, ARP, cut short
+    assert add_batch(fast, header, raw, 7) == (9 * 3, 5 * 3)
+    slow = FlowTable("n1", 10 * S)
+    for p in decode_batch(value).packets:
+        l4 = parse_l4(p.data)
+        if l4 is not None:
+            slow.add(p.ts_ns, l4, p.origlen, 7)
+
+    def rows(t: FlowTable) -> list[tuple[object, ...]]:
+        return sorted(tuple(getattr(f, n) for n in f.__slots__) for f in t.flush())
+
+    expected = rows(slow)
+    assert rows(fast) == expected and len(expected) == 4  # tcp, its later fragment, udp, tcp6
+
+
+def test_fast_ingest_corrupt_body_adds_nothing() -> None:
+    from enrich._ingest import add_batch, decode_body
+    from schemas import RecordOverrun
+
+    frames = handshake("10.0.0.1", 1, "10.0.0.2", 2)
+    pkts = [Packet(i, len(f), len(f), 2, 0, memoryview(f)) for i, f in enumerate(frames)]
+    value = encode_batch(node="n1", seq=1, packets=pkts, ifaces={2: "eth0"}, codec="none")
+    header, raw = decode_body(value)
+    table = FlowTable("n1", 10 * S)
+    with pytest.raises(RecordOverrun):
+        add_batch(table, header, bytes(raw[:-1]), 0)  # the last record runs past the end
+    assert len(table) == 0
+    from schemas import encode_block_batch
+    from schemas._tpacket import build_block
+
+    block = build_block([(i, len(f), 2, 0, f) for i, f in enumerate(frames)])
+    header, raw = decode_body(encode_block_batch(node="n1", seq=1, blocks=[block], ifaces={2: "eth0"}))
+    with pytest.raises(RecordOverrun):  # the block announces more frames than it holds
+        add_batch(table, header, bytes(raw[:12]) + (9).to_bytes(4, "little") + bytes(raw[16:]), 0)
+    assert len(table) == 0
+
+
+def test_flow_filter_matches_workloads_like_forensics() -> None:
+    from enrich.cli import FlowFilter, format_flow
+
+    web = Workload("pod", "web-1", "shop", "n1", "web", "Deployment", "web")
+    svc = Workload("service", "db", "billing", "", "db")
+    r = FlowRecord("n1", "tcp", "10.231.0.1", 40000, "10.96.0.9", 5432, S, 2 * S, 0,
+                   src_workload=web, dst_workload=svc, flags_fwd=SYN)
+    assert FlowFilter(namespaces=["billing"]).match(r)  # a ClusterIP counts for its namespace
+    assert FlowFilter(pod="^web-").match(r) and not FlowFilter(pod="^db").match(r)  # pods only
+    assert not FlowFilter(namespaces=["billing"], pod="^web-").match(r)  # both on the same end
+    assert FlowFilter(namespaces=["shop"], pod="^web-", ports=[5432], protos=["tcp"]).match(r)
+    assert not FlowFilter(hosts=["10.231.1.0/24"]).match(r) and FlowFilter(hosts=["10.96.0.0/16"]).match(r)
+    line = format_flow(r)
+    assert "pod/shop/web-1 (Deployment/web) svc=web -> 10.96.0.9:5432 service/billing/db" in line

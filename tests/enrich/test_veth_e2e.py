@@ -136,6 +136,42 @@ async def test_veth_flows_ip_reuse_and_namespace_exclusion(
                 again = await _wait(lambda: [f for f in flows if f.first_ns >= t4], 40,
                                     "flows after re-inclusion")
                 stop_watch3.set()
+
+                # 5. values narrow (tap.namespaces: [billing]): only billing pods' IPs are
+                # captured; deleting the pod stops its capture, a new one is captured again
+                await anyio.sleep(1)
+                applied = sum("filter applied" in line for line in cap.lines)
+                stop_watch4 = anyio.Event()
+                tg.start_soon(lambda: run_k8s_watch(
+                    cfg, kubeconfig=str(kc), stop=stop_watch4, settle_s=0.1,
+                    planner=FilterPlanner(Selection(namespaces=("billing",)))))
+                await _wait(lambda: sum("filter applied" in line for line in cap.lines) > applied, 40,
+                            "the capture agent to apply the allow filter")
+                t5 = time.time_ns()
+                await anyio.to_thread.run_sync(_traffic, net, 3)
+                allowed = await _wait(lambda: [f for f in flows if f.first_ns >= t5], 40,
+                                      "flows of the selected namespace")
+                applied = sum("filter applied" in line for line in cap.lines)
+                fk.delete("pod", "billing", "invoicer-0")
+                await _wait(lambda: sum("filter applied" in line for line in cap.lines) > applied, 40,
+                            "the capture agent to drop the deleted pod")
+                t6 = time.time_ns()
+                await anyio.to_thread.run_sync(_traffic, net, 3)
+                await anyio.sleep(4)
+                deleted = [f for f in flows if f.first_ns >= t6]
+                applied = sum("filter applied" in line for line in cap.lines)
+                t_new = time.time_ns()
+                fk.put("pod", pod("billing", "invoicer-1", net.b.ip, node_name,
+                                  owner=("StatefulSet", "invoicer"), start=rfc3339(time.time_ns())))
+                await _wait(lambda: sum("filter applied" in line for line in cap.lines) > applied, 40,
+                            "the capture agent to add the new pod")
+                new_pod_s = (time.time_ns() - t_new) / 1e9
+                await anyio.sleep(1.5)
+                t7 = time.time_ns()
+                await anyio.to_thread.run_sync(_traffic, net, 3)
+                readded = await _wait(lambda: [f for f in flows if f.first_ns >= t7], 40,
+                                      "flows of the new pod")
+                stop_watch4.set()
                 stop_enrich.set()
         finally:
             cap.stop()
@@ -158,3 +194,8 @@ async def test_veth_flows_ip_reuse_and_namespace_exclusion(
     assert len(before) >= 1 and len(after) >= 1
     assert excluded == [], "traffic of an excluded namespace was still captured"
     assert again and again[0].src_workload is not None and again[0].src_workload.name == "invoicer-0"
+    assert allowed and allowed[0].src_workload is not None and allowed[0].src_workload.name == "invoicer-0"
+    assert deleted == [], "traffic of a deleted pod was still captured under an allow filter"
+    assert new_pod_s < 5, f"the new pod's IP reached the running capture after {new_pod_s:.1f}s"
+    assert readded and readded[0].src_workload is not None
+    assert readded[0].src_workload.name == "invoicer-1"

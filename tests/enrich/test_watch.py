@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+import ssl
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -205,3 +207,95 @@ async def test_missing_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
     bad.write_text("clusters: [")
     with pytest.raises(ConfigError, match=r"k8s\.kubeconfig"):
         await api_client(str(bad))
+
+
+async def test_api_errors_back_off_then_recover(kube: FakeKube, tmp_path: Path) -> None:
+    """HTTP 500 on the list and then on the watch: retried with growing, jittered delays,
+    and the watch resumes from the resourceVersion it had (no re-list for a watch error)."""
+    kube.fail_next("pod", 3)  # the first list and its two retries fail
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(kube.kubeconfig())
+    api = await api_client(str(cfg))
+    watcher = Watcher(api, kinds=("pod",), watch_timeout=30, read_timeout=10)
+    changes: list[Change] = []
+    send, recv = anyio.create_memory_object_stream[Change](100)
+
+    async def drain() -> None:
+        async with recv:
+            async for ch in recv:
+                changes.append(ch)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watcher.run, send)
+            tg.start_soon(drain)
+            with anyio.fail_after(20):
+                await watcher.wait_synced()
+            assert watcher.stats.errors == {"pod": 3} and watcher.stats.lists == {"pod": 1}
+            at = [float(r["at"]) for r in kube.requests if r["kind"] == "pod"]
+            gaps = [b - a for a, b in itertools.pairwise(at[:4])]
+            # 0.5 s, 1 s, 2 s, each jittered by 0.5x..1.5x: never immediate, and growing
+            assert all(g >= 0.2 for g in gaps) and gaps[2] > gaps[0], gaps
+            # now the watch fails once: the retry resumes from the same resourceVersion
+            with anyio.fail_after(5):
+                while not watcher.stats.bookmarks.get("pod"):  # noqa: ASYNC110 (polling outside state)
+                    await anyio.sleep(0.02)
+            kube.fail_next("pod", 1)
+            kube.drop_watches()
+            kube.put("pod", pod("shop", "after-500", "10.231.4.1", "node-a"))
+            with anyio.fail_after(10):
+                while not any(c.key == "pod/shop/after-500" for c in changes):  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            assert watcher.stats.errors == {"pod": 4} and watcher.stats.lists == {"pod": 1}
+            tg.cancel_scope.cancel()
+    finally:
+        await api.close()
+
+
+async def test_in_cluster_service_account_over_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No kubeconfig, KUBERNETES_SERVICE_HOST set: the pod's service account token and CA
+    (kubernetes_asyncio's in-cluster loader) against an HTTPS API server."""
+    key, crt = tmp_path / "tls.key", tmp_path / "tls.crt"
+    await anyio.run_process(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                             "-subj", "/CN=kubernetes", "-addext", "subjectAltName=IP:127.0.0.1",
+                             "-keyout", str(key), "-out", str(crt)])
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(crt, key)
+    fk = FakeKube(tls=tls)
+    await fk.start()
+    fk.put("pod", pod("kube-system", "coredns-0", "10.231.5.1", "node-a"))
+    token = tmp_path / "token"
+    token.write_text("test-token")
+    import kubernetes_asyncio.config.incluster_config as incluster
+
+    monkeypatch.setattr(incluster, "SERVICE_TOKEN_FILENAME", str(token))
+    monkeypatch.setattr(incluster, "SERVICE_CERT_FILENAME", str(crt))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(fk.port))
+    api = await api_client("")
+    try:
+        assert api.configuration.host == f"https://127.0.0.1:{fk.port}"
+        assert api.configuration.ssl_ca_cert == str(crt) and api.configuration.verify_ssl
+        watcher = Watcher(api, kinds=("pod",), watch_timeout=30, read_timeout=10)
+        changes: list[Change] = []
+        send, recv = anyio.create_memory_object_stream[Change](100)
+
+        async def drain() -> None:
+            async with recv:
+                async for ch in recv:
+                    changes.append(ch)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watcher.run, send)
+            tg.start_soon(drain)
+            with anyio.fail_after(10):
+                await watcher.wait_synced()
+                fk.put("pod", pod("kube-system", "coredns-1", "10.231.5.2", "node-a"))
+                while not any(c.key == "pod/kube-system/coredns-1" for c in changes):  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+        assert [c.key for c in changes] == ["pod/kube-system/coredns-0", "pod/kube-system/coredns-1"]
+        assert watcher.stats.errors == {}
+    finally:
+        await api.close()
+        await fk.stop()
