@@ -9,6 +9,7 @@ to stdout for ``| tshark -r -``.
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import struct
@@ -99,11 +100,17 @@ async def write_capture(
     size = len(parts[0])
     total = 0
     writer = _BackgroundWriter(out)
+    # The hot loop makes millions of short-lived tracked objects (tuples, memoryviews) and no
+    # reference cycles: the cyclic collector would spend ~20% of the export rescanning them.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
         total = await _convert(reader, sink, writer, parts, size, match, progress)
         await writer.close()
     finally:
         writer.abort()
+        if gc_was_enabled:
+            gc.enable()
     return total
 
 

@@ -29,7 +29,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import anyio
@@ -40,6 +40,9 @@ from rawcap.timeparse import format_ns
 from rawcap.window import ValueLane, WindowReader
 from schemas._stream import frame_batch, split_frames, stream_header
 from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
+
+if TYPE_CHECKING:
+    from obstore._store._aws import S3Config
 
 __all__ = (
     "MANIFEST",
@@ -86,7 +89,7 @@ class SnapshotStore:
             self.store: Any = LocalStore(os.path.abspath(root))
         elif parsed.scheme == "s3":
             endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT") or ""
-            config: dict[str, Any] = {}
+            config: S3Config = {}
             if endpoint:
                 config["endpoint"] = endpoint
                 config.setdefault("region", os.environ.get("AWS_REGION", "us-east-1"))
@@ -138,7 +141,7 @@ class SnapshotStore:
         except FileNotFoundError:
             return False
 
-    async def list(self, prefix: str | None = None) -> list[dict[str, Any]]:
+    async def list_objects(self, prefix: str | None = None) -> list[dict[str, Any]]:
         def run() -> list[dict[str, Any]]:
             out: list[dict[str, Any]] = []
             for chunk in self._ob.list(self.store, prefix):
@@ -332,7 +335,7 @@ async def snapshot_lanes(store: SnapshotStore, sid: str) -> tuple[dict[str, Any]
 
 async def list_snapshots(store: SnapshotStore) -> list[dict[str, Any]]:
     out = []
-    for meta in await store.list():
+    for meta in await store.list_objects():
         path = meta["path"]
         if path.endswith("/" + MANIFEST) and path.count("/") == 1:
             try:
@@ -358,7 +361,7 @@ async def verify_snapshot(store: SnapshotStore, sid: str) -> list[str]:
             problems.append(f"changed: {obj['path']} (size {len(data)}, manifest says {obj['size']})")
         elif hashlib.sha256(data).hexdigest() != obj["sha256"]:
             problems.append(f"changed: {obj['path']} (sha256 differs from the manifest)")
-    for meta in await store.list(f"{sid}/"):
+    for meta in await store.list_objects(f"{sid}/"):
         if meta["path"] not in listed and meta["path"] != f"{sid}/{MANIFEST}":
             problems.append(f"unexpected: {meta['path'][len(sid) + 1 :]} (not in the manifest)")
     return problems
@@ -366,7 +369,7 @@ async def verify_snapshot(store: SnapshotStore, sid: str) -> list[str]:
 
 async def delete_snapshot(store: SnapshotStore, sid: str) -> int:
     """Delete every object of ``sid`` (also the leftovers of an interrupted create)."""
-    paths = [m["path"] for m in await store.list(f"{sid}/")]
+    paths = [m["path"] for m in await store.list_objects(f"{sid}/")]
     if not paths:
         raise SnapshotNotFound(f"unknown snapshot id {sid!r} in {store.url} (see 'rawcap snapshot list')")
     # Manifest last: an interrupted delete leaves a snapshot that verify reports as damaged.

@@ -17,6 +17,8 @@ from .config import parse_duration
 __all__ = ("format_ns", "parse_time", "parse_window")
 
 _RELATIVE = re.compile(r"^([+-])\s*(\S+)$")
+#: The fractional seconds of an ISO-8601 time (after HH:MM:SS), any number of digits.
+_FRACTION = re.compile(r"(?<=:\d\d)[.,](\d+)")
 
 
 def parse_time(text: str, *, now_ns: int | None = None, what: str = "time") -> int:
@@ -38,8 +40,16 @@ def parse_time(text: str, *, now_ns: int | None = None, what: str = "time") -> i
         return now + sign * int(delta * 1_000_000_000)
     if re.fullmatch(r"\d+(\.\d+)?", value):
         return int(float(value) * 1_000_000_000)
+    # datetime stops at microseconds: take the fraction off and keep all of its digits, so
+    # that a time rawcap printed (format_ns, nine digits) reads back to the nanosecond.
+    frac_ns = 0
+    m = _FRACTION.search(value)
+    if m:
+        digits = m.group(1)
+        frac_ns = int(digits[:9].ljust(9, "0"))
+        value = value[: m.start()] + value[m.end() :]
     try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise ConfigError(
             f"{what} {text!r} is not a time: use ISO-8601 (2026-11-23T10:00:00Z), now, "
@@ -47,7 +57,7 @@ def parse_time(text: str, *, now_ns: int | None = None, what: str = "time") -> i
         ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+    return int(dt.replace(microsecond=0).timestamp()) * 1_000_000_000 + frac_ns
 
 
 def parse_window(

@@ -65,6 +65,10 @@ MARGIN_NS = 15_000_000_000
 FETCH_BATCHES = 32
 
 
+#: An admitted batch: header, the value as read, where its body starts, where it was read.
+_Admitted = tuple[BatchHeader, bytes | memoryview, int, dict[str, Any]]
+
+
 class WPacket(NamedTuple):
     """A packet with the node and interface name it was captured on."""
 
@@ -238,7 +242,7 @@ class _KafkaLane:
             if self._pos >= self._stop:
                 return None
             await self._drain()
-        out = []
+        out: list[tuple[bytes | memoryview, dict[str, Any]]] = []
         while self._buf and len(out) < FETCH_BATCHES:
             out.append(self._buf.popleft())
         if not out and self._pos >= self._stop:
@@ -375,6 +379,8 @@ class WindowReader:
         self._last: dict[str, int] = {}  # node -> sequence number of the last batch read
         self._seen: dict[str, dict[tuple[int, int, int], None]] = {}  # recent (seq, t0, n) per node
         self._partitions_of_nodes: dict[int, list[str]] = {}
+        self._partition_count = 0
+        self._recycled_partitions: set[int] = set()
 
     async def __aenter__(self) -> WindowReader:
         try:
@@ -446,7 +452,7 @@ class WindowReader:
             parts = consumer.partitions_for_topic(topics.PACKETS)
         if not parts:
             raise ConfigError(f"topic {topics.PACKETS} does not exist on {kwargs.get('bootstrap_servers')}")
-        n = len(parts)
+        n = self._partition_count = len(parts)
         if self.nodes is not None:
             for node in sorted(self.nodes):
                 self._partitions_of_nodes.setdefault(node_partition(node, n), []).append(node)
@@ -463,6 +469,7 @@ class WindowReader:
             s = starts.get(tp)
             start = s.offset if s is not None else end[tp]
             if s is not None and start == begin[tp] and begin[tp] > 0 and s.timestamp * 1_000_000 > self.lo:
+                self._recycled_partitions.add(tp.partition)
                 self.stats.recycled.append(
                     f"partition {tp.partition}: offsets before {begin[tp]} were recycled by retention; "
                     f"data before {format_ns(s.timestamp * 1_000_000)} is gone"
@@ -486,11 +493,18 @@ class WindowReader:
             return
         seen = await self._recent_keys()
         for node in sorted(missing):
-            if node not in seen:
-                raise ConfigError(
-                    f"unknown node {node!r}: no batches from it in {topics.PACKETS} "
-                    f"(nodes seen: {', '.join(sorted(seen)) or 'none'})"
-                )
+            if node in seen:
+                continue
+            part = node_partition(node, self._partition_count)
+            why = (
+                f" (partition {part} was recycled by retention before the window: its data may be gone)"
+                if part in self._recycled_partitions
+                else ""
+            )
+            raise ConfigError(
+                f"unknown node {node!r}: no batches from it in {topics.PACKETS}{why}; "
+                f"nodes seen: {', '.join(sorted(seen)) or 'none'}"
+            )
 
     async def _recent_keys(self) -> set[str]:
         """Keys at the start and end of every partition (a cheap existence check)."""
@@ -578,11 +592,13 @@ class WindowReader:
         st.last_seq = header.seq if st.last_seq is None else max(st.last_seq, header.seq)
         return True
 
-    async def _fetch(self, lane: Any) -> list[tuple[BatchHeader, bytes | memoryview, int]] | None:
+    async def _fetch(self, lane: Any) -> list[_Admitted] | None:
+        """The lane's next values as admitted ``(header, value, body offset, meta)``; when none
+        is admitted but the lane moved, one marker with offset -1 carries its watermark."""
         vals = await lane.next_values()
         if vals is None:
             return None
-        out = []
+        out: list[_Admitted] = []
         for value, meta in vals:
             try:
                 header, off = decode_header(value)

@@ -158,8 +158,14 @@ def test_unreadable_output_dir(buf: dict[str, str], tmp_path: Path) -> None:
     # root ignores directory permissions; a path under a regular file is unwritable for anyone.
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    p = rawcap("pcap", "export", "--source", "local", "-o", str(blocker / "x.pcapng"), env=buf)
-    assert p.returncode == 2 and b"rawcap: error: output path" in p.stderr
+    for target in (blocker / "x.pcapng", ro / "x.pcapng"):
+        p = rawcap("pcap", "export", "--source", "local", "-o", str(target), env=buf)
+        if target.parent == ro and p.returncode == 0:
+            continue  # root: the mode bits do not stop it
+        err = p.stderr.decode().strip()
+        assert p.returncode == 2 and err.startswith("rawcap: error: output path"), err
+        assert len(err.splitlines()) == 1 and not target.exists()
+    assert blocker.read_text() == "x"
 
 
 def test_snapshot_lifecycle_local_store(buf: dict[str, str], tmp_path: Path) -> None:
@@ -191,3 +197,33 @@ def test_snapshot_lifecycle_local_store(buf: dict[str, str], tmp_path: Path) -> 
     assert rawcap("snapshot", "delete", "inc-42", env=buf).returncode == 2
     assert rawcap("snapshot", "delete", "inc-42", "--force", env=buf).returncode == 0
     assert b"unknown snapshot id" in rawcap("snapshot", "show", "inc-42", env=buf).stderr
+
+
+def test_progress_bar_only_on_a_terminal(buf: dict[str, str], tmp_path: Path) -> None:
+    import os
+    import pty
+
+    from .helpers import RAWCAP
+
+    out = tmp_path / "a.pcapng"
+    argv = [*RAWCAP, "pcap", "export", "--source", "local", "--from", FROM, "-o", str(out)]
+    master, slave = pty.openpty()
+    try:
+        env = {**os.environ, **buf}
+        p = subprocess.run(argv, stderr=slave, stdout=subprocess.DEVNULL, env=env, timeout=120)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the other side is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    assert p.returncode == 0 and b"exporting" in seen and b"wrote 106 packets" in seen
+    piped = rawcap("pcap", "export", "--source", "local", "--from", FROM, "-o", str(out), env=buf)
+    assert piped.returncode == 0 and b"exporting" not in piped.stderr
+    assert len(piped.stderr.splitlines()) == 1  # the summary only

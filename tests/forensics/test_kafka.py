@@ -8,6 +8,8 @@ agent; ``test_capture_vs_tcpdump`` covers the agent when it is installed.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,11 @@ from rawcap.timeparse import format_ns
 from rawcap.window import node_partition
 from schemas import Packet, encode_batch, topics
 
-from .helpers import DATA, rawcap, records, tshark_rows, wireshark_warnings
+from .helpers import DATA, RAWCAP, rawcap, records, tshark_rows, wireshark_warnings
 
 pytestmark = pytest.mark.integration
 FROM = "2026-11-23T00:00:00Z"
+RAWCAP_CMD = shlex.join(RAWCAP)
 
 
 def _shifted(tmp_path: Path, shift_ns: int) -> Path:
@@ -341,3 +344,197 @@ def test_older_data_after_newer_in_the_partition(
     assert [json.loads(x)["ts_ns"] for x in p.stdout.splitlines()] == [r.ts_ns for r in recs]
     both = rawcap("consume", "--node", node_name, "--from", FROM, env=kenv)
     assert len(both.stdout.splitlines()) == 2 * len(recs)
+
+
+async def _set_packets_topic(bootstrap: str, **overrides: str) -> None:
+    """Set ``rawcap.packets``' configs to what the stack created plus ``overrides``
+    (AlterConfigs replaces the whole set, so the base set is always sent along)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from rawcap.config import load_config
+
+    configs = dict(topics.TOPIC_CONFIGS[topics.PACKETS])
+    configs["retention.bytes"] = str(load_config(env={}).get("tap.capture.raw.storageSize"))
+    configs.update(overrides)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        res = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topics.PACKETS, configs)])
+        for resp in res:
+            for err_code, err_msg, *_ in resp.resources:
+                assert err_code == 0, err_msg
+    finally:
+        await admin.close()
+
+
+async def _roll_and_wait_for_retention(bootstrap: str, node: str, limit_s: float = 180) -> int:
+    """With a tiny retention set, roll the node's partition (one filler batch of another
+    node after ``segment.ms``) and wait until the broker's retention check has deleted the
+    node's data; returns the new log start offset."""
+    import time
+
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    prod = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await c.start()
+    await prod.start()
+    try:
+        await c._client._wait_on_metadata(topics.PACKETS)
+        tp = TopicPartition(topics.PACKETS, node_partition(node, len(c.partitions_for_topic(topics.PACKETS))))
+        end = (await c.end_offsets([tp]))[tp]
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            await anyio.sleep(1.5)  # > segment.ms: the next append rolls the segment
+            filler = encode_batch(node=node + "-filler", seq=1, packets=[], ifaces={})
+            await prod.send_and_wait(tp.topic, filler, key=b"filler", partition=tp.partition)
+            start = (await c.beginning_offsets([tp]))[tp]
+            if start >= end:
+                return start
+            await anyio.sleep(3)
+        raise AssertionError(f"retention did not recycle {tp} within {limit_s}s")
+    finally:
+        await prod.stop()
+        await c.stop()
+
+
+async def test_snapshot_survives_real_retention(
+    kenv: dict[str, str], node_name: str, stack: Any, tmp_path: Path
+) -> None:
+    """The acceptance path with the broker's own retention (not DeleteRecords): snapshot,
+    shrink retention until the topic recycles the window, then export the snapshot."""
+    await anyio.to_thread.run_sync(_import, kenv, DATA / "small.pcap", node_name)
+    before = tmp_path / "before.pcapng"
+    p = await anyio.to_thread.run_sync(
+        lambda: rawcap("pcap", "export", "--node", node_name, "--from", FROM, "-o", str(before), env=kenv)
+    )
+    assert p.returncode == 0, p.stderr.decode()
+    p = await anyio.to_thread.run_sync(
+        lambda: rawcap(
+            "snapshot",
+            "create",
+            "--node",
+            node_name,
+            "--from",
+            FROM,
+            "--to",
+            "now",
+            "--name",
+            "ret",
+            env=kenv,
+        )
+    )
+    assert p.returncode == 0, p.stderr.decode()
+    await _set_packets_topic(stack.bootstrap, **{"retention.ms": "1000", "segment.ms": "1000"})
+    try:
+        await _roll_and_wait_for_retention(stack.bootstrap, node_name)
+    finally:
+        await _set_packets_topic(stack.bootstrap)
+    gone = await anyio.to_thread.run_sync(
+        lambda: rawcap("consume", "--node", node_name, "--from", FROM, env=kenv)
+    )
+    # The node left no trace in the topic: an unknown node, and the error says why it may be.
+    err = gone.stderr.decode().strip()
+    assert gone.returncode == 2 and gone.stdout == b"" and len(err.splitlines()) == 1, err
+    assert f"unknown node '{node_name}'" in err and "recycled by retention" in err
+    after = tmp_path / "after.pcapng"
+    p = await anyio.to_thread.run_sync(
+        lambda: rawcap("snapshot", "export", "ret", "-o", str(after), env=kenv)
+    )
+    assert p.returncode == 0, p.stderr.decode()
+    assert wireshark_warnings(after) == []
+    assert tshark_rows(after) == tshark_rows(before) == tshark_rows(DATA / "small.pcap")
+    assert [bytes(r.data) for r in records(after)] == [bytes(r.data) for r in records(DATA / "small.pcap")]
+
+
+def test_stdout_into_a_real_tshark_pipe(kenv: dict[str, str], node_name: str) -> None:
+    """``rawcap pcap export -o - | tshark -r -`` as a shell runs it (tshark reads a pipe it
+    cannot seek; rawcap must write nothing but the capture to stdout)."""
+    _import(kenv, DATA / "small.pcap", node_name)
+    cmd = (
+        f"set -o pipefail; {RAWCAP_CMD} pcap export --node {node_name} --from {FROM} -o - "
+        "| tshark -r - -T fields -e frame.time_epoch -e frame.len"
+    )
+    p = subprocess.run(["bash", "-c", cmd], capture_output=True, env={**os.environ, **kenv}, timeout=120)
+    assert p.returncode == 0, p.stderr.decode()
+    rows = [tuple(x.split("\t")) for x in p.stdout.decode().splitlines()]
+    assert rows == tshark_rows(DATA / "small.pcap", "frame.time_epoch", "frame.len")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["consume", "--from", "now", "--to", "-1h"], "is after --to"),
+        (["snapshot", "create", "--from", "now", "--to", "-1h"], "is after --to"),
+        (["consume", "--node", "{node}-typo", "--from", FROM], "unknown node '{node}-typo'"),
+        (["snapshot", "create", "--node", "{node}-typo", "--from", FROM, "--to", "now"], "unknown node"),
+        (["pcap", "export", "--from", FROM, "-o", "/nonexistent-dir/x.pcapng"], "does not exist"),
+        (
+            ["snapshot", "export", "no-such-snap", "-o", "{tmp}/x.pcapng"],
+            "unknown snapshot id 'no-such-snap'",
+        ),
+        (["snapshot", "show", "no-such-snap"], "unknown snapshot id 'no-such-snap'"),
+        (["snapshot", "verify", "no-such-snap"], "unknown snapshot id 'no-such-snap'"),
+        (["snapshot", "delete", "no-such-snap", "--force"], "unknown snapshot id 'no-such-snap'"),
+        (
+            ["pcap", "export", "--from", FROM, "--source", "snapshot:no-such", "-o", "-"],
+            "unknown snapshot id",
+        ),
+    ],
+)
+def test_bad_input_with_kafka_is_one_line(
+    kenv: dict[str, str], node_name: str, tmp_path: Path, argv: list[str], message: str
+) -> None:
+    if "{node}" in " ".join(argv):
+        _import(kenv, DATA / "small.pcap", node_name)
+    args = [a.replace("{node}", node_name).replace("{tmp}", str(tmp_path)) for a in argv]
+    p = rawcap(*args, env=kenv)
+    err = p.stderr.decode().strip()
+    assert p.returncode == 2, err
+    assert err.startswith("rawcap: error: ") and message.replace("{node}", node_name) in err, err
+    assert len(err.splitlines()) == 1, err
+    assert p.stdout == b"" and not [f for f in tmp_path.rglob("*") if f.is_file()]  # nothing written
+
+
+def test_consume_follow_tails_new_batches(kenv: dict[str, str], node_name: str, stack: Any) -> None:
+    """``--follow`` prints batches that arrive after it started, as they arrive."""
+    import queue
+    import threading
+    import time
+
+    proc = subprocess.Popen(
+        [*RAWCAP, "consume", "--node", node_name, "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **kenv},
+    )
+    got: queue.Queue[bytes] = queue.Queue()
+    out = proc.stdout
+    assert out is not None
+
+    def pump() -> None:
+        for line in iter(out.readline, b""):
+            got.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        time.sleep(2)
+        lines: list[bytes] = []
+        for seq in (1, 2):
+            # Packets from the near future: --follow starts at "now" as of its own start-up,
+            # which on a loaded machine may come after this line.
+            t0 = time.time_ns() + 30 * 10**9
+            pk = [Packet(t0 + i * 1000, 62, 62, 1, 0, _frame(i)) for i in range(5)]
+            value = encode_batch(node=node_name, seq=seq, packets=pk, ifaces={1: "eth0"})
+            anyio.run(_produce, stack.bootstrap, [(value, t0)], node_name)
+            while len(lines) < 5 * seq:
+                try:
+                    lines.append(got.get(timeout=60))
+                except queue.Empty:
+                    proc.kill()
+                    err = proc.stderr.read() if proc.stderr else b""
+                    raise AssertionError(f"no line within 60 s: {err!r}") from None
+        docs = [json.loads(x) for x in lines]
+        assert [d["node"] for d in docs] == [node_name] * 10 and all(d["iface"] == "eth0" for d in docs)
+        assert [d["ts_ns"] for d in docs] == sorted(d["ts_ns"] for d in docs)
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -16,6 +16,10 @@ NOW = 1_763_892_000_000_000_000  # 2025-11-23T10:00:00Z
     ("2025-11-23T10:00:00Z", NOW),
     ("2025-11-23T11:00:00+01:00", NOW),
     ("2025-11-23 10:00:00.5", NOW + 500_000_000),
+    ("2025-11-23T10:00:00.123456789Z", NOW + 123_456_789),
+    ("2025-11-23T10:00:00,000000001+00:00", NOW + 1),
+    ("2025-11-23T11:00:00.25+01:00", NOW + 250_000_000),
+    ("1969-12-31T23:59:59.5Z", -500_000_000),
     ("1763892000", NOW),
 ])
 def test_times(text: str, expected: int) -> None:
@@ -35,3 +39,8 @@ def test_window_order() -> None:
 
 def test_format_ns() -> None:
     assert format_ns(NOW + 123) == "2025-11-23T10:00:00.000000123Z"
+
+
+def test_printed_times_read_back_exactly() -> None:
+    for ns in (NOW, NOW + 1, NOW + 999_999_999, NOW + 123_456_789):
+        assert parse_time(format_ns(ns)) == ns
