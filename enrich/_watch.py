@@ -22,28 +22,30 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
-from kubernetes_asyncio import client, config
 
 from schemas.errors import ConfigError, TransportError
 
 from ._model import KINDS, Change, ObjectCache, to_record
 
+if TYPE_CHECKING:
+    from kubernetes_asyncio import client
+
 __all__ = ("LISTERS", "WatchStats", "Watcher", "api_client")
 
 log = logging.getLogger("rawcap.enrich.watch")
 
-#: kind -> (API class, list-for-all-namespaces method)
-LISTERS: dict[str, tuple[type, str]] = {
-    "pod": (client.CoreV1Api, "list_pod_for_all_namespaces"),
-    "service": (client.CoreV1Api, "list_service_for_all_namespaces"),
-    "namespace": (client.CoreV1Api, "list_namespace"),
-    "node": (client.CoreV1Api, "list_node"),
-    "endpointslice": (client.DiscoveryV1Api, "list_endpoint_slice_for_all_namespaces"),
+#: kind -> (kubernetes_asyncio API class name, list-for-all-namespaces method). Names, not
+#: classes: kubernetes_asyncio takes ~0.2 s to import and every other rawcap command would pay it.
+LISTERS: dict[str, tuple[str, str]] = {
+    "pod": ("CoreV1Api", "list_pod_for_all_namespaces"),
+    "service": ("CoreV1Api", "list_service_for_all_namespaces"),
+    "namespace": ("CoreV1Api", "list_namespace"),
+    "node": ("CoreV1Api", "list_node"),
+    "endpointslice": ("DiscoveryV1Api", "list_endpoint_slice_for_all_namespaces"),
 }
 
 _PAGE = 500
@@ -56,6 +58,8 @@ class _Gone(Exception):
 
 async def api_client(kubeconfig: str = "") -> client.ApiClient:
     """An ApiClient from ``kubeconfig``, else in-cluster config, else $KUBECONFIG/~/.kube/config."""
+    from kubernetes_asyncio import client, config
+
     conf = client.Configuration()
     try:
         if kubeconfig:
@@ -129,8 +133,10 @@ class Watcher:
                 tg.start_soon(self._loop, kind, send.clone())
 
     def _method(self, kind: str) -> Callable[..., Awaitable[Any]]:
+        from kubernetes_asyncio import client
+
         cls, name = LISTERS[kind]
-        return getattr(cls(self.api), name)
+        return getattr(getattr(client, cls)(self.api), name)
 
     async def _list(self, kind: str) -> tuple[list[dict[str, Any]], str]:
         method = self._method(kind)
@@ -159,6 +165,8 @@ class Watcher:
                 return items, meta.get("resourceVersion", "")
 
     async def _loop(self, kind: str, send: MemoryObjectSendStream[Change]) -> None:
+        import aiohttp  # imported with kubernetes_asyncio, lazily (see LISTERS)
+
         cache = self.caches[kind]
         rv = ""
         backoff = 0.5
@@ -194,6 +202,8 @@ class Watcher:
                      send: MemoryObjectSendStream[Change]) -> str:
         """One watch request from ``rv``; returns the newest resourceVersion seen when the
         server ends it (timeout, dropped connection: the caller resumes from there)."""
+        import aiohttp  # imported with kubernetes_asyncio, lazily (see LISTERS)
+
         self.stats.bump("watches", kind)
         timeout = int(self.watch_timeout * (1 + random.random()))  # spread like client-go
         resp = await self._method(kind)(
