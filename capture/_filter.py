@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import io
 import ipaddress
 import logging
@@ -37,13 +38,12 @@ class FilterUnavailable(RawcapError):
 def load_bcc() -> Any:
     """Import bcc, or say in one line what to install (probed at start, not per packet)."""
     try:
-        import bcc  # type: ignore[import-not-found]
+        return importlib.import_module("bcc")
     except ImportError:
         raise FilterUnavailable(
             "bcc is not importable: install python3-bpfcc and link "
             "/usr/lib/python3/dist-packages/bcc into the virtualenv"
         ) from None
-    return bcc
 
 
 def _check_headers() -> None:

@@ -45,12 +45,13 @@ def _is_bridge(name: str) -> bool:
 def resolve(spec: str) -> IfaceSelection:
     spec = spec.strip() or "any"
     present = _all_ifaces()
+    chosen: dict[int, str]
     if spec == "any":
         chosen = {idx: n for n, idx in present.items() if n != "lo" and not _is_bridge(n)}
         return IfaceSelection(spec, chosen, None, True)
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     dynamic = any(any(ch in p for ch in "*?[") for p in parts)
-    chosen: dict[int, str] = {}
+    chosen = {}
     for p in parts:
         if any(ch in p for ch in "*?["):
             for n, idx in present.items():

@@ -6,6 +6,8 @@ A private registry keeps tests (several agents in one process) from colliding an
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 __all__ = ("Metrics",)
@@ -13,6 +15,7 @@ __all__ = ("Metrics",)
 
 class Metrics:
     def __init__(self, node: str) -> None:
+        self._server: tuple[Any, Any] | None = None
         r = self.registry = CollectorRegistry()
         lbl = ("node",)
 
@@ -45,7 +48,7 @@ class Metrics:
         self._server = start_http_server(port, addr=addr, registry=self.registry)
 
     def close(self) -> None:
-        server = getattr(self, "_server", None)
+        server = self._server
         if server:
             server[0].shutdown()
             server[0].server_close()

@@ -24,6 +24,7 @@ import anyio.abc
 import anyio.to_thread
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from anyio.streams.memory import MemoryObjectSendStream
 
 from rawcap.config import Config
 from rawcap.kafka import producer_kwargs
@@ -146,7 +147,7 @@ class ProcsTracer:
         )
         self._portal_items.append(rec)
 
-    def _poll(self, send: anyio.abc.ObjectSendStream[ProcRecord]) -> None:
+    def _poll(self, send: MemoryObjectSendStream[ProcRecord]) -> None:
         """Worker thread: poll the ring buffer, hand records to the publisher."""
         self._bpf[b"events"].open_ring_buffer(self._event)
         while not self._stop.is_set():

@@ -12,8 +12,10 @@ ever lands in the ring.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
+import os
 import select
 import socket
 import struct
@@ -39,6 +41,9 @@ TPACKET_REQ3: Final = struct.Struct("7I")
 #: struct tpacket_stats_v3 (reading it resets the kernel's counters)
 TPACKET_STATS_V3: Final = struct.Struct("3I")
 _STATUS_OFFSET: Final = 8  # tpacket_block_desc.hdr.block_status
+#: struct sockaddr_ll: family, protocol (network order), ifindex, hatype, pkttype, halen, addr
+SOCKADDR_LL: Final = struct.Struct("=HHiHBB8s")
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class NoSuchInterface(RawcapError):
@@ -47,6 +52,15 @@ class NoSuchInterface(RawcapError):
 
 class CaptureDenied(RawcapError):
     """The process may not open a packet socket (needs CAP_NET_RAW)."""
+
+
+def _bind_all(sock: socket.socket, proto: int) -> None:
+    """bind(2) to every interface (``sll_ifindex`` 0). Python's AF_PACKET address needs an
+    interface name, and ``""`` is looked up as one (ENODEV), so call libc directly."""
+    sll = SOCKADDR_LL.pack(socket.AF_PACKET, socket.htons(proto), 0, 0, 0, 0, b"")
+    if _libc.bind(sock.fileno(), ctypes.c_char_p(sll), len(sll)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"binding the packet socket to all interfaces: {os.strerror(err)}")
 
 
 def ifindex_of(name: str) -> int:
@@ -97,8 +111,10 @@ class Ring:
             self.map = mmap.mmap(self.sock.fileno(), block_size * block_count,
                                  mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self.view = memoryview(self.map)
-            self.sock.bind(("", ETH_P_ALL, 0, 0, b"") if ifindex == 0 else
-                           (socket.if_indextoname(ifindex), ETH_P_ALL))
+            if ifindex == 0:
+                _bind_all(self.sock, ETH_P_ALL)
+            else:
+                self.sock.bind((socket.if_indextoname(ifindex), ETH_P_ALL))
         except BaseException:
             self.sock.close()
             raise

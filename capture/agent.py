@@ -156,7 +156,8 @@ class Agent:
     # --- tasks ------------------------------------------------------------------------
 
     async def _run_tasks(self, duration: float | None) -> None:
-        assert self.fifo is not None
+        assert self.fifo is not None and self._stop_async is not None
+        stop_async = self._stop_async
         async with anyio.create_task_group() as root:
             root.start_soon(self._signals)
             root.start_soon(self._stop_watch)
@@ -175,7 +176,7 @@ class Agent:
                 pipe.start_soon(self._fifo_writer, recv)
                 pipe.start_soon(self._ring_thread, send)
                 with anyio.move_on_after(duration if duration else float("inf")):
-                    await self._stop_async.wait()
+                    await stop_async.wait()
                 self._stop.set()
             # Pipeline drained: every captured batch is on disk. Give the shipper a bounded
             # time to deliver the rest; what is left stays in the FIFO for the next start.
@@ -295,6 +296,7 @@ class Agent:
                 pass
         m.filter_rejected.set(self.filter.counters()[2])
         if fifo is not None:
+            fifo.sync_state()
             m.buffer_bytes.set(fifo.total_bytes)
             m.lost_batches.set(fifo.lost_batches)
             m.lost_packets.set(fifo.lost_packets)

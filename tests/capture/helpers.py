@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from rawcap.packet import parse_l4
 from rawcap.pcapfile import read_capture
@@ -40,7 +41,7 @@ class Proc:
         self._t2.start()
 
     @staticmethod
-    def _pump(stream, into: list[str]) -> None:  # type: ignore[no-untyped-def]
+    def _pump(stream: IO[bytes], into: list[str]) -> None:
         for raw in stream:
             into.append(raw.decode(errors="replace").rstrip("\n"))
 
@@ -86,7 +87,7 @@ def agent(ns: NetNs, *args: str, env: dict[str, str] | None = None) -> Proc:
 
 
 def read_fifo(node_dir: Path) -> list[Batch]:
-    batches = []
+    batches: list[Batch] = []
     for seg in sorted(node_dir.glob("*.rcsg")):
         frames, _ = split_frames(seg.read_bytes(), name=str(seg))
         batches.extend(decode_batch(bytes(f.value)) for f in frames)

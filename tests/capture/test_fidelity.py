@@ -40,6 +40,9 @@ def test_rawcap_equals_tcpdump(tmp_path: Path) -> None:
             td.wait_for("listening on")
             cap = agent(net.b, "--iface", net.b.iface, "--node", "fid", "--no-kafka",
                         "--buffer-dir", str(tmp_path / "buf"))
+            # the default interface set ("any": all but lo and bridges) keeps each packet once
+            cap_any = agent(net.b, "--node", "fidany", "--no-kafka",
+                            "--buffer-dir", str(tmp_path / "buf"))
             net.b.run(PY, TRAFFIC, "icmp", net.a.ip, "3")  # ICMP: tcpdump only
             sizes = "1,64,600,1400,4000"
             r = net.b.run(PY, TRAFFIC, "client", net.a.ip, net.a.ip6, "7000", "--sizes", sizes,
@@ -52,6 +55,7 @@ def test_rawcap_equals_tcpdump(tmp_path: Path) -> None:
             r = net.b.run(PY, TRAFFIC, "client", net.a.ip, "7000", "--sizes", "3000", "--no-tcp")
             assert r.returncode == 0, r.stderr
             assert cap.stop() == 0, cap.text
+            assert cap_any.stop() == 0, cap_any.text
             td.stop()
         finally:
             srv.stop()
@@ -60,6 +64,11 @@ def test_rawcap_equals_tcpdump(tmp_path: Path) -> None:
     ref_all = pcap_packets(pcap)
     ref = [p for p in ref_all if is_l4(p)]
     assert len(ref_all) > len(ref), "the reference should also hold non-TCP/UDP (ICMP) packets"
+    # the reference really covers what the criterion asks for: TCP and UDP, IPv4 and IPv6,
+    # small and large frames
+    kinds = {(parse_l4(p).proto, parse_l4(p).family) for p in ref}  # type: ignore[union-attr]
+    assert kinds >= {(6, 4), (6, 6), (17, 4), (17, 6)}, kinds
+    assert min(map(len, ref)) < 80 and max(map(len, ref)) >= 1400
     batches = read_fifo(tmp_path / "buf" / "fid")
     got = [bytes(p.data) for b in batches for p in b.packets]
     assert all(is_l4(p) for p in got), "a non-TCP/UDP packet reached rawcap's ring"
@@ -81,3 +90,5 @@ def test_rawcap_equals_tcpdump(tmp_path: Path) -> None:
     assert [b.header.seq for b in batches] == list(range(1, len(batches) + 1))
     assert int(summary["packets"]) == len(got)
     assert summary["kernel_drops"] == "0"
+    got_any = [bytes(p.data) for b in read_fifo(tmp_path / "buf" / "fidany") for p in b.packets]
+    assert Counter(got_any) == Counter(ref), "--iface any (default) differs from tcpdump"

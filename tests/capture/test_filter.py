@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 from capture._filter import C_REJECTED, KernelFilter
 from capture._ring import Ring
 from rawcap.packet import parse_l4
+from rawcap.stack import Stack
 from schemas import block_summary, iter_packets
 from schemas._batch import BatchHeader
 from schemas.control import CaptureFilter, filter_key
@@ -117,7 +118,7 @@ def test_filter_maps_update_at_run_time() -> None:
             kf.close()
 
 
-def test_control_topic_drives_the_filter(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_control_topic_drives_the_filter(stack: Stack, tmp_path: Path) -> None:
     """A CaptureFilter record on rawcap.control reaches a running agent's eBPF maps."""
     node = f"flt-{uuid.uuid4().hex[:6]}"
     buf = tmp_path / "buf"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 import urllib.request
@@ -58,7 +59,9 @@ def test_metrics_summary_and_restart_continues_sequence(tmp_path: Path) -> None:
                 assert r.returncode == 0, r.stderr
                 time.sleep(1.5)  # stats loop refreshes gauges every second
                 body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-                assert cap.stop() == 0, cap.text
+                # SIGTERM the first time, SIGINT (Ctrl-C) the second: both flush and exit 0
+                assert cap.stop(signal.SIGTERM if round_ == 0 else signal.SIGINT) == 0, cap.text
+                assert "Traceback" not in cap.text
                 summary = cap.summary()
                 assert int(summary["packets"]) > 0
                 for name in ("rawcap_capture_packets_total", "rawcap_capture_kernel_drops",
@@ -76,3 +79,48 @@ def test_metrics_summary_and_restart_continues_sequence(tmp_path: Path) -> None:
             srv.stop()
     seqs = [b.header.seq for b in read_fifo(buf / "ops")]
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > first_last
+
+
+def test_duration_flushes_and_exits_zero(tmp_path: Path) -> None:
+    """``--duration`` ends the run by itself, after flushing what the ring still held."""
+    buf = tmp_path / "buf"
+    with VethPair("rcdur") as net:
+        srv = Proc([PY, TRAFFIC, "server", "7011"], ns=net.a)
+        srv.wait_for("serving", stdout=True)
+        try:
+            started = time.monotonic()
+            cap = Proc([RAWCAP, "capture", "--iface", net.b.iface, "--node", "dur", "--no-kafka",
+                        "--buffer-dir", str(buf), "--duration", "3"], ns=net.b)
+            cap.wait_for("capture running")
+            r = net.b.run(PY, TRAFFIC, "client", net.a.ip, "7011", "--sizes", "100", check=False)
+            assert r.returncode == 0, r.stderr
+            assert cap.p.wait(30) == 0, cap.text
+            elapsed = time.monotonic() - started
+            cap.stop()
+        finally:
+            srv.stop()
+    summary = cap.summary()
+    assert 3.0 <= float(summary["seconds"]) < 10 and elapsed < 30, summary
+    # the last packets (sent just before the end) were flushed into the buffer
+    assert int(summary["packets"]) >= 8
+    assert sum(b.header.count for b in read_fifo(buf / "dur")) == int(summary["packets"])
+
+
+def _with_hidden(path: str, argv: list[str]) -> list[str]:
+    """``argv`` in a private mount namespace where ``path`` is an empty tmpfs."""
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+            f'mount -t tmpfs rawcap-test "{path}" && exec "$@"', "sh", *argv]
+
+
+@pytest.mark.parametrize(("hidden", "needle"), [
+    ("/lib/modules", "kernel headers not found"),
+    ("/usr/lib/python3/dist-packages", "bcc is not importable"),
+])
+def test_missing_kernel_headers_or_bcc_is_one_clear_line(tmp_path: Path, hidden: str,
+                                                         needle: str) -> None:
+    r = subprocess.run(_with_hidden(hidden, [RAWCAP, "capture", "--iface", "lo", "--no-kafka",
+                                             "--buffer-dir", str(tmp_path), "--duration", "1"]),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rawcap: error: ") and needle in lines[0], r.stderr

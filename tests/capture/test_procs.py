@@ -15,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from capture._procs import cgroup_v2_root
+from rawcap.stack import Stack
 from schemas.procs import ProcRecord, decode_proc
 from schemas.topics import PROCS
 from tests.netns import VethPair
@@ -34,7 +35,7 @@ async def _procs(bootstrap: str, node: str) -> list[ProcRecord]:
         c.assign(tps)
         await c.seek_to_beginning(*tps)
         end = await c.end_offsets(tps)
-        out = []
+        out: list[ProcRecord] = []
         while [tp for tp in tps if await c.position(tp) < end[tp]]:
             for recs in (await c.getmany(timeout_ms=1000, max_records=5000)).values():
                 out.extend(decode_proc(r.value) for r in recs if r.key == node.encode())
@@ -43,7 +44,7 @@ async def _procs(bootstrap: str, node: str) -> list[ProcRecord]:
         await c.stop()
 
 
-def test_flows_carry_pid_comm_cgroup_container(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_flows_carry_pid_comm_cgroup_container(stack: Stack, tmp_path: Path) -> None:
     root = cgroup_v2_root()
     assert root, "cgroup v2 is not mounted"
     node = f"procs-{uuid.uuid4().hex[:6]}"

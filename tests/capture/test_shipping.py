@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +17,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from capture._fifo import STATE_EVERY_BATCHES
+from capture._shipper import IN_FLIGHT
+from rawcap.stack import Stack
 from schemas import decode_header
 from schemas.topics import PACKETS
 from tests.netns import VethPair
@@ -68,7 +73,7 @@ def _state(buf: Path, node: str) -> dict:
         return {}
 
 
-def test_no_loss_through_broker_outage(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_no_loss_through_broker_outage(stack: Stack, tmp_path: Path) -> None:
     node = f"outage-{uuid.uuid4().hex[:6]}"
     buf = tmp_path / "buf"
     env = {"RAWCAP_BOOTSTRAP": stack.bootstrap, "RAWCAP_CAPTURE_BATCH_MAX_DELAY": "0.3s"}
@@ -84,11 +89,18 @@ def test_no_loss_through_broker_outage(stack, tmp_path: Path) -> None:  # type: 
             traffic = Proc([PY, TRAFFIC, "client", net.a.ip, "7001", "--sizes", "200,1400",
                             "--rounds", "100000", "--interval", "0.05"], ns=net.b)
             time.sleep(4)
-            stack.stop_kafka()
+            before = _state(buf, node)
+            assert before.get("acked_seq", 0) > 0, f"nothing shipped before the outage: {before}"
+            assert stack.stop_kafka(), "the broker did not stop"
+            down_at = time.monotonic()
+            host, port = stack.bootstrap.rsplit(":", 1)
+            with pytest.raises(OSError):  # really gone, not just slow
+                socket.create_connection((host, int(port)), timeout=2).close()
             time.sleep(30)
             during = _state(buf, node)
             during["on_disk"] = fifo_last_seq(buf / node)
             stack.start_kafka()
+            outage = time.monotonic() - down_at
             time.sleep(4)
             traffic.stop()
             traffic = None
@@ -108,9 +120,14 @@ def test_no_loss_through_broker_outage(stack, tmp_path: Path) -> None:  # type: 
             cap.stop()
     summary = cap.summary()
     last = int(summary["seq"].split("-")[1])
-    assert summary["lost_batches"] == "0" and summary["unshipped"] == "0", cap.text
+    assert outage >= 30
+    assert summary["lost_batches"] == "0" and summary["lost_packets"] == "0", cap.text
+    assert summary["unshipped"] == "0" and summary["shipped"] != "0", cap.text
     # while the broker was down, batches kept being written but not acknowledged
     assert during["on_disk"] > during["acked_seq"] + 20, during
+    # ... and no more than what was in flight (or not yet in shipped.json) got acknowledged
+    assert during["acked_seq"] <= before["acked_seq"] + IN_FLIGHT + STATE_EVERY_BATCHES, \
+        (before, during)
     got = asyncio.run(_node_batches(stack.bootstrap, node))
     seqs = [g[0] for g in got]
     dupes = sorted({q for q in seqs if seqs.count(q) > 1})
@@ -169,9 +186,15 @@ def test_fifo_bound_and_loss_count(tmp_path: Path) -> None:
     assert int(summary["lost_packets"]) == recycled_packets
     state = json.loads((buf / node / "shipped.json").read_text())
     assert state["lost_batches"] == recycled_batches and state["acked_seq"] == 0
+    assert state["lost_packets"] == recycled_packets and state["lost_bytes"] > 0
+    # every recycle that dropped unshipped batches said so in the log, with their range
+    logged = [ln for ln in cap.lines if "recycled" in ln and "unshipped batches" in ln]
+    assert logged, cap.text
+    assert sum(int(m) for ln in logged for m in re.findall(r"recycled (\d+) unshipped", ln)) \
+        == recycled_batches
 
 
-def test_restart_after_lost_ack_state_does_not_duplicate(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_restart_after_lost_ack_state_does_not_duplicate(stack: Stack, tmp_path: Path) -> None:
     """A crash between Kafka's ack and shipped.json: the restarted agent finds the batches
     already in Kafka and does not send them again."""
     node = f"crash-{uuid.uuid4().hex[:6]}"

@@ -92,7 +92,9 @@ def test_fifo_budget_loss_and_restart(tmp_path: Path) -> None:
     first = on_disk[0].header.seq
     assert first > 5 and [b.header.seq for b in on_disk] == list(range(first, 121))
     assert fifo.lost_batches == first - 1 - 4  # everything recycled above acked_seq
-    assert fifo.read(first - 1) is None and fifo.read(first)[1] == fifo.read(first)[1]
+    got = fifo.read(first)
+    assert fifo.read(first - 1) is None and got is not None
+    assert decode_batch(got[1]).header.seq == first
     fifo.close()
     # a crash mid-write leaves half a frame: restart cuts it and continues the sequence
     last_seg = sorted((tmp_path / "n").glob("*.rcsg"))[-1]
@@ -109,6 +111,37 @@ def test_fifo_budget_loss_and_restart(tmp_path: Path) -> None:
     with pytest.raises(RawcapError, match="expected batch 122"):
         again.append(_batch(500))
     again.close()
+
+
+def test_fifo_frame_header_matches_the_stream_format() -> None:
+    """The FIFO frames with its own (faster) crc32; the bytes must be schemas' framing."""
+    from capture._fifo import crc32
+    from schemas._stream import FRAME, frame_batch
+
+    for value in (b"", b"123456789", os.urandom(3 << 20)):
+        assert FRAME.pack(len(value), crc32(value)) == frame_batch(value)
+
+
+def test_ack_state_window_fits_the_resend_check() -> None:
+    """Acks not yet in shipped.json + batches in flight must fit in the tail the restarted
+    shipper reads back from Kafka, or a crash could resend (duplicate) batches."""
+    from capture import _fifo, _shipper
+
+    assert _fifo.STATE_EVERY_BATCHES + _shipper.IN_FLIGHT < _shipper._TAIL
+
+
+def test_fifo_state_file_is_rate_limited_and_synced(tmp_path: Path) -> None:
+    fifo = Fifo(tmp_path, "n", budget=1 << 20, segment_size=1 << 16)
+    for seq in range(1, 6):
+        fifo.append(_batch(seq))
+    fifo.write_state()
+    fifo.mark_acked(1)
+    fifo.mark_acked(2)
+    on_disk = json.loads((tmp_path / "n" / "shipped.json").read_text())["acked_seq"]
+    assert fifo.acked_seq == 2 and on_disk == 0  # within the window: not rewritten yet
+    fifo.sync_state()  # what the agent's stats loop does every second
+    assert json.loads((tmp_path / "n" / "shipped.json").read_text())["acked_seq"] == 2
+    fifo.close()
 
 
 def test_fifo_sequence_survives_an_emptied_buffer(tmp_path: Path) -> None:
