@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
-APT_PACKAGES=(python3-bpfcc bpfcc-tools tcpdump tshark kcat iproute2 libpcap0.8-dev netsniff-ng
+APT_PACKAGES=(python3-bpfcc bpfcc-tools tcpdump tshark kcat iproute2 libpcap0.8-dev netsniff-ng libdeflate0
               python3-venv openjdk-17-jdk-headless maven ca-certificates)
 export DEBIAN_FRONTEND=noninteractive
 
