@@ -2,9 +2,11 @@
 # make setup: everything rawcap needs on a fresh Debian 12 machine of this kind, as root.
 # Idempotent; a step already done is skipped, so a second run takes seconds.
 #
-#   1. apt: bcc (python3-bpfcc, bpfcc-tools), tcpdump, tshark, kcat, iproute2, libpcap, trafgen (netsniff-ng, for bench/capture),
-#      JDK + Maven (for the Kafka jars), and the newest linux-headers-6.12.*-cloud-amd64
-#      (+ -common) with /lib/modules/$(uname -r)/{build,source} pointing at them
+#   1. apt: bcc (python3-bpfcc, bpfcc-tools), tcpdump, tshark, kcat, iproute2, libpcap,
+#      libdeflate, JDK + Maven (for the Kafka jars), the benchmarks' traffic sources
+#      (trafgen from netsniff-ng, nginx-light, wrk, dnsmasq-base, dig), and the newest
+#      linux-headers-6.12.*-cloud-amd64 (+ -common) with /lib/modules/$(uname -r)/{build,source}
+#      pointing at them; tracefs mounted (bcc tracepoints)
 #   2. .venv at the repo root with rawcap installed editable ('.[test]'), bcc importable
 #   3. compose/install-stack.sh: Kafka broker jars + MinIO server for `rawcap stack`
 #
@@ -14,6 +16,7 @@ cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(python3-bpfcc bpfcc-tools tcpdump tshark kcat iproute2 libpcap0.8-dev netsniff-ng libdeflate0
+              nginx-light wrk dnsmasq-base bind9-dnsutils
               python3-venv openjdk-17-jdk-headless maven ca-certificates)
 export DEBIAN_FRONTEND=noninteractive
 
