@@ -47,15 +47,27 @@ Emit = Callable[[Call], None]
 class Redactor:
     """Replace the values of sensitive headers (case-insensitive names) with ``[redacted]``."""
 
-    __slots__ = ("names",)
+    __slots__ = ("names", "safe")
 
     def __init__(self, extra: Iterable[str] = (), *, enabled: bool = True) -> None:
         self.names = frozenset(n.lower() for n in (*DEFAULT_REDACT, *extra)) if enabled \
             else frozenset()
+        #: Header names as spelled on the wire that are known not to be sensitive: real
+        #: traffic repeats a few dozen spellings, so most headers cost one set lookup.
+        self.safe: set[str] = set()
 
     def __call__(self, headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
         names = self.names
         if not names:
+            return headers
+        safe = self.safe
+        for k, _ in headers:
+            if k not in safe:
+                if k.lower() in names:
+                    break
+                if len(safe) < 4096:
+                    safe.add(k)
+        else:
             return headers
         return tuple((k, REDACTED) if k.lower() in names else (k, v) for k, v in headers)
 
@@ -89,8 +101,8 @@ class Endpoints:
         self.dst_port = dst_port
 
     def call(self, proto: str, **kw: Any) -> Call:
-        return Call(proto, node=self.node, transport=self.transport, src_ip=self.src_ip,
-                    src_port=self.src_port, dst_ip=self.dst_ip, dst_port=self.dst_port, **kw)
+        return Call(proto, self.node, self.transport, self.src_ip, self.src_port, self.dst_ip,
+                    self.dst_port, **kw)
 
 
 def _lat(a: int, b: int) -> int:
@@ -217,19 +229,43 @@ class HTTP1Session(_Session):
         if len(r.buf) > self.max_buffer:
             self._poison(f"more than {self.max_buffer} bytes buffered for one message")
 
+    def _drain(self, direction: int, r: Any) -> None:
+        # _Session._drain with the handler picked once per batch of events, not per event.
+        on_event = self._client_event if direction == self.client_dir else self._server_event
+        nxt = r.next_event
+        try:
+            while True:
+                ev = nxt()
+                if ev is NEED_DATA:
+                    return
+                on_event(ev)
+        except Truncated as exc:
+            self.stats.truncated += 1
+            self.flush(str(exc))
+        except (Malformed, ParseError) as exc:
+            self.stats.malformed += 1
+            self.stats.poisoned_flows += 1
+            self.flush(f"malformed: {exc}")
+            self.dead = True
+
     def handle(self, is_client: bool, ev: Any) -> None:
-        if is_client:
-            if type(ev) is Request:
-                self.cur_req = [ev, ev.head_bytes]
-                self.pending.append(self.cur_req)
-                self.server_reader.expect(ev.method)
-                if len(self.pending) > 1024:
-                    self._emit_req(self.pending.popleft(), None, 0, "no response (queue full)")
-            elif type(ev) is EndOfMessage:
-                if self.cur_req is not None:
-                    self.cur_req[1] += ev.body_bytes
-                    self.cur_req = None
-            return
+        (self._client_event if is_client else self._server_event)(ev)
+
+    def _client_event(self, ev: Any) -> None:
+        t = type(ev)
+        if t is Request:
+            self.cur_req = [ev, ev.head_bytes]
+            self.pending.append(self.cur_req)
+            self.server_reader.methods.append(ev.method)  # HTTP1Reader.expect
+            if len(self.pending) > 1024:
+                self._emit_req(self.pending.popleft(), None, 0, "no response (queue full)")
+        elif t is EndOfMessage:
+            cur = self.cur_req
+            if cur is not None:
+                cur[1] += ev.body_bytes
+                self.cur_req = None
+
+    def _server_event(self, ev: Any) -> None:
         t = type(ev)
         if t is Response:
             if ev.status >= 200 or ev.status == 101:

@@ -111,8 +111,8 @@ class _Flow:
     def _start(self, proto: str, client_dir: int) -> None:
         eng = self.eng
         c, s = client_dir, 1 - client_dir
-        ep = Endpoints(eng.node, "tcp", format_addr(self.addrs[c]), self.ports[c],
-                       format_addr(self.addrs[s]), self.ports[s])
+        ep = Endpoints(eng.node, "tcp", eng._addr(self.addrs[c]), self.ports[c],
+                       eng._addr(self.addrs[s]), self.ports[s])
         self.session = sess = new_session(
             proto, ep, client_dir, eng.emit, eng.sstats, eng.redact, max_body=eng.max_body,
             pairer=eng.dns, flow_key=(ep.src_ip, ep.src_port, ep.dst_ip, ep.dst_port, "tcp"))
@@ -316,6 +316,7 @@ class Dissector:
         fast = _FAST
         flows = self.flows
         packet = self.packet
+        dns_ports = DNS_PORTS
         n = len(buf)
         count = 0
         while off + 16 <= n:
@@ -363,6 +364,20 @@ class Dissector:
                         self.packets += 1
                         off = end
                         continue
+                elif (etype == 0x0800 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF
+                      and (sport in dns_ports or dport in dns_ports)):
+                    # DNS over UDP: Dissector.packet's UDP branch, inlined.
+                    self.packets += 1
+                    self.last_ts = ts
+                    try:
+                        msg = parse_message(buf[off + 42:min(off + 14 + total, end)], ts)
+                    except ParseError:
+                        self.udp_errors += 1
+                    else:
+                        self.udp_dns += 1
+                        self._dns(msg, src, sport, dst, dport)
+                    off = end
+                    continue
             packet(ts, buf[off:end])
             off = end
         return count, off

@@ -144,6 +144,8 @@ class TcpStream:
         if flags & RST:
             self.close(ts_ns, "rst")
             return
+        if half.ended:
+            return  # after this side's FIN: retransmissions, or bytes no peer would accept
         if flags & SYN:
             if half.next_seq is None or not half.started:
                 half.next_seq = (seq + 1) % _MOD
@@ -187,6 +189,9 @@ class TcpStream:
             other = self.halves[1 - direction]
             if other.ended:
                 self.closed = True
+                for h in self.halves:  # anything still held lies beyond a FIN: drop it
+                    h.ooo.clear()
+                    h.ooo_bytes = 0
 
     def _hold(self, direction: int, half: _Half, seq: int, payload: bytes, ts_ns: int) -> None:
         old = half.ooo.get(seq)
@@ -272,14 +277,15 @@ class _Collector:
 
 
 def collect_events(
-    segments: list[tuple[int, int, int, bytes, int]], *, close: bool = True, **limits: int,
+    segments: list[tuple[int, int, int, bytes, int]], *, close: bool = True,
+    max_ooo_bytes: int = 4 << 20, max_ooo_segments: int = 256,
 ) -> tuple[list[StreamData | Gap | StreamEnd], ReassemblyStats]:
     """Run ``segments`` (direction, seq, flags, payload, ts) through a stream; return events.
 
     The event-list form of the reassembler, for tests, fuzzing and tools.
     """
     sink = _Collector()
-    stream = TcpStream(sink, **limits)
+    stream = TcpStream(sink, max_ooo_bytes=max_ooo_bytes, max_ooo_segments=max_ooo_segments)
     for direction, seq, flags, payload, ts in segments:
         stream.segment(direction, seq, flags, payload, ts)
     if close:

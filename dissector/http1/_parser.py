@@ -17,7 +17,7 @@ from typing import Final
 
 from .._errors import Malformed, Truncated
 from .._sentinel import NEED_DATA, NeedData
-from ._events import EndOfMessage, Request, Response, Resync
+from ._events import EndOfMessage, Request, Response, Resync, new_end, new_request, new_response
 from ._state import TRANSITIONS as _T
 from ._state import State
 
@@ -33,8 +33,17 @@ MAX_LINE: Final = 4096
 _REQ_START = re.compile(
     rb"(?:GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|CONNECT|TRACE) [^ \r\n]+ HTTP/1\.[01]\r\n")
 _RESP_START = re.compile(rb"HTTP/1\.[01] [1-9][0-9][0-9][ \r]")
+_METHOD_NAMES: Final = frozenset(m.decode() for m in METHODS)
+#: ``name: value``: the name is non-empty and does not end in whitespace (RFC 9112 5.1);
+#: optional whitespace (SP/HTAB, RFC 9110 5.6.3) before the value is skipped here, after it
+#: stripped only when the block has any (rare).
+_HEADER: Final = re.compile(r"^([^:\r\n]*[^:\r\n \t]):[ \t]*([^\r\n]*)\r\n", re.MULTILINE)
 
 Event = Request | Response | EndOfMessage | Resync | NeedData
+
+
+#: ``HTTP/1.`` and one ASCII digit (``str.isdigit`` alone would pass ``\xb2``).
+_VERSIONS: Final = frozenset(f"HTTP/1.{i}" for i in range(10))
 
 
 class HTTP1Reader:
@@ -131,7 +140,7 @@ class HTTP1Reader:
             return ev
         if self.end_ready:
             self.end_ready = False
-            return EndOfMessage(0, b"", False, self.ts)
+            return new_end(0, b"", False, self.ts)
         st = self.state
         if st is State.IDLE:
             return self._head() if self.buf else NEED_DATA
@@ -171,7 +180,7 @@ class HTTP1Reader:
         if not buf:
             return NEED_DATA
         # Tolerate stray CRLFs between messages (RFC 9112 2.2).
-        while buf[:2] == b"\r\n":
+        while buf.startswith(b"\r\n"):
             del buf[:2]
         end = buf.find(b"\r\n\r\n")
         if end < 0:
@@ -186,40 +195,52 @@ class HTTP1Reader:
             return NEED_DATA
         text = buf[:end].decode("latin-1")  # latin-1 maps every byte: never fails
         del buf[:end + 4]
-        lines = text.split("\r\n")
-        start = lines[0].encode("latin-1")
-        headers = []
+        start, _, block = text.partition("\r\n")
         length: int | None = None
         chunked = False
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name[-1] in " \t":
-                raise self._fail(f"bad HTTP/1 header line {line[:40]!r}")
-            v = value.strip()
-            headers.append((name, v))
-            c = name[0]
-            if c == "C" or c == "c" or c == "T" or c == "t":
-                ln = name.lower()
-                if ln == "content-length":
-                    if not v.isdigit() or len(v) > 18:
+        if block:
+            block += "\r\n"
+            # One C-level pass for the common case; any line that is not ``name: value``, or
+            # a bare CR or LF, sends the block through the line-by-line reader instead.
+            headers = _HEADER.findall(block)
+            n = block.count("\r\n")
+            if len(headers) != n or block.count("\n") != n or block.count("\r") != n:
+                headers = self._header_lines(block)
+            elif " \r\n" in block or "\t\r\n" in block:
+                headers = [(k, v.rstrip(" \t")) for k, v in headers]
+            low = block.lower()
+            i = low.find("content-length:")
+            while i >= 0:
+                if i == 0 or low[i - 1] == "\n":
+                    v = block[i + 15:block.find("\r\n", i)].strip(" \t")
+                    if not v.isdigit() or not v.isascii() or len(v) > 18:
                         raise self._fail(f"bad Content-Length {v[:20]!r}")
                     if length is not None and length != int(v):
                         raise self._fail("conflicting Content-Length headers")
                     length = int(v)
-                elif ln == "transfer-encoding":
-                    chunked = v.lower().rsplit(",", 1)[-1].strip() == "chunked"
-        hdrs = tuple(headers)
+                i = low.find("content-length:", i + 15)
+            i = low.rfind("transfer-encoding:")
+            while i >= 0:  # the last Transfer-Encoding header counts
+                if i == 0 or low[i - 1] == "\n":
+                    v = low[i + 18:low.find("\r\n", i)]
+                    chunked = v.rsplit(",", 1)[-1].strip(" \t") == "chunked"
+                    break
+                i = low.rfind("transfer-encoding:", 0, i)
+            hdrs = tuple(headers)
+        else:
+            hdrs = ()
         head_bytes = end + 4
         self.body_len = 0
-        self.body = bytearray()
+        if self.body:
+            self.body = bytearray()
         self.body_trunc = False
         if self.role == CLIENT:
-            parts = start.split(b" ")
-            if len(parts) != 3 or parts[0] not in METHODS or not parts[2].startswith(b"HTTP/1."):
-                raise self._fail(f"bad HTTP/1 request line {start[:60]!r}")
-            method = parts[0].decode()
-            ev: Request | Response = Request(method, parts[1].decode("latin-1"),
-                                             parts[2].decode(), hdrs, self.ts, head_bytes)
+            parts = start.split(" ")
+            if len(parts) != 3 or parts[0] not in _METHOD_NAMES or parts[2] not in _VERSIONS:
+                raise self._fail(f"bad HTTP/1 request line {start[:60].encode('latin-1')!r}")
+            method = parts[0]
+            ev: Request | Response = new_request(method, parts[1], parts[2], hdrs, self.ts,
+                                                 head_bytes)
             if chunked:
                 what = "head-chunked"
             elif length:
@@ -229,14 +250,13 @@ class HTTP1Reader:
             if method == "CONNECT":
                 what = "head-no-body"
         else:
-            if not start.startswith(b"HTTP/1.") or len(start) < 12 or start[8:9] != b" " \
-                    or not start[9:12].isdigit():
-                raise self._fail(f"bad HTTP/1 status line {start[:60]!r}")
+            if len(start) < 12 or start[:8] not in _VERSIONS or start[8] != " " \
+                    or not start[9:12].isdigit() or not start[9:12].isascii():
+                raise self._fail(f"bad HTTP/1 status line {start[:60].encode('latin-1')!r}")
             status = int(start[9:12])
             if status < 100:
                 raise self._fail(f"bad HTTP/1 status {status}")
-            ev = Response(status, start[13:].decode("latin-1"), start[:8].decode(), hdrs,
-                          self.ts, head_bytes)
+            ev = new_response(status, start[13:], start[:8], hdrs, self.ts, head_bytes)
             self.last_status = status
             if 100 <= status < 200:
                 what = "switch" if status == 101 else "head-no-body"
@@ -245,7 +265,7 @@ class HTTP1Reader:
                 self.state = _T[(self.state, what)]
                 return ev
             method = self.methods.popleft() if self.methods else ""
-            if method == "HEAD" or status in (204, 304):
+            if method == "HEAD" or status == 204 or status == 304:
                 what = "head-no-body"
             elif method == "CONNECT" and 200 <= status < 300:
                 what = "switch"
@@ -260,6 +280,16 @@ class HTTP1Reader:
         if what == "head-no-body":
             self.end_ready = True
         return ev
+
+    def _header_lines(self, block: str) -> list[tuple[str, str]]:
+        headers = []
+        for line in block.split("\r\n")[:-1]:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name[-1] in " \t" or "\r" in line or "\n" in line:
+                # A bare CR or LF (RFC 9112 2.2 lets a recipient reject it) included.
+                raise self._fail(f"bad HTTP/1 header line {line[:40]!r}")
+            headers.append((name, value.strip(" \t")))
+        return headers
 
     def _keep_prefix(self, data: bytes) -> None:
         """Keep what fits of a body chunk already counted in ``body_len``."""
@@ -278,16 +308,26 @@ class HTTP1Reader:
 
     def _end(self, what: str) -> EndOfMessage:
         self.state = _T[(self.state, what)]
-        ev = EndOfMessage(self.body_len, bytes(self.body), self.body_trunc, self.ts)
-        self.body = bytearray()
+        body = self.body
+        if body:
+            ev = new_end(self.body_len, bytes(body), self.body_trunc, self.ts)
+            self.body = bytearray()
+        else:
+            ev = new_end(self.body_len, b"", self.body_trunc, self.ts)
         return ev
 
     def _body_length(self) -> Event:
         buf = self.buf
         if buf:
             take = min(self.remaining, len(buf))
-            self._keep(buf[:take])
-            del buf[:take]
+            if take == len(buf) and not self.body and take <= self.max_body:
+                # The whole (rest of the) body arrived with the head: keep it as is.
+                self.body_len += take
+                self.body = buf
+                self.buf = bytearray()
+            else:
+                self._keep(buf[:take])
+                del buf[:take]
             self.remaining -= take
         if self.remaining == 0:
             return self._end("body-done")

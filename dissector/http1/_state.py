@@ -22,6 +22,10 @@ class State(enum.Enum):
     RESYNC = "resync"          # lost bytes: scanning for the next start line
     ERROR = "error"            # malformed: this flow is poisoned
 
+    # Members are singletons: identity hashing is correct and, unlike ``Enum.__hash__``
+    # (Python code hashing the name), costs nothing per transition lookup.
+    __hash__ = object.__hash__
+
 
 S = State
 TRANSITIONS: dict[tuple[State, str], State] = {

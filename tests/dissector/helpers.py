@@ -9,7 +9,7 @@ from dissector._sentinel import NEED_DATA
 
 
 def drain(reader: Any) -> list[Any]:
-    out = []
+    out: list[Any] = []
     while True:
         ev = reader.next_event()
         if ev is NEED_DATA:

@@ -56,7 +56,8 @@ class NetLab:
             while ready not in line:
                 line = stream.readline()
                 if not line and p.poll() is not None:
-                    raise RuntimeError(f"{cmd[0]} exited: {p.stderr.read() if p.stderr else ''}")
+                    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+                    raise RuntimeError(f"{cmd[0]} exited: {err}")
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{cmd} not ready")
         return p

@@ -78,7 +78,7 @@ def test_http2_and_grpc_match_tshark(real_pcap: Path) -> None:
 
 def test_sensitive_headers_redacted(real_pcap: Path) -> None:
     calls = rawcap_calls(real_pcap)
-    seen = {}
+    seen: dict[str, set[str]] = {}
     for c in calls:
         for k, v in c["req_headers"] + c["resp_headers"]:
             seen.setdefault(k.lower(), set()).add(v)

@@ -50,6 +50,12 @@ def test_responses_every_split_with_eof_body() -> None:
     b"\x16\x03\x01\x02\x00",
     b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
     b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    # found by fuzzing: these used to escape as ValueError / UnicodeDecodeError
+    b"GET / HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n",
+    b"GET / HTTP/1.\xa0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nBare: c\rr\r\n\r\n",
+    b"GET / HTTP/1.1\r\n:no-name\r\n\r\n",
+    b"GET / HTTP/1.1\r\nName : v\r\n\r\n",
 ])
 def test_malformed_poisons(bad: bytes) -> None:
     r = HTTP1Reader(CLIENT)
@@ -59,6 +65,31 @@ def test_malformed_poisons(bad: bytes) -> None:
     r.feed(b"GET / HTTP/1.1\r\n\r\n")
     with pytest.raises(Malformed):
         r.next_event()
+
+
+@pytest.mark.parametrize("bad", [b"HTTP/1.\xa0 200 OK\r\n\r\n", b"HTTP/1.1 2\xb20 OK\r\n\r\n",
+                                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\xb2\r\n\r\n"])
+def test_malformed_status_line_poisons(bad: bytes) -> None:
+    r = HTTP1Reader(SERVER)
+    r.expect("GET")
+    r.feed(bad)
+    with pytest.raises(Malformed):
+        drain(r)
+
+
+def test_header_whitespace_and_framing_headers_any_case() -> None:
+    r = HTTP1Reader(CLIENT)
+    r.feed(b"POST /u HTTP/1.1\r\nX-A:  padded \t\r\ncOnTeNt-LeNgTh: 3\r\n"
+           b"X-Content-Length: 99\r\n\r\nabcGET /next HTTP/1.0\r\n\r\n")
+    req, end, nxt, _ = drain(r)
+    assert req.headers == (("X-A", "padded"), ("cOnTeNt-LeNgTh", "3"), ("X-Content-Length", "99"))
+    assert end.body == b"abc" and nxt.target == "/next"
+    r = HTTP1Reader(SERVER)
+    r.expect("GET")
+    r.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTRANSFER-ENCODING: chunked\r\n\r\n"
+           b"2\r\nok\r\n0\r\n\r\n")
+    evs = drain(r)
+    assert isinstance(evs[-1], EndOfMessage) and evs[-1].body == b"ok"
 
 
 def test_truncated_is_not_malformed() -> None:
