@@ -69,7 +69,7 @@ class Summary:
 
     def line(self) -> str:
         return (f"capture summary: node={self.node} seconds={self.seconds:.1f} "
-                f"packets={self.packets} bytes={self.raw_bytes} batches={self.batches} "
+                f"packets={self.packets} ring_bytes={self.raw_bytes} batches={self.batches} "
                 f"seq={self.first_seq}-{self.last_seq} shipped={self.shipped} "
                 f"unshipped={self.unshipped} kernel_drops={self.kernel_drops} "
                 f"filtered_out={self.filter_rejected} lost_batches={self.lost_batches} "
