@@ -15,6 +15,11 @@ refused. The manifest lists the sha256 and size of every object; ``verify`` reco
 and names each changed or missing object. Edge batches are kept whole and the window and
 filters are recorded in the manifest: exporting a snapshot applies them again, so it yields
 the same packets as exporting the window from Kafka did.
+
+With ``--namespace``/``--pod`` the snapshot also keeps ``<id>/k8s.msgpack``, the
+``rawcap.k8s`` messages the filter was resolved with (listed in the manifest under ``k8s``
+with its sha256): an export resolves workloads from that copy, so it still selects the same
+packets after compaction has dropped the old owners of reused IPs.
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import anyio
+import msgpack
 
 from rawcap.config import Config
 from rawcap.filters import PacketFilter
 from rawcap.timeparse import format_ns
 from rawcap.window import ValueLane, WindowReader
+from rawcap.workloads import Workloads
 from schemas._stream import frame_batch, split_frames, stream_header
 from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
 
@@ -45,17 +52,22 @@ if TYPE_CHECKING:
     from obstore._store._aws import S3Config
 
 __all__ = (
+    "K8S_COPY",
     "MANIFEST",
+    "RecordingWorkloads",
     "SnapshotExists",
     "SnapshotNotFound",
     "SnapshotStore",
     "create_snapshot",
     "snapshot_lanes",
+    "snapshot_workloads",
     "verify_snapshot",
 )
 
 MANIFEST = "manifest.json"
 FORMAT = "rawcap.snapshot/1"
+K8S_COPY = "k8s.msgpack"
+K8S_FORMAT = "rawcap.k8s-copy/1"
 OBJECT_BYTES = 64 * 1024 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -197,6 +209,55 @@ class _Writer:
         self.buf = None
 
 
+class RecordingWorkloads(Workloads):
+    """:class:`Workloads` that also keeps every ``rawcap.k8s`` message it applied, in order
+    (``RecordingWorkloads.load(cfg)``), so that a snapshot can store the state it used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw: list[tuple[bytes, bytes | None, int]] = []
+
+    def apply(self, key: bytes | str | None, value: bytes | None, timestamp_ms: int) -> None:
+        if key:
+            self.raw.append((key.encode() if isinstance(key, str) else bytes(key), value, timestamp_ms))
+        super().apply(key, value, timestamp_ms)
+
+
+def _k8s_copy(wl: RecordingWorkloads) -> bytes:
+    return msgpack.packb(
+        {"format": K8S_FORMAT, "records": [[k, v, ts] for k, v, ts in wl.raw]}, use_bin_type=True
+    )
+
+
+async def snapshot_workloads(store: SnapshotStore, sid: str, manifest: dict[str, Any]) -> Workloads | None:
+    """The workload state stored with the snapshot (``--namespace``/``--pod``), or None."""
+    ent = manifest.get("k8s")
+    if not ent:
+        return None
+    path = f"{sid}/{ent['path']}"
+    try:
+        data = await store.get(path)
+    except FileNotFoundError:
+        raise RawcapError(
+            f"snapshot {sid}: object {ent['path']} is missing (run 'rawcap snapshot verify {sid}')"
+        ) from None
+    if hashlib.sha256(data).hexdigest() != ent["sha256"]:
+        raise RawcapError(
+            f"snapshot {sid}: object {ent['path']} fails its sha256 check "
+            f"(run 'rawcap snapshot verify {sid}')"
+        )
+    try:
+        doc = msgpack.unpackb(data, raw=False)
+        if doc.get("format") != K8S_FORMAT:
+            raise ValueError(f"format {doc.get('format')!r}")
+        wl = Workloads()
+        for key, value, ts in doc["records"]:
+            wl.apply(key, value, ts)
+    except (ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException) as exc:
+        raise RawcapError(f"snapshot {sid}: {ent['path']} is not valid: {exc}") from None
+    return wl
+
+
 def new_id(name: str | None) -> str:
     if name:
         if not _NAME_RE.match(name):
@@ -215,7 +276,11 @@ async def create_snapshot(
     nodes: list[str] | None,
     flt: PacketFilter,
     source: str = "kafka",
+    workloads: Workloads | None = None,
 ) -> dict[str, Any]:
+    """Copy ``[lo, hi)`` into ``store``; ``flt`` must be bound (``flt.bind(workloads)``) when it
+    has ``--namespace``/``--pod``, and ``workloads`` is then stored with the snapshot when it
+    is a :class:`RecordingWorkloads`."""
     sid = new_id(name)
     if await store.exists(f"{sid}/{MANIFEST}"):
         raise SnapshotExists(f"snapshot {sid!r} already exists in {store.url} (snapshots are immutable)")
@@ -249,6 +314,22 @@ async def create_snapshot(
             counted = counter.stats
     else:
         counted = None
+    k8s: dict[str, Any] | None = None
+    if flt.needs_workloads and isinstance(workloads, RecordingWorkloads):
+        data = _k8s_copy(workloads)
+        try:
+            await store.put_create(f"{sid}/{K8S_COPY}", data)
+        except FileExistsError:
+            raise SnapshotExists(
+                f"snapshot {sid!r} has objects from an earlier, interrupted create; "
+                f"run 'rawcap snapshot delete {sid} --force' first"
+            ) from None
+        k8s = {
+            "path": K8S_COPY,
+            "size": len(data),
+            "records": len(workloads.raw),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
     manifest = {
         "format": FORMAT,
         "id": sid,
@@ -268,6 +349,7 @@ async def create_snapshot(
         "recycled": stats.recycled,
         "corrupt_batches": stats.corrupt,
         "objects": objects,
+        "k8s": k8s,
         "created_at": format_ns(time.time_ns()),
         "created_by": f"{getpass.getuser()}@{socket.gethostname()}",
     }
@@ -349,8 +431,9 @@ async def verify_snapshot(store: SnapshotStore, sid: str) -> list[str]:
     """Problems found (empty when intact): each names the object."""
     manifest = await load_manifest(store, sid)
     problems: list[str] = []
-    listed = {f"{sid}/{o['path']}" for o in manifest["objects"]}
-    for obj in manifest["objects"]:
+    checked = [*manifest["objects"], *([manifest["k8s"]] if manifest.get("k8s") else [])]
+    listed = {f"{sid}/{o['path']}" for o in checked}
+    for obj in checked:
         path = f"{sid}/{obj['path']}"
         try:
             data = await store.get(path)

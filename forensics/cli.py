@@ -4,6 +4,11 @@ Every command reads through :class:`rawcap.window.WindowReader`, so ``--source``
 local, archive, snapshot:ID), ``--node`` and the filters mean the same thing everywhere.
 Data goes to stdout, progress and notices to stderr; a progress bar appears only when
 stderr is a terminal.
+
+Workload context (``--namespace``/``--pod``, ``consume --workloads``, ``pcap export
+--comment-workload``) reads ``rawcap.k8s`` to its end once per command
+(:meth:`rawcap.workloads.Workloads.load`), or the copy a snapshot stored; nothing is read
+when none of these flags is given.
 """
 
 from __future__ import annotations
@@ -24,17 +29,20 @@ from rawcap.filters import PacketFilter, add_filter_arguments, filter_from_args
 from rawcap.packet import format_addr, format_flags, parse_l4
 from rawcap.timeparse import format_ns, parse_window
 from rawcap.window import WindowReader
+from rawcap.workloads import Workloads
 from schemas.errors import ConfigError, RawcapError
 
 from ._export import OutputFile, write_capture
 from ._import import import_capture
 from ._snapshot import (
+    RecordingWorkloads,
     SnapshotStore,
     create_snapshot,
     delete_snapshot,
     list_snapshots,
     load_manifest,
     snapshot_lanes,
+    snapshot_workloads,
     verify_snapshot,
 )
 
@@ -94,10 +102,26 @@ def _nodes(args: argparse.Namespace) -> list[str] | None:
     return out or None
 
 
+async def _workloads(cfg: Config, *, record: bool = False) -> Workloads:
+    """``rawcap.k8s`` read to its end (once per command)."""
+    wl = await (RecordingWorkloads if record else Workloads).load(cfg)
+    if wl.bad:
+        _notice(f"warning: {wl.bad} unreadable rawcap.k8s record(s) skipped")
+    if not wl.records:
+        _notice("warning: rawcap.k8s is empty (is 'rawcap k8s-watch' running?): no packet has a workload")
+    return wl
+
+
 async def _reader(
-    args: argparse.Namespace, cfg: Config, flt: PacketFilter, *, follow: bool = False
-) -> tuple[WindowReader, PacketFilter]:
-    """Window + source -> an (unopened) reader and the effective filter."""
+    args: argparse.Namespace,
+    cfg: Config,
+    flt: PacketFilter,
+    *,
+    follow: bool = False,
+    want_workloads: bool = False,
+) -> tuple[WindowReader, Any, Workloads | None]:
+    """Window + source -> an (unopened) reader, the effective (bound) filter and the workload
+    index (None unless ``want_workloads`` or a filter has ``--namespace``/``--pod``)."""
     source = getattr(args, "source", "kafka") or "kafka"
     if source.startswith("snapshot:"):
         sid = source.split(":", 1)[1]
@@ -116,7 +140,14 @@ async def _reader(
             ports=stored.get("ports", []),
             proto=stored.get("proto") or None,
             expression=stored.get("expression") or None,
+            namespaces=stored.get("namespaces", []),
+            pods=stored.get("pods", []),
         )
+        wl: Workloads | None = None
+        if want_workloads or flt.needs_workloads or snap_flt.needs_workloads:
+            # the state the snapshot was filtered with, if it kept one; else rawcap.k8s now
+            wl = await snapshot_workloads(store, sid, manifest) or await _workloads(cfg)
+            flt, snap_flt = flt.bind(wl), snap_flt.bind(wl)
         nodes = _nodes(args)
         for n in nodes or []:
             if n not in manifest["nodes"]:
@@ -126,11 +157,17 @@ async def _reader(
         if nodes:
             lanes = [ln for ln in lanes if ln.name.rsplit(":", 1)[1] in nodes]
         combined = flt if snap_flt.empty else _both(snap_flt, flt)
-        return WindowReader(cfg, lo, hi, nodes=nodes, lanes=lanes, source="snapshot", dlq=False), combined
+        reader = WindowReader(cfg, lo, hi, nodes=nodes, lanes=lanes, source="snapshot", dlq=False)
+        return reader, combined, wl
     if source not in ("kafka", "local", "archive"):
         raise ConfigError(f"--source {source!r} is invalid: expected kafka, local, archive or snapshot:ID")
     lo, hi = parse_window(args.from_, args.to)
-    return WindowReader(cfg, lo, hi, nodes=_nodes(args), source=source, follow=follow), flt
+    reader = WindowReader(cfg, lo, hi, nodes=_nodes(args), source=source, follow=follow)
+    wl = None
+    if want_workloads or flt.needs_workloads:
+        wl = await _workloads(cfg)
+        flt = flt.bind(wl)
+    return reader, flt, wl
 
 
 class _Both:
@@ -138,8 +175,8 @@ class _Both:
         self.a, self.b = a, b
         self.empty = a.empty and b.empty
 
-    def match(self, data: bytes | memoryview, origlen: int | None = None) -> bool:
-        return self.a.match(data, origlen) and self.b.match(data, origlen)
+    def match(self, data: bytes | memoryview, origlen: int | None = None, ts_ns: int = 0) -> bool:
+        return self.a.match(data, origlen, ts_ns) and self.b.match(data, origlen, ts_ns)
 
 
 def _both(a: PacketFilter, b: PacketFilter) -> Any:
@@ -164,7 +201,10 @@ async def _cmd_export(args: argparse.Namespace, cfg: Config) -> int:
     if not args.output:
         raise ConfigError("pcap export needs -o FILE (or -o - for stdout)")
     flt = filter_from_args(args)
-    reader, flt = await _reader(args, cfg, flt)
+    comment_workload = getattr(args, "comment_workload", False)
+    if comment_workload and args.format != "pcapng":
+        raise ConfigError("--comment-workload needs --format pcapng (classic pcap has no comments)")
+    reader, flt, wl = await _reader(args, cfg, flt, want_workloads=comment_workload)
     _sigterm_interrupts()
     out = OutputFile(args.output)
     try:
@@ -175,6 +215,7 @@ async def _cmd_export(args: argparse.Namespace, cfg: Config) -> int:
                     out.fh,
                     fmt=args.format,
                     comment_node=args.comment_node,
+                    workloads=wl if comment_workload else None,
                     match=None if flt.empty else flt.match,
                     progress=progress,
                 )
@@ -207,7 +248,7 @@ async def _cmd_import(args: argparse.Namespace, cfg: Config) -> int:
 
 
 # -- consume -------------------------------------------------------------------------------
-def _line(p: Any) -> str:
+def _line(p: Any, wl: Workloads | None = None) -> str:
     l4 = parse_l4(p.data)
     t = format_ns(p.ts_ns)
     if l4 is None:
@@ -217,11 +258,17 @@ def _line(p: Any) -> str:
     if l4.family == 6:
         s, d = f"[{s}]", f"[{d}]"
     if l4.proto == 6:
-        return f"{t} {p.node} {s}:{l4.sport} > {d}:{l4.dport} tcp len={p.origlen} [{format_flags(l4.flags)}]"
-    return f"{t} {p.node} {s}:{l4.sport} > {d}:{l4.dport} udp len={p.origlen}"
+        line = f"{t} {p.node} {s}:{l4.sport} > {d}:{l4.dport} tcp len={p.origlen} [{format_flags(l4.flags)}]"
+    else:
+        line = f"{t} {p.node} {s}:{l4.sport} > {d}:{l4.dport} udp len={p.origlen}"
+    if wl is not None:
+        comment = wl.comment(p.data, p.ts_ns)
+        if comment is not None:
+            line += " " + comment.decode()
+    return line
 
 
-def _json(p: Any) -> str:
+def _json(p: Any, wl: Workloads | None = None) -> str:
     l4 = parse_l4(p.data)
     doc: dict[str, Any] = {
         "ts_ns": p.ts_ns,
@@ -243,6 +290,10 @@ def _json(p: Any) -> str:
             doc["flags"] = format_flags(l4.flags)
         if l4.fragment:
             doc["fragment"] = True
+        if wl is not None:  # as rawcap flows --json: the workload at the packet's time, or null
+            src, dst = wl.ends(p.data, p.ts_ns)
+            doc["src_workload"] = None if src is None else src.as_dict()
+            doc["dst_workload"] = None if dst is None else dst.as_dict()
     return json.dumps(doc, separators=(",", ":"))
 
 
@@ -250,12 +301,15 @@ async def _cmd_consume(args: argparse.Namespace, cfg: Config) -> int:
     flt = filter_from_args(args)
     if args.follow and not args.from_:
         args.from_ = "now"
-    reader, flt = await _reader(args, cfg, flt, follow=args.follow)
+    # Workload names are shown with --workloads, and with --namespace/--pod (loaded anyway).
+    show = bool(args.workloads or args.namespace or args.pod)
+    reader, flt, wl = await _reader(args, cfg, flt, follow=args.follow, want_workloads=show)
     fmt = _json if args.json else _line
+    shown = wl if show else None
     out = sys.stdout
     async with reader:
         async for chunk in reader.packets(match=None if flt.empty else flt.match, chunk=512):
-            out.write("\n".join(fmt(p) for p in chunk) + "\n")
+            out.write("\n".join(fmt(p, shown) for p in chunk) + "\n")
             if args.follow:
                 out.flush()
         await reader.check_nodes()
@@ -270,6 +324,11 @@ async def _cmd_snap_create(args: argparse.Namespace, cfg: Config) -> int:
         raise ConfigError("snapshot create needs --from and --to")
     lo, hi = parse_window(args.from_, args.to)
     store = SnapshotStore(cfg.get("snapshots.url"))
+    flt = filter_from_args(args)
+    wl: Workloads | None = None
+    if flt.needs_workloads:  # kept with the snapshot, so that its exports resolve the same way
+        wl = await _workloads(cfg, record=True)
+        flt = flt.bind(wl)
     _sigterm_interrupts()
     manifest = await create_snapshot(
         cfg,
@@ -278,8 +337,9 @@ async def _cmd_snap_create(args: argparse.Namespace, cfg: Config) -> int:
         hi=hi,
         name=args.name,
         nodes=_nodes(args),
-        flt=filter_from_args(args),
+        flt=flt,
         source=args.source,
+        workloads=wl,
     )
     for note in manifest["recycled"]:
         _notice(f"warning: {note}")
@@ -365,6 +425,11 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="output file, or - for stdout")
     p.add_argument("--format", choices=("pcapng", "pcap"), default="pcapng", help="default pcapng")
     p.add_argument("--comment-node", action="store_true", help="per-packet comment naming the node")
+    p.add_argument(
+        "--comment-workload",
+        action="store_true",
+        help="per-packet comment naming the node and both ends' workloads at the packet's time (rawcap.k8s)",
+    )
 
 
 def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
@@ -380,6 +445,11 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     _window_args(c)
     c.add_argument("--json", action="store_true", help="one JSON object per line")
     c.add_argument("--follow", action="store_true", help="keep tailing new packets (Kafka)")
+    c.add_argument(
+        "--workloads",
+        action="store_true",
+        help="show both ends' workloads (rawcap.k8s; implied by --namespace/--pod)",
+    )
     add_filter_arguments(c)
     c.set_defaults(func=_cmd_consume)
 

@@ -9,22 +9,31 @@ for an Ethernet capture works here, with the same meaning (including its quirk t
 which does see through VLAN tags and IPv6 extension headers; several values of one flag are
 alternatives (OR), different flags must all hold (AND), and the expression is ANDed too.
 
-``--namespace``/``--pod`` need the Kubernetes layer (``rawcap enrich``); until it exists they
-are refused with a clear message rather than silently ignored.
+``--namespace NS`` / ``--pod REGEX`` select by Kubernetes workload: the filter records them
+(regexes are checked at build time) and the command binds it to a
+:class:`rawcap.workloads.Workloads` read from ``rawcap.k8s`` (:meth:`PacketFilter.bind`);
+each packet is then resolved **at its own timestamp** (pod IPs are reused), either end
+matching (rules in :mod:`rawcap.workloads`). The workload test runs last, after the cheap
+checks; a filter without ``--namespace``/``--pod`` never touches it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.errors import ConfigError
 
 from .packet import IPPROTO_TCP, IPPROTO_UDP, parse_l4
+
+if TYPE_CHECKING:
+    from .workloads import WorkloadFilter, Workloads
 
 __all__ = ("BpfProgram", "PacketFilter", "add_filter_arguments", "filter_from_args")
 
@@ -117,6 +126,9 @@ class PacketFilter:
     ports: frozenset[int] = frozenset()
     proto: int = 0  # 0 any, 6 tcp, 17 udp
     bpf: BpfProgram | None = None
+    namespaces: tuple[str, ...] = ()
+    pods: tuple[str, ...] = ()  # regexes (validated by build)
+    workloads: WorkloadFilter | None = None  # set by bind()
 
     @classmethod
     def build(
@@ -129,10 +141,11 @@ class PacketFilter:
         namespaces: Sequence[str] = (),
         pods: Sequence[str] = (),
     ) -> PacketFilter:
-        if namespaces or pods:
-            raise ConfigError(
-                "--namespace/--pod need the Kubernetes layer (rawcap enrich), not available yet"
-            )
+        for text in pods:
+            try:
+                re.compile(text)
+            except re.error as exc:
+                raise ConfigError(f"--pod {text!r} is not a valid regular expression: {exc}") from None
         if proto not in (None, "", "tcp", "udp"):
             raise ConfigError(f"--proto {proto!r} is invalid: expected tcp or udp")
         return cls(
@@ -140,11 +153,29 @@ class PacketFilter:
             ports=frozenset(_parse_port(p) for p in ports),
             proto={"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}.get(proto or "", 0),
             bpf=BpfProgram(expression) if expression and expression.strip() else None,
+            namespaces=tuple(sorted({n for n in namespaces if n})),
+            pods=tuple(dict.fromkeys(p for p in pods if p)),
         )
 
     @property
     def empty(self) -> bool:
-        return not (self.hosts or self.ports or self.proto or self.bpf)
+        return not (self.hosts or self.ports or self.proto or self.bpf or self.namespaces or self.pods)
+
+    @property
+    def needs_workloads(self) -> bool:
+        """True when ``--namespace``/``--pod`` were given (bind it before matching)."""
+        return bool(self.namespaces or self.pods)
+
+    def bind(self, workloads: Workloads) -> PacketFilter:
+        """This filter with its ``--namespace``/``--pod`` part resolved through ``workloads``
+        (``rawcap.k8s`` as read by :meth:`rawcap.workloads.Workloads.load`)."""
+        if not self.needs_workloads:
+            return self
+        from .workloads import WorkloadFilter
+
+        return dataclasses.replace(
+            self, workloads=WorkloadFilter(workloads, namespaces=self.namespaces, pods=self.pods)
+        )
 
     def describe(self) -> dict[str, Any]:
         """What the filter is, for manifests and logs."""
@@ -153,9 +184,12 @@ class PacketFilter:
             "ports": sorted(self.ports),
             "proto": {6: "tcp", 17: "udp"}.get(self.proto, ""),
             "expression": self.bpf.expression if self.bpf else "",
+            "namespaces": list(self.namespaces),
+            "pods": list(self.pods),
         }
 
-    def match(self, data: bytes | memoryview, origlen: int | None = None) -> bool:
+    def match(self, data: bytes | memoryview, origlen: int | None = None, ts_ns: int = 0) -> bool:
+        """One frame; ``ts_ns`` (the packet's time) is what ``--namespace``/``--pod`` resolve at."""
         if self.hosts or self.ports or self.proto:
             l4 = parse_l4(data)
             if l4 is None:
@@ -166,8 +200,12 @@ class PacketFilter:
                 return False
             if self.ports and l4.sport not in self.ports and l4.dport not in self.ports:
                 return False
-        if self.bpf is not None:
-            return self.bpf(data if isinstance(data, bytes) else bytes(data), origlen)
+        if self.bpf is not None and not self.bpf(data if isinstance(data, bytes) else bytes(data), origlen):
+            return False
+        if self.workloads is not None:
+            return self.workloads.match(data, origlen, ts_ns)
+        if self.namespaces or self.pods:
+            raise RuntimeError("PacketFilter with --namespace/--pod used before bind(workloads)")
         return True
 
 
@@ -177,8 +215,20 @@ def add_filter_arguments(parser: Any) -> None:
     g.add_argument("--host", action="append", default=[], metavar="IP", help="either address equals IP")
     g.add_argument("--port", action="append", default=[], metavar="PORT", help="either port equals PORT")
     g.add_argument("--proto", choices=("tcp", "udp"), help="transport protocol")
-    g.add_argument("--namespace", action="append", default=[], help="(needs the Kubernetes layer)")
-    g.add_argument("--pod", action="append", default=[], metavar="REGEX", help="(needs the Kubernetes layer)")
+    g.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="either end's pod or service is in namespace NS at the packet's time (rawcap.k8s)",
+    )
+    g.add_argument(
+        "--pod",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="either end's pod name matches REGEX (re.search) at the packet's time (rawcap.k8s)",
+    )
     g.add_argument(
         "expression",
         nargs="*",

@@ -45,6 +45,7 @@ from .timeparse import format_ns
 
 __all__ = (
     "Lane",
+    "MatchFn",
     "NodeStats",
     "RawBatch",
     "ValueLane",
@@ -64,6 +65,10 @@ MARGIN_NS = 15_000_000_000
 #: Batches a lane fetches per step (bounded read-ahead).
 FETCH_BATCHES = 32
 
+
+#: A packet filter: ``match(data, origlen, ts_ns)`` (``PacketFilter.match``); ``ts_ns`` is the
+#: packet's own time, which workload filters (``--namespace``/``--pod``) resolve at.
+MatchFn = Callable[[bytes | memoryview, int, int], bool]
 
 #: An admitted batch: header, the value as read, where its body starts, where it was read.
 _Admitted = tuple[BatchHeader, bytes | memoryview, int, dict[str, Any]]
@@ -521,8 +526,14 @@ class WindowReader:
                 if start >= end[tp]:
                     continue
                 c.seek(tp, start)
-                got = await c.getmany(tp, timeout_ms=2000, max_records=100)
-                keys.update(r.key.decode(errors="replace") for r in got.get(tp, []) if r.key)
+                # Records exist (start < end), but one fetch may come back empty on a busy
+                # broker: an empty answer must not turn a real node into an "unknown" one.
+                deadline = time.monotonic() + 15
+                records: list[Any] = []
+                while not records and time.monotonic() < deadline:
+                    got = await c.getmany(tp, timeout_ms=1000, max_records=100)
+                    records = got.get(tp, [])
+                keys.update(r.key.decode(errors="replace") for r in records if r.key)
         return keys
 
     # -- batch admission -------------------------------------------------------------------
@@ -644,7 +655,7 @@ class WindowReader:
 
     # -- merged packets --------------------------------------------------------------------
     async def packets(
-        self, match: Callable[[bytes | memoryview, int], bool] | None = None, chunk: int = 4096
+        self, match: MatchFn | None = None, chunk: int = 4096
     ) -> AsyncIterator[list[WPacket]]:
         """Packets of every selected node in time order, trimmed to the window, in lists."""
         if self.follow:
@@ -682,7 +693,7 @@ class WindowReader:
         await self._corrupt(batch.value, dict(batch.meta), exc)
 
     async def items(
-        self, match: Callable[[bytes | memoryview, int], bool] | None = None, chunk: int = 4096
+        self, match: MatchFn | None = None, chunk: int = 4096
     ) -> AsyncIterator[list[WPacket] | RawBatch]:
         """Like :meth:`packets`, but a batch that lies wholly inside the window and before
         every other node's next packet comes as one :class:`RawBatch` (no per-packet objects;
@@ -693,6 +704,9 @@ class WindowReader:
         cursors: dict[str, _Cursor] = {}
         heap: list[tuple[int, str]] = []
         lo, hi = self.lo, self.hi
+        # One node in one lane: its packets come out in batch order whatever the watermarks
+        # say, so every whole in-window batch can go out as a RawBatch (the compiled path).
+        solo = len(lanes) == 1 and self.nodes is not None and len(self.nodes) == 1
 
         async def pull(i: int) -> None:
             got = await self._fetch(lanes[i])
@@ -739,7 +753,7 @@ class WindowReader:
                     if cur.next_batch():
                         heapq.heappush(heap, (cur.head(), node))
                     continue
-                if match is None and h.first_ns >= lo and h.last_ns < hi and h.last_ns <= limit:
+                if match is None and h.first_ns >= lo and h.last_ns < hi and (h.last_ns <= limit or solo):
                     if out:
                         yield out
                         out = []
@@ -766,7 +780,7 @@ class WindowReader:
                 pos += 1
                 if t < lo or t >= hi:
                     continue
-                if match is not None and not match(p.data, p.origlen):
+                if match is not None and not match(p.data, p.origlen, t):
                     continue
                 out.append(
                     WPacket(
@@ -801,7 +815,7 @@ class WindowReader:
         return False
 
     async def _follow(
-        self, match: Callable[[bytes | memoryview, int], bool] | None
+        self, match: MatchFn | None
     ) -> AsyncIterator[list[WPacket]]:
         """Live tail: batches are emitted as they arrive (per-batch order, no cross-node merge)."""
         while True:
@@ -818,7 +832,7 @@ class WindowReader:
                     st = self.stats.node(header.node)
                     ifaces = header.ifaces
                     for p in cur.packets:
-                        if p.ts_ns < self.lo or (match is not None and not match(p.data, p.origlen)):
+                        if p.ts_ns < self.lo or (match is not None and not match(p.data, p.origlen, p.ts_ns)):
                             continue
                         out.append(
                             WPacket(

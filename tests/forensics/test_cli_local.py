@@ -137,7 +137,8 @@ def test_empty_window_is_a_valid_empty_file(buf: dict[str, str], tmp_path: Path)
         (["--source", "snapshot:nope", "-o", "{tmp}/x.pcapng"], "unknown snapshot id 'nope'"),
         (["--source", "floppy", "-o", "{tmp}/x.pcapng"], "--source 'floppy' is invalid"),
         (["--from", "yesterday-ish", "-o", "{tmp}/x.pcapng"], "is not a time"),
-        (["--pod", "web-.*", "-o", "{tmp}/x.pcapng"], "need the Kubernetes layer"),
+        (["--pod", "web-(", "-o", "{tmp}/x.pcapng"], "--pod 'web-(' is not a valid regular expression"),
+        (["--comment-workload", "--format", "pcap", "-o", "{tmp}/x.pcapng"], "--comment-workload needs"),
     ],
 )
 def test_bad_input_is_one_line(buf: dict[str, str], tmp_path: Path, args: list[str], message: str) -> None:

@@ -73,7 +73,7 @@ def test_flags() -> None:
         ({"ports": ["http"]}, "--port 'http' is not a port number"),
         ({"ports": ["70000"]}, "out of range"),
         ({"proto": "icmp"}, "--proto 'icmp' is invalid"),
-        ({"namespaces": ["default"]}, "need the Kubernetes layer"),
+        ({"pods": ["web-("]}, "--pod 'web-(' is not a valid regular expression"),
     ],
 )
 def test_bad_filters_are_one_line_errors(kwargs: dict, message: str) -> None:
