@@ -27,144 +27,44 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-import os
 import re
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from typing import Any
 
-import anyio
 import msgpack
 
 from rawcap.config import Config
 from rawcap.filters import PacketFilter
+from rawcap.snapshots import (
+    FORMAT,
+    K8S_COPY,
+    K8S_FORMAT,
+    MANIFEST,
+    SnapshotExists,
+    SnapshotNotFound,
+    SnapshotStore,
+    load_manifest,
+    object_lanes,
+)
 from rawcap.timeparse import format_ns
-from rawcap.window import ValueLane, WindowReader
+from rawcap.window import WindowReader
 from rawcap.workloads import Workloads
-from schemas._stream import frame_batch, split_frames, stream_header
-from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
-
-if TYPE_CHECKING:
-    from obstore._store._aws import S3Config
+from schemas._stream import frame_batch, stream_header
+from schemas.errors import ConfigError
 
 __all__ = (
-    "K8S_COPY",
-    "MANIFEST",
     "RecordingWorkloads",
-    "SnapshotExists",
-    "SnapshotNotFound",
-    "SnapshotStore",
     "create_snapshot",
-    "snapshot_lanes",
-    "snapshot_workloads",
+    "delete_snapshot",
+    "new_id",
     "verify_snapshot",
 )
 
-MANIFEST = "manifest.json"
-FORMAT = "rawcap.snapshot/1"
-K8S_COPY = "k8s.msgpack"
-K8S_FORMAT = "rawcap.k8s-copy/1"
 OBJECT_BYTES = 64 * 1024 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-class SnapshotExists(RawcapError):
-    """A snapshot with this id/name exists already (snapshots are immutable)."""
-
-
-class SnapshotNotFound(RawcapError):
-    """No snapshot with this id."""
-
-
-class SnapshotStore:
-    """Create-only object store (obstore) for snapshots; blocking calls run in threads."""
-
-    def __init__(self, url: str) -> None:
-        import obstore
-        from obstore.store import LocalStore, S3Store
-
-        self._ob = obstore
-        self.url = url or "./.rawcap/snapshots"
-        parsed = urlparse(self.url)
-        if parsed.scheme in ("", "file"):
-            root = parsed.path if parsed.scheme == "file" else self.url
-            try:
-                os.makedirs(root, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(
-                    f"snapshots.url {self.url}: cannot create directory: {exc.strerror}"
-                ) from None
-            self.store: Any = LocalStore(os.path.abspath(root))
-        elif parsed.scheme == "s3":
-            endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT") or ""
-            config: S3Config = {}
-            if endpoint:
-                config["endpoint"] = endpoint
-                config.setdefault("region", os.environ.get("AWS_REGION", "us-east-1"))
-            self.store = S3Store(
-                parsed.netloc,
-                prefix=parsed.path.strip("/") or None,
-                config=config,
-                client_options={"allow_http": endpoint.startswith("http://")} if endpoint else None,
-            )
-        else:
-            raise ConfigError(
-                f"snapshots.url {self.url!r} is invalid: expected a directory, file:// or s3://"
-            )
-
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        def run() -> Any:
-            return fn(*args, **kwargs)
-
-        try:
-            return await anyio.to_thread.run_sync(run)
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            exc_mod = type(exc).__module__
-            if exc_mod.startswith("obstore") and type(exc).__name__ == "NotFoundError":
-                raise FileNotFoundError(str(args[0]) if args else "") from None
-            if exc_mod.startswith("obstore") and type(exc).__name__ in (
-                "AlreadyExistsError",
-                "PreconditionError",
-            ):
-                raise FileExistsError(str(args[0]) if args else "") from None
-            if exc_mod.startswith("obstore"):
-                raise TransportError(f"snapshot store {self.url}: {str(exc).splitlines()[0]}") from None
-            raise
-
-    async def put_create(self, path: str, data: bytes) -> None:
-        await self._call(self._ob.put, self.store, path, data, mode="create")
-
-    async def get(self, path: str) -> bytes:
-        def read() -> bytes:
-            return bytes(self._ob.get(self.store, path).bytes())
-
-        return await self._call(read)
-
-    async def exists(self, path: str) -> bool:
-        try:
-            await self._call(self._ob.head, self.store, path)
-            return True
-        except FileNotFoundError:
-            return False
-
-    async def list_objects(self, prefix: str | None = None) -> list[dict[str, Any]]:
-        def run() -> list[dict[str, Any]]:
-            out: list[dict[str, Any]] = []
-            for chunk in self._ob.list(self.store, prefix):
-                out.extend(chunk)
-            return out
-
-        return await self._call(run)
-
-    async def delete(self, paths: list[str]) -> None:
-        if paths:
-            await self._call(self._ob.delete, self.store, paths)
 
 
 @dataclass
@@ -229,35 +129,6 @@ def _k8s_copy(wl: RecordingWorkloads) -> bytes:
     )
 
 
-async def snapshot_workloads(store: SnapshotStore, sid: str, manifest: dict[str, Any]) -> Workloads | None:
-    """The workload state stored with the snapshot (``--namespace``/``--pod``), or None."""
-    ent = manifest.get("k8s")
-    if not ent:
-        return None
-    path = f"{sid}/{ent['path']}"
-    try:
-        data = await store.get(path)
-    except FileNotFoundError:
-        raise RawcapError(
-            f"snapshot {sid}: object {ent['path']} is missing (run 'rawcap snapshot verify {sid}')"
-        ) from None
-    if hashlib.sha256(data).hexdigest() != ent["sha256"]:
-        raise RawcapError(
-            f"snapshot {sid}: object {ent['path']} fails its sha256 check "
-            f"(run 'rawcap snapshot verify {sid}')"
-        )
-    try:
-        doc = msgpack.unpackb(data, raw=False)
-        if doc.get("format") != K8S_FORMAT:
-            raise ValueError(f"format {doc.get('format')!r}")
-        wl = Workloads()
-        for key, value, ts in doc["records"]:
-            wl.apply(key, value, ts)
-    except (ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException) as exc:
-        raise RawcapError(f"snapshot {sid}: {ent['path']} is not valid: {exc}") from None
-    return wl
-
-
 def new_id(name: str | None) -> str:
     if name:
         if not _NAME_RE.match(name):
@@ -306,7 +177,7 @@ async def create_snapshot(
     # Count what an export of this snapshot will yield (window + filters applied).
     if objects:
         async with WindowReader(
-            cfg, lo, hi, lanes=_memory_lanes(store, sid, objects), source="snapshot", dlq=False
+            cfg, lo, hi, lanes=object_lanes(store, sid, objects), source="snapshot", dlq=False
         ) as counter:
             async for chunk in counter.packets(match=None if flt.empty else flt.match):
                 for p in chunk:
@@ -359,72 +230,6 @@ async def create_snapshot(
     except FileExistsError:
         raise SnapshotExists(f"snapshot {sid!r} was created concurrently by someone else") from None
     return manifest
-
-
-def _memory_lanes(store: SnapshotStore, sid: str, objects: list[dict[str, Any]]) -> list[ValueLane]:
-    by_node: dict[str, list[dict[str, Any]]] = {}
-    for obj in objects:
-        by_node.setdefault(obj["node"], []).append(obj)
-    return [
-        ValueLane(f"snapshot:{sid}:{n}", _values(store, sid, objs, check=True)) for n, objs in by_node.items()
-    ]
-
-
-async def _values(
-    store: SnapshotStore, sid: str, objects: list[dict[str, Any]], *, check: bool
-) -> AsyncIterator[bytes | memoryview]:
-    for obj in objects:
-        path = f"{sid}/{obj['path']}"
-        try:
-            data = await store.get(path)
-        except FileNotFoundError:
-            raise RawcapError(
-                f"snapshot {sid}: object {obj['path']} is missing (run 'rawcap snapshot verify {sid}')"
-            ) from None
-        if check and hashlib.sha256(data).hexdigest() != obj["sha256"]:
-            raise RawcapError(
-                f"snapshot {sid}: object {obj['path']} fails its sha256 check "
-                f"(run 'rawcap snapshot verify {sid}')"
-            )
-        try:
-            frames, _ = split_frames(data, name=path)
-        except BatchError as exc:
-            raise RawcapError(f"snapshot {sid}: {exc}") from None
-        for f in frames:
-            yield f.value
-
-
-async def load_manifest(store: SnapshotStore, sid: str) -> dict[str, Any]:
-    try:
-        data = await store.get(f"{sid}/{MANIFEST}")
-    except FileNotFoundError:
-        raise SnapshotNotFound(
-            f"unknown snapshot id {sid!r} in {store.url} (see 'rawcap snapshot list')"
-        ) from None
-    try:
-        doc = json.loads(data)
-        if doc.get("format") != FORMAT:
-            raise ValueError(f"format {doc.get('format')!r}")
-    except (ValueError, AttributeError) as exc:
-        raise RawcapError(f"snapshot {sid}: manifest is not valid: {exc}") from None
-    return doc
-
-
-async def snapshot_lanes(store: SnapshotStore, sid: str) -> tuple[dict[str, Any], list[ValueLane]]:
-    manifest = await load_manifest(store, sid)
-    return manifest, _memory_lanes(store, sid, manifest["objects"])
-
-
-async def list_snapshots(store: SnapshotStore) -> list[dict[str, Any]]:
-    out = []
-    for meta in await store.list_objects():
-        path = meta["path"]
-        if path.endswith("/" + MANIFEST) and path.count("/") == 1:
-            try:
-                out.append(await load_manifest(store, path.split("/")[0]))
-            except RawcapError as exc:
-                out.append({"id": path.split("/")[0], "error": str(exc)})
-    return sorted(out, key=lambda m: m.get("created_at", ""))
 
 
 async def verify_snapshot(store: SnapshotStore, sid: str) -> list[str]:

@@ -27,6 +27,7 @@ from typing import Any
 from rawcap.config import Config
 from rawcap.filters import PacketFilter, add_filter_arguments, filter_from_args
 from rawcap.packet import format_addr, format_flags, parse_l4
+from rawcap.snapshots import SnapshotStore, list_snapshots, load_manifest, open_snapshot
 from rawcap.timeparse import format_ns, parse_window
 from rawcap.window import WindowReader
 from rawcap.workloads import Workloads
@@ -34,17 +35,7 @@ from schemas.errors import ConfigError, RawcapError
 
 from ._export import OutputFile, write_capture
 from ._import import import_capture
-from ._snapshot import (
-    RecordingWorkloads,
-    SnapshotStore,
-    create_snapshot,
-    delete_snapshot,
-    list_snapshots,
-    load_manifest,
-    snapshot_lanes,
-    snapshot_workloads,
-    verify_snapshot,
-)
+from ._snapshot import RecordingWorkloads, create_snapshot, delete_snapshot, verify_snapshot
 
 __all__ = ("add_commands",)
 
@@ -124,41 +115,13 @@ async def _reader(
     index (None unless ``want_workloads`` or a filter has ``--namespace``/``--pod``)."""
     source = getattr(args, "source", "kafka") or "kafka"
     if source.startswith("snapshot:"):
-        sid = source.split(":", 1)[1]
-        store = SnapshotStore(cfg.get("snapshots.url"))
-        manifest, lanes = await snapshot_lanes(store, sid)
-        w = manifest["window"]
-        lo, hi = w["from_ns"], w["to_ns"]
-        if args.from_ or args.to:
-            ulo, uhi = parse_window(args.from_, args.to)
-            lo, hi = max(lo, ulo), min(hi, uhi)
-            if lo > hi:
-                lo = hi
-        stored = manifest.get("filters") or {}
-        snap_flt = PacketFilter.build(
-            hosts=stored.get("hosts", []),
-            ports=stored.get("ports", []),
-            proto=stored.get("proto") or None,
-            expression=stored.get("expression") or None,
-            namespaces=stored.get("namespaces", []),
-            pods=stored.get("pods", []),
+        snap = await open_snapshot(
+            cfg, source.split(":", 1)[1],
+            window=parse_window(args.from_, args.to) if (args.from_ or args.to) else None,
+            nodes=_nodes(args), flt=flt, want_workloads=want_workloads,
+            load_workloads=lambda: _workloads(cfg),
         )
-        wl: Workloads | None = None
-        if want_workloads or flt.needs_workloads or snap_flt.needs_workloads:
-            # the state the snapshot was filtered with, if it kept one; else rawcap.k8s now
-            wl = await snapshot_workloads(store, sid, manifest) or await _workloads(cfg)
-            flt, snap_flt = flt.bind(wl), snap_flt.bind(wl)
-        nodes = _nodes(args)
-        for n in nodes or []:
-            if n not in manifest["nodes"]:
-                raise ConfigError(
-                    f"unknown node {n!r} in snapshot {sid} (nodes: {', '.join(manifest['nodes'])})"
-                )
-        if nodes:
-            lanes = [ln for ln in lanes if ln.name.rsplit(":", 1)[1] in nodes]
-        combined = flt if snap_flt.empty else _both(snap_flt, flt)
-        reader = WindowReader(cfg, lo, hi, nodes=nodes, lanes=lanes, source="snapshot", dlq=False)
-        return reader, combined, wl
+        return snap.reader, snap.filter, snap.workloads
     if source not in ("kafka", "local", "archive"):
         raise ConfigError(f"--source {source!r} is invalid: expected kafka, local, archive or snapshot:ID")
     lo, hi = parse_window(args.from_, args.to)
@@ -168,19 +131,6 @@ async def _reader(
         wl = await _workloads(cfg)
         flt = flt.bind(wl)
     return reader, flt, wl
-
-
-class _Both:
-    def __init__(self, a: PacketFilter, b: PacketFilter) -> None:
-        self.a, self.b = a, b
-        self.empty = a.empty and b.empty
-
-    def match(self, data: bytes | memoryview, origlen: int | None = None, ts_ns: int = 0) -> bool:
-        return self.a.match(data, origlen, ts_ns) and self.b.match(data, origlen, ts_ns)
-
-
-def _both(a: PacketFilter, b: PacketFilter) -> Any:
-    return a if b.empty else _Both(a, b)
 
 
 def _report(reader: WindowReader, what: str) -> None:

@@ -35,7 +35,7 @@ from .packet import IPPROTO_TCP, IPPROTO_UDP, parse_l4
 if TYPE_CHECKING:
     from .workloads import WorkloadFilter, Workloads
 
-__all__ = ("BpfProgram", "PacketFilter", "add_filter_arguments", "filter_from_args")
+__all__ = ("BpfProgram", "PacketFilter", "add_filter_arguments", "both", "filter_from_args")
 
 _LINKTYPE_ETHERNET = 1
 
@@ -246,3 +246,21 @@ def filter_from_args(args: Any) -> PacketFilter:
         namespaces=args.namespace,
         pods=args.pod,
     )
+
+
+class _Both:
+    """Two filters that must both match (a snapshot's stored filter AND the command's)."""
+
+    def __init__(self, a: Any, b: Any) -> None:
+        self.a, self.b = a, b
+        self.empty = a.empty and b.empty
+
+    def match(self, data: bytes | memoryview, origlen: int | None = None, ts_ns: int = 0) -> bool:
+        return bool(self.a.match(data, origlen, ts_ns) and self.b.match(data, origlen, ts_ns))
+
+
+def both(a: Any, b: Any) -> Any:
+    """``a`` AND ``b``; an empty side costs nothing."""
+    if a.empty:
+        return b
+    return a if b.empty else _Both(a, b)
