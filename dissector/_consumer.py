@@ -11,6 +11,10 @@ a restart is picked up mid-stream (the parsers resynchronise).
 ``--follow`` honours the switch on ``rawcap.control`` (``rawcap dissection start|stop``),
 ``tap.capture.stopped`` (the initial state when no switch record exists) and
 ``tap.capture.stopAfter`` (stop after that long without packets; 0 = never).
+
+Workload names: a range loads ``rawcap.k8s`` once before reading packets; ``--follow``
+keeps following it in its task group (cancelled with the rest). ``--no-k8s`` skips both; an
+unreachable topic leaves calls unnamed (``dissector._workloads``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import logging
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -35,6 +39,10 @@ from schemas.errors import BatchError, ConfigError, TransportError
 from ._engine import Dissector
 from ._run import CallOutput, db_path, dissector_from_config
 from ._store import CallStore
+from ._workloads import READY_WAIT_S, follow_workloads, load_workloads
+
+if TYPE_CHECKING:
+    from rawcap.workloads import Workloads
 
 __all__ = ("GROUP_ID", "dissection_switch", "read_switch", "run_dissect")
 
@@ -97,10 +105,12 @@ async def _publish(producer: Any, calls: list[Call]) -> None:
         await f
 
 
-def _output(args: argparse.Namespace, cfg: Config) -> CallOutput:
+def _output(args: argparse.Namespace, cfg: Config,
+            workloads: Workloads | None = None) -> CallOutput:
     store = None if args.no_store else CallStore(db_path(cfg, args.db),
                                                  cfg.get("tap.capture.dbMaxSize"))
-    return CallOutput(store=store, out=None if args.quiet else sys.stdout, as_json=args.json)
+    return CallOutput(store=store, out=None if args.quiet else sys.stdout, as_json=args.json,
+                      workloads=workloads)
 
 
 async def run_dissect(args: argparse.Namespace, cfg: Config) -> int:
@@ -116,7 +126,9 @@ async def run_dissect(args: argparse.Namespace, cfg: Config) -> int:
                           "with 'rawcap snapshot export ID -o F.pcapng', then --pcap F.pcapng)")
     from rawcap.window import WindowReader
 
-    out = _output(args, cfg)
+    # rawcap.k8s once: each call is named as of its own request time, so one load serves
+    # the whole range (IPs reused within it resolve to each owner's interval)
+    out = _output(args, cfg, await load_workloads(cfg, getattr(args, "k8s", None)))
     nodes = _Nodes(cfg, out, not args.no_redact)
     producer = None if args.no_publish else await _publisher(cfg)
     try:
@@ -240,7 +252,12 @@ async def _follow(args: argparse.Namespace, cfg: Config) -> int:
     stop_after = sw.stop_after_s if sw else cfg.get("tap.capture.stopAfter")
     if not enabled:
         log.warning("real-time dissection is stopped (rawcap dissection start to enable)")
-    out = _output(args, cfg)
+    from rawcap.workloads import Workloads
+
+    # live: rawcap.k8s is followed in the task group below (names of pods started later)
+    workloads = None if getattr(args, "k8s", None) is False else Workloads()
+    k8s_ready = anyio.Event()
+    out = _output(args, cfg, workloads)
     nodes = _Nodes(cfg, out, not args.no_redact)
     producer = None if args.no_publish else await _publisher(cfg)
     consumer = make_consumer(cfg, topics.PACKETS, group_id=GROUP_ID)
@@ -287,6 +304,14 @@ async def _follow(args: argparse.Namespace, cfg: Config) -> int:
                 await anyio.sleep_forever()
 
             async def dissect_loop() -> None:
+                if workloads is not None:
+                    with anyio.move_on_after(READY_WAIT_S):
+                        await k8s_ready.wait()
+                    if not k8s_ready.is_set():
+                        log.warning(f"{topics.K8S} not read to its end after "
+                                    f"{READY_WAIT_S:g}s: dissecting; early calls may lack "
+                                    "workload names")
+                    state["last_packet"] = time.monotonic()  # stopAfter counts from here
                 while True:
                     if not state["enabled"]:
                         await anyio.sleep(0.5)
@@ -324,6 +349,8 @@ async def _follow(args: argparse.Namespace, cfg: Config) -> int:
 
             tg.start_soon(watch_signals)
             tg.start_soon(watch_control)
+            if workloads is not None:
+                tg.start_soon(follow_workloads, workloads, cfg, k8s_ready)
             tg.start_soon(dissect_loop)
     except _kafka_errors() as exc:
         raise TransportError(f"Kafka: {exc!r}") from None

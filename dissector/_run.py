@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rawcap.config import Config
 from rawcap.pcapfile import LINKTYPE_ETHERNET, TruncatedCapture, read_capture
@@ -20,6 +20,9 @@ from schemas.errors import ConfigError
 
 from ._engine import Dissector
 from ._store import CallStore
+
+if TYPE_CHECKING:
+    from rawcap.workloads import Workloads
 
 __all__ = ("CallOutput", "db_path", "dissect_pcap", "dissector_from_config", "format_call")
 
@@ -36,18 +39,32 @@ def dissector_from_config(cfg: Config, emit: Callable[[Call], None], *,
                      redact_headers=cfg.get("dissector.redactHeaders"), redact=redact)
 
 
+def _end(ip: str, port: int, workload: str, namespace: str) -> str:
+    """``10.1.0.5:40000``, with the workload when known: ``10.1.0.5:40000 (shop/web-1)``,
+    ``10.96.0.6:80 (shop/service/api)``, ``10.0.0.1:10250 (node/n1)``."""
+    if not workload:
+        return f"{ip}:{port}"
+    return f"{ip}:{port} ({namespace}/{workload})" if namespace else f"{ip}:{port} ({workload})"
+
+
 def format_call(c: Call) -> str:
     lat = f"{c.latency_ns / 1e6:.3f}ms" if c.latency_ns else "-"
     flag = "" if c.complete else f"  [incomplete: {c.error}]"
-    return (f"{format_ns(c.ts_ns) if c.ts_ns else '-'} {c.proto:5} {c.src_ip}:{c.src_port} > "
-            f"{c.dst_ip}:{c.dst_port} {c.summary()} {lat}{flag}")
+    return (f"{format_ns(c.ts_ns) if c.ts_ns else '-'} {c.proto:5} "
+            f"{_end(c.src_ip, c.src_port, c.src_workload, c.src_namespace)} > "
+            f"{_end(c.dst_ip, c.dst_port, c.dst_workload, c.dst_namespace)} "
+            f"{c.summary()} {lat}{flag}")
 
 
 class CallOutput:
-    """Collects calls: prints them (text or JSON lines), writes the store in batches."""
+    """Collects calls: names their workloads (when ``workloads`` is given), prints them (text
+    or JSON lines), writes the store in batches."""
 
     def __init__(self, *, store: CallStore | None = None, out: TextIO | None = None,
-                 as_json: bool = False, batch: int = 2000) -> None:
+                 as_json: bool = False, batch: int = 2000,
+                 workloads: Workloads | None = None) -> None:
+        #: ``rawcap.k8s`` as loaded (range, pcap) or being followed (live); None: no names
+        self.workloads = workloads
         self.store = store
         self.out = out
         self.as_json = as_json
@@ -58,6 +75,12 @@ class CallOutput:
 
     def __call__(self, call: Call) -> None:
         self.count += 1
+        wl = self.workloads
+        if wl is not None and wl.records:
+            # as of the request (else response) time; the call is fresh from the dissector
+            # and owned by us, so it is filled in place (a with_() copy costs ~6 us per call)
+            (call.src_workload, call.src_namespace, call.dst_workload,
+             call.dst_namespace) = wl.call_names(call.src_ip, call.dst_ip, call.ts_ns)
         if self.out is not None:
             if self.as_json:
                 self.out.write(json.dumps(call.as_dict(), default=str) + "\n")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from schemas.calls import Call, decode_call, encode_call
@@ -97,7 +97,10 @@ class CallStore:
 
     def query(self, *, lo_ns: int | None = None, hi_ns: int | None = None,
               node: str | None = None, proto: str | None = None, host: str | None = None,
-              port: int | None = None, limit: int | None = None) -> Iterator[Call]:
+              port: int | None = None, limit: int | None = None,
+              match: Callable[[Call], bool] | None = None) -> Iterator[Call]:
+        """Calls in capture-time order; ``match`` filters decoded records (fields that have
+        no column, e.g. workload names), and ``limit`` counts the calls that pass it."""
         sql = "SELECT record FROM calls WHERE 1=1"
         args: list[object] = []
         if lo_ns is not None:
@@ -119,8 +122,16 @@ class CallStore:
             sql += " AND (src_port = ? OR dst_port = ?)"
             args += [port, port]
         sql += " ORDER BY ts_ns, id"
-        if limit:
+        if limit and match is None:
             sql += " LIMIT ?"
             args.append(limit)
+        n = 0
         for (rec,) in self.db.execute(sql, args):
-            yield decode_call(rec)
+            c = decode_call(rec)
+            if match is not None:
+                if not match(c):
+                    continue
+                n += 1
+                if limit and n > limit:
+                    return
+            yield c

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rawcap.config import Config
 from rawcap.timeparse import parse_window
 from schemas.errors import ConfigError
+
+if TYPE_CHECKING:
+    from schemas.calls import Call
 
 __all__ = ("add_commands",)
 
@@ -35,10 +39,18 @@ def _dissect_pcap(args: argparse.Namespace, cfg: Config) -> int:
         raise ConfigError("--pcap dissects a file: it takes no --from/--to/--follow")
     if args.node:
         cfg = cfg.with_overrides({"node.name": args.node})
+    workloads = None
+    if args.k8s:  # a file's packets may come from anywhere: names only when asked for
+        import anyio
+
+        from ._workloads import load_workloads
+
+        workloads = anyio.run(load_workloads, cfg, True)
     store = None if args.no_store else CallStore(db_path(cfg, args.db),
                                                  cfg.get("tap.capture.dbMaxSize"))
     quiet = args.quiet
-    out = CallOutput(store=store, out=None if quiet else sys.stdout, as_json=args.json)
+    out = CallOutput(store=store, out=None if quiet else sys.stdout, as_json=args.json,
+                     workloads=workloads)
     d = dissector_from_config(cfg, out, redact=not args.no_redact)
     try:
         dissect_pcap(args.pcap, d)
@@ -63,8 +75,16 @@ def _calls(args: argparse.Namespace, cfg: Config) -> int:
     lo = hi = None
     if args.from_ or args.to:
         lo, hi = parse_window(args.from_, args.to)
-    if args.namespace or args.pod:
-        raise ConfigError("--namespace/--pod need the Kubernetes layer (rawcap enrich)")
+    from ._workloads import CallFilter
+
+    by_workload = CallFilter(args.namespace, args.pod)
+    transport = args.transport
+    match: Callable[[Call], bool] | None = None
+    if transport or not by_workload.empty:
+        def _match(c: Call) -> bool:
+            return (not transport or c.transport == transport) and by_workload(c)
+
+        match = _match
     port = None
     if args.port is not None:
         if not 0 <= args.port <= 65535:
@@ -73,9 +93,7 @@ def _calls(args: argparse.Namespace, cfg: Config) -> int:
     store = CallStore(path, cfg.get("tap.capture.dbMaxSize"))
     try:
         for c in store.query(lo_ns=lo, hi_ns=hi, node=args.node, proto=args.proto,
-                             host=args.host, port=port, limit=args.limit):
-            if args.transport and c.transport != args.transport:
-                continue
+                             host=args.host, port=port, limit=args.limit, match=match):
             if args.json:
                 sys.stdout.write(json.dumps(c.as_dict(), default=str) + "\n")
             else:
@@ -116,6 +134,10 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--no-redact", action="store_true",
                    help="keep Authorization/Cookie/... values (default: redacted)")
     p.add_argument("--db", metavar="PATH", help="local store (default dissector.dbPath)")
+    p.add_argument("--k8s", action=argparse.BooleanOptionalAction, default=None,
+                   help="name each call's workloads (pod/service/node and namespace, as of "
+                        "the request time) from rawcap.k8s; default: on for Kafka sources "
+                        "(an unreachable topic is a warning), off for --pcap")
     p.set_defaults(func=_dissect)
 
     c = sub.add_parser("calls", parents=[parent], help="query the local calls store",
@@ -127,8 +149,11 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     c.add_argument("--port", type=int, help="client or server port")
     c.add_argument("--proto", choices=L7, help="application protocol")
     c.add_argument("--transport", choices=("tcp", "udp"))
-    c.add_argument("--namespace", action="append", default=[], help="(needs rawcap enrich)")
-    c.add_argument("--pod", action="append", default=[], help="(needs rawcap enrich)")
+    c.add_argument("--namespace", action="append", default=[], metavar="NS",
+                   help="either end's pod or service is in NS (repeatable: any of them)")
+    c.add_argument("--pod", action="append", default=[], metavar="REGEX",
+                   help="either end's pod name matches REGEX (repeatable: any of them); with "
+                        "--namespace, the same end must satisfy both")
     c.add_argument("--limit", type=int)
     c.add_argument("--json", action="store_true", help="one JSON object per line")
     c.add_argument("--db", metavar="PATH")

@@ -30,6 +30,7 @@ misattributed (lookups are by validity interval).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -78,6 +79,7 @@ def _short(wl: Workload | None) -> tuple[str, str]:
     return (wl.name if wl.kind == "pod" else f"{wl.kind}/{wl.name}"), wl.namespace
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a call's two addresses: parsing is most of the cost
 def _packed(ip: str) -> bytes | None:
     try:
         return ipaddress.ip_address(ip.strip("[]")).packed
