@@ -116,15 +116,27 @@ def _output(args: argparse.Namespace, cfg: Config,
 async def run_dissect(args: argparse.Namespace, cfg: Config) -> int:
     if args.follow:
         return await _follow(args, cfg)
-    if not args.from_:
-        raise ConfigError("rawcap dissect needs --from (a range), --follow (live) or --pcap FILE")
-    lo, hi = parse_window(args.from_, args.to)
-    source = args.source
-    if source.startswith("snapshot:"):
-        raise ConfigError(f"--source {source}: snapshot reading is provided by the forensics "
-                          "package, not available to the dissector yet (export the snapshot "
-                          "with 'rawcap snapshot export ID -o F.pcapng', then --pcap F.pcapng)")
     from rawcap.window import WindowReader
+
+    source = args.source
+    node_list = [args.node] if args.node else None
+    match = None
+    if source.startswith("snapshot:"):
+        # The snapshot's own window (narrowed by --from/--to) and stored filters, exactly as
+        # 'rawcap snapshot export' applies them.
+        from rawcap.snapshots import open_snapshot
+
+        snap = await open_snapshot(
+            cfg, source.split(":", 1)[1], nodes=node_list,
+            window=parse_window(args.from_, args.to) if (args.from_ or args.to) else None)
+        reader_ctx = snap.reader
+        match = None if snap.filter.empty else snap.filter.match
+    else:
+        if not args.from_:
+            raise ConfigError("rawcap dissect needs --from (a range), --follow (live), "
+                              "--source snapshot:ID or --pcap FILE")
+        lo, hi = parse_window(args.from_, args.to)
+        reader_ctx = WindowReader(cfg, lo, hi, nodes=node_list, source=source)
 
     # rawcap.k8s once: each call is named as of its own request time, so one load serves
     # the whole range (IPs reused within it resolve to each owner's interval)
@@ -132,9 +144,8 @@ async def run_dissect(args: argparse.Namespace, cfg: Config) -> int:
     nodes = _Nodes(cfg, out, not args.no_redact)
     producer = None if args.no_publish else await _publisher(cfg)
     try:
-        async with WindowReader(cfg, lo, hi, nodes=[args.node] if args.node else None,
-                                source=source) as reader:
-            async for pkts in reader.packets():
+        async with reader_ctx as reader:
+            async for pkts in reader.packets(match=match):
                 for p in pkts:
                     nodes.get(p.node).packet(p.ts_ns, p.data)
                 await _publish(producer, out.flush())

@@ -3,7 +3,8 @@
 Value: a msgpack map (``use_bin_type=True``) with a format version ``v`` = 1; key: the node
 name (so one node's calls stay in order in one partition). Fields a protocol does not have
 are empty strings / 0 rather than absent, so every consumer reads the same shape.
-Workload fields stay empty until the enrichment service fills them.
+Workload fields (``src_workload``/``dst_workload`` and namespaces) are filled by the dissector
+from ``rawcap.k8s`` as of the request time, and stay empty when the cluster layer is unknown.
 
 - ``proto``: ``http1``, ``http2``, ``grpc``, ``dns``, ``redis``, ``postgres``
 - ``transport``: ``tcp`` or ``udp``; ``src``/``dst``: client and server address and port

@@ -139,3 +139,40 @@ def test_switch_and_follow(real_pcap: Path, make_config: Callable[..., Config],
     want, _ = dissect(fr)
     assert len(mine) == len(want)
     assert cli(cfg, "calls", "--db", str(db), "--node", node).stdout.count("\n") == len(want)
+
+
+def test_replay_of_a_snapshot_equals_replay_from_kafka(real_pcap: Path, make_config: Callable[..., Config],
+                                                       tmp_path: Path) -> None:
+    """``--source snapshot:ID`` dissects what the snapshot kept: the same calls as the range
+    from Kafka, and only what its stored filter admitted."""
+    cfg = make_config()
+    node = f"node-{uuid.uuid4().hex[:6]}"
+    fr = frames(real_pcap)
+    anyio.run(produce, cfg, node, fr)
+    lo, hi = format_ns(fr[0][0] - 1_000_000), format_ns(fr[-1][0] + 1_000_000)
+    store = f"file://{tmp_path / 'snaps'}"
+    env_store = ("--config", str(tmp_path / "v.yaml"))
+    (tmp_path / "v.yaml").write_text(f"snapshots:\n  url: {store}\n")
+    from_kafka = cli(cfg, "dissect", "--from", lo, "--to", hi, "--node", node, "--json",
+                     "--no-store", "--no-publish")
+    assert from_kafka.returncode == 0, from_kafka.stderr
+    kafka_calls = [json.loads(x) for x in from_kafka.stdout.splitlines()]
+    want = sorted(map(key, kafka_calls))
+    want_udp = sorted(key(c) for c in kafka_calls if c["transport"] == "udp")
+    assert any(k[0] == "http1" for k in want) and want_udp
+
+    for name, extra in (("all", ()), ("dns-only", ("--proto", "udp"))):
+        sid = f"{name}-{node}"
+        made = cli(cfg, *env_store, "snapshot", "create", "--from", lo, "--to", hi, "--node", node,
+                   "--name", sid, *extra)
+        assert made.returncode == 0, made.stderr
+        got = cli(cfg, *env_store, "dissect", "--source", f"snapshot:{sid}", "--json",
+                  "--no-store", "--no-publish")
+        assert got.returncode == 0, got.stderr
+        calls = sorted(map(key, (json.loads(x) for x in got.stdout.splitlines())))
+        if name == "all":
+            assert calls == want
+        else:  # the stored --proto udp filter is applied again: the UDP calls (DNS) only
+            assert calls == want_udp
+    missing = cli(cfg, *env_store, "dissect", "--source", "snapshot:no-such-snapshot", "--json")
+    assert missing.returncode == 2 and "unknown snapshot id" in missing.stderr
