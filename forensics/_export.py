@@ -18,14 +18,19 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio
 
+from forensics._fastexport import FAST as _FAST
+from forensics._fastexport import fast_batch
 from rawcap.pcapfile import LINKTYPE_ETHERNET, PcapngWriter, PcapWriter
 from rawcap.window import RawBatch, WindowReader, WPacket
 from schemas import BODY_RECORDS, BatchHeader, iter_packets
 from schemas.errors import BatchError, ConfigError, RecordOverrun
+
+if TYPE_CHECKING:
+    from rawcap.workloads import Workloads
 
 __all__ = ("OutputFile", "write_capture")
 
@@ -38,7 +43,7 @@ _REC_SPLIT = struct.Struct("<IIIIi4x")
 #: Padding + block length of the previous EPB, then this EPB's header, in one pack.
 _JOIN = tuple(struct.Struct(f"<{pad}xIIIIIIII") for pad in range(4))
 _TRAIL = tuple(struct.Struct(f"<{pad}xI") for pad in range(4))
-_JOIN_PACK = tuple(j.pack for j in _JOIN)
+_JOIN_PACK = (*(j.pack for j in _JOIN), lambda _prev_blen, *hdr: _EPB.pack(*hdr))
 _PAD = (b"", b"\0", b"\0\0", b"\0\0\0")
 _FLUSH_BYTES = 4 * 1024 * 1024
 
@@ -90,12 +95,14 @@ async def write_capture(
     *,
     fmt: str = "pcapng",
     comment_node: bool = False,
-    match: Callable[[bytes | memoryview, int], bool] | None = None,
+    workloads: Workloads | None = None,
+    match: Callable[[bytes | memoryview, int, int], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
     snaplen: int = 262144,
 ) -> int:
-    """Stream the reader's packets into ``out``; returns the number of packets written."""
-    sink = _PcapSink(snaplen) if fmt == "pcap" else _PcapngSink(snaplen, comment_node)
+    """Stream the reader's packets into ``out``; returns the number of packets written.
+    ``workloads``: every EPB gets an ``opt_comment`` ``node=N src=... dst=...`` (pcapng)."""
+    sink = _PcapSink(snaplen) if fmt == "pcap" else _PcapngSink(snaplen, comment_node, workloads)
     parts: list[Any] = [sink.header()]
     size = len(parts[0])
     total = 0
@@ -120,7 +127,7 @@ async def _convert(
     writer: _BackgroundWriter,
     parts: list[Any],
     size: int,
-    match: Callable[[bytes | memoryview, int], bool] | None,
+    match: Callable[[bytes | memoryview, int, int], bool] | None,
     progress: Callable[[int, int], None] | None,
 ) -> int:
     total = 0
@@ -171,7 +178,10 @@ class _BackgroundWriter:
                 return
             if self._exc is None and not self._aborted:
                 try:
-                    out.write(b"".join(parts))
+                    if len(parts) <= 64:  # a few big blocks (the compiled path): no join copy
+                        out.writelines(parts)
+                    else:
+                        out.write(b"".join(parts))
                 except BaseException as exc:
                     self._exc = exc
 
@@ -207,9 +217,10 @@ class _BackgroundWriter:
 class _PcapngSink:
     """EPBs straight from batch bodies: one struct pack per packet, data by reference."""
 
-    def __init__(self, snaplen: int, comment_node: bool) -> None:
+    def __init__(self, snaplen: int, comment_node: bool, workloads: Workloads | None = None) -> None:
         self.w = PcapngWriter(snaplen=snaplen)
         self.comment_node = comment_node
+        self.wl = workloads  # per-packet workload comments (the per-packet path)
         # (node, ifindex) -> (interface id, options bytes); names resolved once per interface.
         self.ids: dict[tuple[str, int | str], tuple[int, bytes]] = {}
 
@@ -231,8 +242,11 @@ class _PcapngSink:
         node, ids, ifaces = h.node, self.ids, h.ifaces
         add, pack, pads = parts.append, _EPB.pack, _PAD
         nbytes = out = 0
-        if h.body == BODY_RECORDS and not self.comment_node:
+        if _FAST and not self.comment_node and self.wl is None:
+            return fast_batch(self, h, body, parts)  # the C twin (forensics/_fastexport.py)
+        if h.body == BODY_RECORDS and not self.comment_node and self.wl is None:
             return self._records(h, body, parts)
+        wl = self.wl
         n = 0
         for p in iter_packets(h, body):
             ent = ids.get((node, p.ifindex)) or self._iface(
@@ -240,6 +254,8 @@ class _PcapngSink:
             )
             idx, opts = ent
             caplen, ts = p.caplen, p.ts_ns
+            if wl is not None:
+                opts = _workload_opts(wl, node, p.data, ts)
             pad = -caplen & 3
             blen = 32 + caplen + pad + len(opts)
             add(pack(6, blen, idx, ts >> 32, ts & 0xFFFFFFFF, caplen, p.origlen))
@@ -277,10 +293,14 @@ class _PcapngSink:
             for _ in range(count - 1):
                 ts_lo, ts_hi, caplen, origlen, ifindex = unpack(view, pos)
                 if ifindex != cur_if:
-                    ent = ids.get((node, ifindex)) or self._iface(
-                        node, ifindex, ifaces.get(ifindex, str(ifindex)), parts
-                    )
-                    idx, cur_if = ent[0], ifindex
+                    got = ids.get((node, ifindex))
+                    if got is None:
+                        # A new interface: its IDB goes after the previous EPB's trailer,
+                        # and the next pack has no trailer left to fuse (_JOIN_PACK[4]).
+                        add(_TRAIL[prev_pad].pack(prev_blen))
+                        got = self._iface(node, ifindex, ifaces.get(ifindex, str(ifindex)), parts)
+                        prev_pad = 4
+                    idx, cur_if = got[0], ifindex
                 pad = -caplen & 3
                 blen = 32 + caplen + pad
                 add(packs[prev_pad](prev_blen, 6, blen, idx, ts_hi, ts_lo, caplen, origlen))
@@ -298,11 +318,14 @@ class _PcapngSink:
 
     def packets(self, chunk: list[WPacket], parts: list[Any]) -> int:
         ids, add, pack, pads = self.ids, parts.append, _EPB.pack, _PAD
+        wl = self.wl
         out = 0
         for p in chunk:
             ent = ids.get((p.node, p.iface)) or self._iface(p.node, p.iface, p.iface, parts)
             idx, opts = ent
             caplen, ts = p.caplen, p.ts_ns
+            if wl is not None:
+                opts = _workload_opts(wl, p.node, p.data, ts)
             pad = -caplen & 3
             blen = 32 + caplen + pad + len(opts)
             add(pack(6, blen, idx, ts >> 32, ts & 0xFFFFFFFF, caplen, p.origlen))
@@ -310,6 +333,14 @@ class _PcapngSink:
             add(pads[pad] + opts + _U32.pack(blen))
             out += blen
         return out
+
+
+def _workload_opts(wl: Workloads, node: str, data: bytes | memoryview, ts_ns: int) -> bytes:
+    """EPB options: one ``opt_comment`` ``node=N src=LABEL dst=LABEL`` (``node=N`` alone when
+    neither end is known at ``ts_ns``), then ``opt_endofopt``."""
+    ends = wl.comment(data, ts_ns)
+    c = f"node={node}".encode() + (b" " + ends if ends else b"")
+    return struct.pack("<HH", 1, len(c)) + c + b"\0" * (-len(c) % 4) + b"\0\0\0\0"
 
 
 class _PcapSink:

@@ -1,0 +1,106 @@
+"""Batch body -> pcapng Enhanced Packet Blocks: pure-Python reference and compiled twin.
+
+:func:`epbs_py` is the reference (and the fallback): it walks a decompressed batch body with
+the schema decoder (:func:`schemas.iter_packets`: both layouts, VLAN re-insertion, every
+bound checked), keeps the packets with ``lo <= ts < hi`` and builds their EPBs exactly as
+:class:`rawcap.pcapfile.PcapngWriter` lays them out (``if_tsresol`` = 9, no options).
+:func:`epbs_c` does the same in C (``rawcap/_fastpcap.c``), without the GIL and without one
+Python object per packet. :data:`epbs` is the C version when the extension imports and
+``RAWCAP_NO_FASTPCAP`` is unset, else the reference; :data:`FAST` says which.
+
+``resolve(ifindex) -> (interface id, IDB bytes)`` is called once per interface and call, on
+its first packet in the window; the IDB bytes (``b""`` if the interface is described
+already) go into the output right before that packet's EPB. A corrupt body raises
+:class:`schemas.errors.RecordOverrun` (or ``CorruptBody`` for an unknown layout) and yields
+nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import struct
+from collections.abc import Callable
+from typing import Any, Final
+
+from schemas import BODY_RECORDS, BODY_TPACKET3, BatchHeader, iter_packets
+from schemas.errors import CorruptBody, RecordOverrun
+
+__all__ = ("FAST", "Resolve", "epbs", "epbs_c", "epbs_py")
+
+#: ``ifindex -> (pcapng interface id, IDB bytes to emit first, b"" if none)``
+Resolve = Callable[[int], tuple[int, bytes]]
+EpbResult = tuple[bytes, int, int]  # (EPB bytes, packets, packet bytes)
+
+_U64_MAX: Final = 2**64 - 1
+_EPB: Final = struct.Struct("<IIIIIII")
+_U32: Final = struct.Struct("<I")
+_PAD: Final = (b"", b"\0", b"\0\0", b"\0\0\0")
+
+_c: Any
+try:
+    _c = importlib.import_module("rawcap._fastpcap")
+except ImportError:  # not built (a plain checkout without `pip install -e .`)
+    _c = None
+
+
+def epbs_py(header: BatchHeader, body: bytes | memoryview, lo: int, hi: int, resolve: Resolve) -> EpbResult:
+    """Reference: the EPBs of the body's packets in ``[lo, hi)``."""
+    parts: list[bytes | memoryview] = []
+    add, pack, u32 = parts.append, _EPB.pack, _U32.pack
+    ids: dict[int, int] = {}
+    n = nbytes = seen = 0
+    count = header.count
+    for p in iter_packets(header, body):
+        seen += 1
+        if seen > count:  # fail before the surplus packets cost anything (as the C twin does)
+            raise RecordOverrun(f"body holds more than the {count} packets its header announces")
+        ts = p.ts_ns
+        if ts < lo or ts >= hi:
+            continue
+        idx = ids.get(p.ifindex)
+        if idx is None:
+            idx, idb = resolve(p.ifindex)
+            ids[p.ifindex] = idx
+            if idb:
+                add(idb)
+        caplen = p.caplen
+        if p.origlen > 0xFFFFFFFF:
+            raise RecordOverrun(f"packet length {caplen}/{p.origlen} does not fit a pcapng block")
+        pad = -caplen & 3
+        blen = 32 + caplen + pad
+        add(pack(6, blen, idx, ts >> 32, ts & 0xFFFFFFFF, caplen, p.origlen))
+        add(p.data)
+        add(_PAD[pad] + u32(blen))
+        n += 1
+        nbytes += caplen
+    return b"".join(parts), n, nbytes
+
+
+def epbs_c(header: BatchHeader, body: bytes | memoryview, lo: int, hi: int, resolve: Resolve) -> EpbResult:
+    """The compiled twin of :func:`epbs_py` (raises ``RuntimeError`` if it is not built)."""
+    if _c is None:
+        raise RuntimeError("rawcap._fastpcap is not built (pip install -e .)")
+    if header.body == BODY_RECORDS:
+        layout = 0
+    elif header.body == BODY_TPACKET3:
+        layout = 1
+    else:
+        raise CorruptBody(f"unknown body layout {header.body!r}")
+    # Timestamps are u64: clamp the bounds into that range without changing the result.
+    hi_open = hi > _U64_MAX
+    lo_c, hi_c = max(lo, 0), min(max(hi, 0), _U64_MAX)
+    if lo_c > _U64_MAX or (hi_c <= lo_c and not hi_open):
+        lo_c = hi_c = 0
+        hi_open = False
+    # A count beyond what a body can hold fails the same way at any size.
+    count = max(min(header.count, 2**62), -1)
+    try:
+        out, n, nbytes = _c.epbs(body, layout, count, lo_c, hi_c, hi_open, resolve)
+    except _c.Overrun as exc:
+        raise RecordOverrun(str(exc)) from None
+    return out, n, nbytes
+
+
+FAST: Final = _c is not None and not os.environ.get("RAWCAP_NO_FASTPCAP")
+epbs: Final = epbs_c if FAST else epbs_py
