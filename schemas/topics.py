@@ -40,6 +40,10 @@ TOPIC_CONFIGS: Final[dict[str, dict[str, str]]] = {
         "cleanup.policy": "delete",
         "max.message.bytes": str(MAX_MESSAGE_BYTES),
         "message.timestamp.type": "CreateTime",
+        # The cluster-side FIFO is retention.bytes alone. Time retention would delete
+        # imported captures (message timestamp = packet time, often older than a week) and
+        # the backlog a node ships after a long outage, in minutes.
+        "retention.ms": "-1",
         # 1 GiB segments would never roll on a small retention; keep them modest so that
         # retention.bytes works as the cluster-side FIFO.
         "segment.bytes": str(64 * 1024 * 1024),

@@ -94,6 +94,7 @@ async def test_topics_have_explicit_configs_and_ensure_is_idempotent(stack: Stac
             configs[name] = {e[0]: e[1] for e in entries}
     assert configs[PACKETS]["retention.bytes"] == str(1024**3)  # tap.capture.raw.storageSize 1Gi
     assert configs[PACKETS]["max.message.bytes"] == str(8 * 1024 * 1024)
+    assert configs[PACKETS]["retention.ms"] == "-1"  # the FIFO is retention.bytes alone
     assert configs[CONTROL]["cleanup.policy"] == "compact"
 
 
