@@ -135,11 +135,15 @@ async def _convert(
         if isinstance(item, RawBatch):
             h = item.header
             mark = len(parts)
+            sink.begin_batch()
             try:
                 # In a worker thread, so that the event loop (the Kafka fetcher) runs meanwhile.
                 n, nbytes, added = await anyio.to_thread.run_sync(sink.batch, h, item.body, parts)
             except BatchError as exc:
+                # Nothing of a corrupt batch reaches the file, not even the IDB of an
+                # interface it was the first to use: a later batch describes it again.
                 del parts[mark:]
+                sink.forget_batch()
                 await reader.corrupt_batch(item, exc)
                 continue
             reader.stats.node(h.node).bytes += nbytes
@@ -223,6 +227,17 @@ class _PcapngSink:
         self.wl = workloads  # per-packet workload comments (the per-packet path)
         # (node, ifindex) -> (interface id, options bytes); names resolved once per interface.
         self.ids: dict[tuple[str, int | str], tuple[int, bytes]] = {}
+        self._added: list[tuple[tuple[str, int | str], str]] = []  # in the current batch
+
+    def begin_batch(self) -> None:
+        self._added.clear()
+
+    def forget_batch(self) -> None:
+        """Undo the interfaces the failed batch described (their IDBs were dropped with it)."""
+        for key, name in reversed(self._added):
+            del self.ids[key]
+            self.w.forget_interface(name, LINKTYPE_ETHERNET)
+        self._added.clear()
 
     def header(self) -> bytes:
         return self.w.header()
@@ -230,6 +245,8 @@ class _PcapngSink:
     def _iface(self, node: str, key: int | str, name: str, parts: list[Any]) -> tuple[int, bytes]:
         idx, idb = self.w.interface(f"{node}:{name}", LINKTYPE_ETHERNET)
         parts.append(idb)
+        if idb:
+            self._added.append(((node, key), f"{node}:{name}"))
         opts = b""
         if self.comment_node:
             c = f"node={node}".encode()
@@ -348,6 +365,12 @@ class _PcapSink:
 
     def __init__(self, snaplen: int) -> None:
         self.w = PcapWriter(snaplen=snaplen)
+
+    def begin_batch(self) -> None:
+        pass  # classic pcap has no interface blocks to undo
+
+    def forget_batch(self) -> None:
+        pass
 
     def header(self) -> bytes:
         return self.w.header()

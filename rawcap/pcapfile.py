@@ -325,6 +325,13 @@ class PcapngWriter:
         block = struct.pack("<IIHHI", _IDB, length, linktype, 0, self.snaplen) + opts + _U32.pack(length)
         return idx, block
 
+    def forget_interface(self, name: str, linktype: int = LINKTYPE_ETHERNET) -> None:
+        """Undo the newest :meth:`interface` whose IDB never reached the file."""
+        key = (name, linktype)
+        if self._ifaces.get(key) != len(self._ifaces) - 1:
+            raise ValueError(f"interface {name!r} is not the newest one")
+        del self._ifaces[key]
+
     @staticmethod
     def packets(
         iface: int,

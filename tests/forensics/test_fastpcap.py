@@ -316,3 +316,34 @@ async def test_export_equal_with_and_without_extension(
     assert len(recs) == expected
     assert [r.ts_ns for r in recs] == sorted(r.ts_ns for r in recs)
     assert {r.iface for r in recs} >= {f"{a}:eth0", f"{a}:veth1", f"{b}:lo", f"{b}:2"}
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_corrupt_batch_does_not_swallow_the_idb_of_its_new_interface(
+    fast: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first batch to use an interface is corrupt (its body overruns after the first
+    packet): its EPBs and that interface's IDB are dropped together, and the next good batch
+    on the interface describes it again, so the file declares every interface it uses."""
+    import forensics._export as ex
+
+    monkeypatch.setattr(ex, "_FAST", fast and ex._FAST)
+    packets = [Packet(10**18 + i, 60, 60, 5, 0, _frame(i + 3).ljust(60, b"\0")) for i in range(4)]
+    good = encode_batch(node="n", seq=2, packets=packets, ifaces={5: "eth9"})
+    h, off = decode_header(good)
+    bad_header = dataclasses.replace(h, seq=1, count=h.count + 1)
+    sink = _PcapngSink(snaplen=0, comment_node=False)
+    parts: list[Any] = [sink.header()]
+    for header, value in ((bad_header, good), (h, good)):
+        mark = len(parts)
+        sink.begin_batch()
+        try:
+            sink.batch(header, decompress_body(header, memoryview(value)[off:]), parts)
+        except BatchError:
+            del parts[mark:]
+            sink.forget_batch()
+    out = tmp_path / "x.pcapng"
+    out.write_bytes(b"".join(bytes(p) for p in parts))
+    assert not wireshark_warnings(out)
+    recs = records(out)
+    assert [r.iface for r in recs] == ["n:eth9"] * 4
