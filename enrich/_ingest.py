@@ -18,10 +18,16 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-import zstandard
-
 from rawcap.packet import parse_l4
-from schemas import BODY_RECORDS, BODY_TPACKET3, BatchHeader, CorruptBody, RecordOverrun, decode_header
+from schemas import (
+    BODY_RECORDS,
+    BODY_TPACKET3,
+    BatchHeader,
+    CorruptBody,
+    RecordOverrun,
+    decode_header,
+    decompress_body,
+)
 
 from ._flows import FlowTable
 
@@ -50,22 +56,7 @@ _VLAN_TPID_VALID: Final = 1 << 6
 def decode_body(value: bytes | memoryview) -> tuple[BatchHeader, bytes | memoryview]:
     """Header and decompressed body of one batch (the checks of ``schemas.decode_batch``)."""
     header, offset = decode_header(value)
-    body = memoryview(value)[offset:]
-    if header.codec == "none":
-        raw: bytes | memoryview = body
-    elif header.codec == "zstd":
-        try:
-            dobj = zstandard.ZstdDecompressor().decompressobj()
-            raw = dobj.decompress(body)
-            if not dobj.eof:
-                raise CorruptBody("zstd body is truncated (frame does not end)")
-        except zstandard.ZstdError as exc:
-            raise CorruptBody(f"zstd body does not decompress: {exc}") from None
-    else:
-        raise CorruptBody(f"unknown body codec {header.codec!r}")
-    if len(raw) != header.body_len:
-        raise CorruptBody(f"body is {len(raw)} bytes, header promised {header.body_len}")
-    return header, raw
+    return header, decompress_body(header, memoryview(value)[offset:])
 
 
 def _check_records(view: memoryview, count: int) -> None:

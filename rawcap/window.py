@@ -33,12 +33,10 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import anyio
-import zstandard
 
-from schemas import BatchHeader, Packet, decode_batch, decode_header, iter_packets, topics
-from schemas._batch import MAX_BODY_BYTES
+from schemas import BatchHeader, Packet, decode_batch, decode_header, decompress_body, iter_packets, topics
 from schemas._stream import split_frames
-from schemas.errors import BatchError, ConfigError, CorruptBody, TransportError
+from schemas.errors import BatchError, ConfigError, TransportError
 
 from .config import Config
 from .timeparse import format_ns
@@ -326,27 +324,6 @@ class RawBatch(NamedTuple):
     body: bytes | memoryview  # decompressed body (rec or tpacket3 layout)
     value: bytes | memoryview  # the batch as it was read (for rawcap.dlq)
     meta: dict[str, Any]  # where it was read (partition, offset, key)
-
-
-def decompress_body(header: BatchHeader, body: bytes | memoryview) -> bytes | memoryview:
-    """The batch body, inflated and size-checked (what ``decode_batch`` does before walking)."""
-    if not 0 <= header.body_len <= MAX_BODY_BYTES:
-        raise CorruptBody(f"batch body length {header.body_len} is out of range")
-    if header.codec == "none":
-        raw: bytes | memoryview = body
-    elif header.codec == "zstd":
-        try:
-            dobj = zstandard.ZstdDecompressor().decompressobj()
-            raw = dobj.decompress(body)
-            if not dobj.eof:
-                raise CorruptBody("zstd body is truncated (frame does not end)")
-        except zstandard.ZstdError as exc:
-            raise CorruptBody(f"zstd body does not decompress: {exc}") from None
-    else:
-        raise CorruptBody(f"unknown body codec {header.codec!r}")
-    if len(raw) != header.body_len:
-        raise CorruptBody(f"body is {len(raw)} bytes, header promised {header.body_len}")
-    return raw
 
 
 class WindowReader:

@@ -44,6 +44,7 @@ __all__ = (
     "block_summary",
     "decode_batch",
     "decode_header",
+    "decompress_body",
     "encode_batch",
     "encode_block_batch",
     "iter_packets",
@@ -273,7 +274,9 @@ def decode_header(value: bytes | memoryview) -> tuple[BatchHeader, int]:
     return header, len(MAGIC) + unpacker.tell()
 
 
-def _decompress(header: BatchHeader, body: memoryview) -> bytes | memoryview:
+def decompress_body(header: BatchHeader, body: bytes | memoryview) -> bytes | memoryview:
+    """The batch body, inflated and size-checked (what ``decode_batch`` does before walking):
+    readers that route by header first call this only for the batches they keep."""
     if not 0 <= header.body_len <= MAX_BODY_BYTES:
         raise CorruptBody(f"batch body length {header.body_len} is out of range")
     if header.codec == "none":
@@ -365,5 +368,5 @@ def _iter_blocks(view: memoryview, count: int) -> Iterator[Packet]:
 def decode_batch(value: bytes | memoryview) -> Batch:
     """Decode a whole batch; raises a :class:`schemas.errors.BatchError` subclass if invalid."""
     header, offset = decode_header(value)
-    raw = _decompress(header, memoryview(value)[offset:])
+    raw = decompress_body(header, memoryview(value)[offset:])
     return Batch(header, list(iter_packets(header, raw)))
