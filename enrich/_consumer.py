@@ -11,7 +11,6 @@ once: a restart may count a few packets twice, it never loses a flow).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 import time
@@ -22,7 +21,14 @@ import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from rawcap.config import Config
-from rawcap.kafka import consumer_kwargs, ensure_topics, producer_kwargs
+from rawcap.kafka import (
+    consumer_kwargs,
+    ensure_topics,
+    follow_topic,
+    producer_kwargs,
+    read_topic_to_end,
+    stop_client,
+)
 from rawcap.packet import format_addr
 from schemas import topics
 from schemas.control import CaptureFilter, decode_control
@@ -37,8 +43,7 @@ from ._model import Change
 from ._procs import ProcIndex
 from ._watch import Watcher, api_client
 
-__all__ = ("GROUP", "Enricher", "partitions", "read_topic_to_end", "run_enrich", "run_k8s_watch",
-           "stop_client")
+__all__ = ("GROUP", "Enricher", "run_enrich", "run_k8s_watch")
 
 log = logging.getLogger("rawcap.enrich")
 GROUP = "rawcap-enrich"
@@ -128,78 +133,17 @@ class Enricher:
         )
 
 
-async def stop_client(client: Any) -> None:
-    """Stop an aiokafka client even while being cancelled (shielded, bounded).
-
-    aiokafka's group-less consumer awaits a task it has just cancelled on stop, which leaks a
-    CancelledError that is not ours; inside the shield no real cancellation can arrive, so it
-    is swallowed here.
-    """
-    with anyio.move_on_after(15, shield=True):
-        try:
-            await client.stop()
-        except asyncio.CancelledError:
-            pass
-
-
-async def partitions(consumer: AIOKafkaConsumer, topic: str, wait_s: float = 10.0) -> list[TopicPartition]:
-    """The partitions of ``topic`` (a group-less consumer knows no topic metadata yet)."""
-    parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        with anyio.move_on_after(wait_s):
-            await consumer._client._wait_on_metadata(topic)  # adds the topic, waits for it
-        parts = consumer.partitions_for_topic(topic)
-    return [TopicPartition(topic, p) for p in sorted(parts or ())]
-
-
-async def read_topic_to_end(cfg: Config, topic: str,
-                            apply: Callable[[Any], None], *, wait_s: float = 30.0) -> None:
-    """Read a whole (compacted) topic from the beginning to its current end, once."""
-    consumer = AIOKafkaConsumer(**consumer_kwargs(cfg, None))
-    await consumer.start()
-    try:
-        tps = await partitions(consumer, topic)
-        if not tps:
-            return
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        with anyio.fail_after(wait_s):
-            while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-                got = await consumer.getmany(timeout_ms=500, max_records=1000)
-                for recs in got.values():
-                    for r in recs:
-                        apply(r)
-    finally:
-        await stop_client(consumer)
-
-
 async def _follow(cfg: Config, topic: str, apply: Callable[[Any], None],
                   ready: anyio.Event | None = None) -> None:
-    """Read ``topic`` from the beginning and keep following it; ``ready`` once caught up."""
-    consumer = AIOKafkaConsumer(**consumer_kwargs(cfg, None, metadata_max_age_ms=5000))
-    await consumer.start()
-    try:
-        tps: list[TopicPartition] = []
-        while not tps:
-            tps = await partitions(consumer, topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        while True:
-            got = await consumer.getmany(timeout_ms=300, max_records=1000)
-            for recs in got.values():
-                for r in recs:
-                    try:
-                        apply(r)
-                    except UnsupportedRecord as exc:
-                        log.warning("skipping record", extra={"topic": topic, "offset": r.offset,
-                                                              "error": str(exc)})
-            if ready is not None and not ready.is_set():
-                if all([await consumer.position(tp) >= ends[tp] for tp in tps]):
-                    ready.set()
-    finally:
-        await stop_client(consumer)
+    """Follow ``topic`` (:func:`rawcap.kafka.follow_topic`), skipping records we cannot read."""
+
+    def guarded(r: Any) -> None:
+        try:
+            apply(r)
+        except UnsupportedRecord as exc:
+            log.warning("skipping record", extra={"topic": topic, "offset": r.offset, "error": str(exc)})
+
+    await follow_topic(cfg, topic, guarded, ready)
 
 
 async def _on_signal(stopping: anyio.Event) -> None:

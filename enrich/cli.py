@@ -13,14 +13,15 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from rawcap.config import Config
-from rawcap.kafka import consumer_kwargs
+from rawcap.kafka import consumer_kwargs, stop_client
+from rawcap.kafka import topic_partitions as partitions
 from rawcap.timeparse import format_ns, parse_window
 from rawcap.workloads import WorkloadFilter, Workloads, workload_label
 from schemas import topics
 from schemas.errors import ConfigError, TransportError
 from schemas.flows import FlowRecord, UnsupportedFlow, decode_flow
 
-from ._consumer import partitions, run_enrich, run_k8s_watch, stop_client
+from ._consumer import run_enrich, run_k8s_watch
 from ._filters import FilterPlanner, Selection
 
 __all__ = ("FlowFilter", "add_commands", "format_flow")

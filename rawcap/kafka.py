@@ -8,12 +8,14 @@ explicit configs, on first use.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
 from aiokafka.helpers import create_ssl_context
@@ -29,9 +31,13 @@ __all__ = (
     "client_kwargs",
     "consumer_kwargs",
     "ensure_topics",
+    "follow_topic",
     "make_consumer",
     "make_producer",
     "producer_kwargs",
+    "read_topic_to_end",
+    "stop_client",
+    "topic_partitions",
     "topic_specs",
 )
 
@@ -166,3 +172,83 @@ async def ensure_topics(cfg: Config, retry_for: float = 60.0) -> list[str]:
                 f"cannot create Kafka topics at {cfg.get('kafka.bootstrap')}: {last!r}"
             )
         await anyio.sleep(0.5)
+
+
+async def stop_client(client: Any) -> None:
+    """Stop an aiokafka client even while being cancelled (shielded, bounded).
+
+    aiokafka's group-less consumer awaits a task it has just cancelled on stop, which leaks a
+    CancelledError of its own; inside the shield none can be ours, so it is swallowed here.
+    """
+    with anyio.move_on_after(15, shield=True):
+        try:
+            await client.stop()
+        except asyncio.CancelledError:
+            pass
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str,
+                           wait_s: float = 10.0) -> list[TopicPartition]:
+    """The partitions of ``topic`` (a group-less consumer knows no topic metadata yet)."""
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        with anyio.move_on_after(wait_s):
+            await consumer._client._wait_on_metadata(topic)  # adds the topic, waits for it
+        parts = consumer.partitions_for_topic(topic)
+    return [TopicPartition(topic, p) for p in sorted(parts or ())]
+
+
+async def read_topic_to_end(cfg: Config, topic: str, apply: Callable[[Any], None], *,
+                            wait_s: float = 60.0) -> None:
+    """Apply every record of ``topic`` from the beginning to its end as of now, once (the
+    compacted state topics: ``rawcap.k8s``, ``rawcap.control``). A topic that does not exist
+    yet is empty; a broker that cannot be reached is a :class:`TransportError`."""
+    consumer = AIOKafkaConsumer(**consumer_kwargs(cfg, None))
+    try:
+        with anyio.fail_after(30):
+            await consumer.start()
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await stop_client(consumer)
+        raise TransportError(
+            f"cannot reach Kafka at {cfg.get('kafka.bootstrap')} to read {topic}: {exc!r}"
+        ) from None
+    try:
+        tps = await topic_partitions(consumer, topic)
+        if not tps:
+            return
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        with anyio.fail_after(wait_s):
+            while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+                got = await consumer.getmany(timeout_ms=500, max_records=5000)
+                for recs in got.values():
+                    for r in recs:
+                        apply(r)
+    finally:
+        await stop_client(consumer)
+
+
+async def follow_topic(cfg: Config, topic: str, apply: Callable[[Any], None],
+                       ready: anyio.Event | None = None) -> None:
+    """Apply every record of ``topic`` from the beginning, then new ones, until cancelled;
+    ``ready`` is set once the end as of the start has been reached."""
+    consumer = AIOKafkaConsumer(**consumer_kwargs(cfg, None, metadata_max_age_ms=5000))
+    await consumer.start()
+    try:
+        tps: list[TopicPartition] = []
+        while not tps:
+            tps = await topic_partitions(consumer, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        while True:
+            got = await consumer.getmany(timeout_ms=300, max_records=5000)
+            for recs in got.values():
+                for r in recs:
+                    apply(r)
+            if ready is not None and not ready.is_set() and \
+                    all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+                ready.set()
+    finally:
+        await stop_client(consumer)

@@ -29,7 +29,6 @@ misattributed (lookups are by validity interval).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import ipaddress
 import re
@@ -37,15 +36,13 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import anyio
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from schemas import topics
-from schemas.errors import ConfigError, TransportError
+from schemas.errors import ConfigError
 from schemas.k8s import UnsupportedRecord, Workload, WorkloadIndex
 
 from .config import Config
-from .kafka import consumer_kwargs
+from .kafka import follow_topic, read_topic_to_end
 from .packet import parse_l4
 
 __all__ = ("CallNames", "WorkloadFilter", "Workloads", "workload_label")
@@ -99,62 +96,16 @@ class Workloads:
     async def load(cls, cfg: Config, *, wait_s: float = 60.0) -> Workloads:
         """Read ``rawcap.k8s`` from the beginning to its current end (once)."""
         self = cls()
-        consumer = AIOKafkaConsumer(**consumer_kwargs(cfg, None))
-        try:
-            with anyio.fail_after(30):
-                await consumer.start()
-        except (KafkaError, OSError, TimeoutError) as exc:
-            await _stop(consumer)
-            raise TransportError(
-                f"cannot reach Kafka at {cfg.get('kafka.bootstrap')} to read {topics.K8S}: {exc!r}"
-            ) from None
-        try:
-            parts = consumer.partitions_for_topic(topics.K8S)
-            if not parts:
-                with anyio.move_on_after(10):
-                    await consumer._client._wait_on_metadata(topics.K8S)
-                parts = consumer.partitions_for_topic(topics.K8S)
-            tps = [TopicPartition(topics.K8S, p) for p in sorted(parts or ())]
-            if not tps:  # no Kubernetes layer has run: nothing is attributed
-                return self
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            with anyio.fail_after(wait_s):
-                while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-                    got = await consumer.getmany(timeout_ms=500, max_records=5000)
-                    for recs in got.values():
-                        for r in recs:
-                            self.apply(r.key, r.value, r.timestamp)
-        finally:
-            await _stop(consumer)
+        await read_topic_to_end(cfg, topics.K8S, self._apply_record, wait_s=wait_s)
         return self
 
     async def follow(self, cfg: Config, ready: anyio.Event | None = None) -> None:
         """Read ``rawcap.k8s`` from the beginning and keep applying new records until
         cancelled (live dissection); ``ready`` is set once the topic's end at start is reached."""
-        consumer = AIOKafkaConsumer(**consumer_kwargs(cfg, None, metadata_max_age_ms=5000))
-        await consumer.start()
-        try:
-            tps: list[TopicPartition] = []
-            while not tps:
-                with anyio.move_on_after(10):
-                    await consumer._client._wait_on_metadata(topics.K8S)
-                tps = [TopicPartition(topics.K8S, p)
-                       for p in sorted(consumer.partitions_for_topic(topics.K8S) or ())]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            while True:
-                got = await consumer.getmany(timeout_ms=300, max_records=5000)
-                for recs in got.values():
-                    for r in recs:
-                        self.apply(r.key, r.value, r.timestamp)
-                if ready is not None and not ready.is_set() and \
-                        all([await consumer.position(tp) >= ends[tp] for tp in tps]):
-                    ready.set()
-        finally:
-            await _stop(consumer)
+        await follow_topic(cfg, topics.K8S, self._apply_record, ready)
+
+    def _apply_record(self, r: Any) -> None:
+        self.apply(r.key, r.value, r.timestamp)
 
     def apply(self, key: bytes | str | None, value: bytes | None, timestamp_ms: int) -> None:
         """One ``rawcap.k8s`` message (value None is a tombstone); a bad one is counted."""
@@ -240,13 +191,3 @@ class WorkloadFilter:
             return True
         return self.matches(self.workloads.resolve(src_ip, ts_ns)) or \
             self.matches(self.workloads.resolve(dst_ip, ts_ns))
-
-
-async def _stop(client: Any) -> None:
-    """Stop an aiokafka client even while being cancelled (aiokafka's group-less consumer
-    leaks a CancelledError of its own on stop; inside the shield none can be ours)."""
-    with anyio.move_on_after(15, shield=True):
-        try:
-            await client.stop()
-        except asyncio.CancelledError:
-            pass

@@ -15,9 +15,8 @@ import anyio
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from enrich._consumer import read_topic_to_end
 from rawcap.config import Config
-from rawcap.kafka import ensure_topics, producer_kwargs
+from rawcap.kafka import ensure_topics, producer_kwargs, read_topic_to_end
 from schemas import Packet, encode_batch, topics
 from schemas.flows import decode_flow
 from tests.capture.helpers import RAWCAP, Proc

@@ -17,9 +17,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from enrich import FilterPlanner, Selection, run_enrich, run_k8s_watch
-from enrich._consumer import read_topic_to_end
 from rawcap.config import Config
-from rawcap.kafka import ensure_topics, producer_kwargs
+from rawcap.kafka import ensure_topics, producer_kwargs, read_topic_to_end
 from schemas import Packet, encode_batch, topics
 from schemas.control import CaptureFilter, decode_control
 from schemas.flows import FlowRecord
