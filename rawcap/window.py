@@ -283,6 +283,11 @@ class _KafkaLane:
         return None
 
 
+#: Compressed batches the merge may hold while it reads a shared partition on for a node
+#: that has not caught up (beyond it, nodes sharing a partition merge in shipping order).
+READ_AHEAD_BYTES = 256 * 1024 * 1024
+
+
 class _Cursor:
     """One node's position in the merge: queued (compressed) batches and the current one."""
 
@@ -362,6 +367,8 @@ class WindowReader:
         self._seen: dict[str, dict[tuple[int, int, int], None]] = {}  # recent (seq, t0, n) per node
         self._partitions_of_nodes: dict[int, list[str]] = {}
         self._partition_count = 0
+        #: node asked for by name -> index of the (Kafka) lane it is in, when lanes are shared
+        self._node_lanes: dict[str, int] = {}
         self._recycled_partitions: set[int] = set()
 
     async def __aenter__(self) -> WindowReader:
@@ -462,6 +469,9 @@ class WindowReader:
             # one. Out-of-window batches cost a header decode, never a decompression.
             stop: float = math.inf if self.follow else end[tp]
             consumer.seek(tp, start)
+            for node in self.nodes or ():
+                if node_partition(node, n) == tp.partition:
+                    self._node_lanes[node] = len(self._lanes)
             self._lanes.append(_KafkaLane(consumer, tp, start, stop, self))
 
     async def check_nodes(self) -> None:
@@ -684,6 +694,24 @@ class WindowReader:
         # One node in one lane: its packets come out in batch order whatever the watermarks
         # say, so every whole in-window batch can go out as a RawBatch (the compiled path).
         solo = len(lanes) == 1 and self.nodes is not None and len(self.nodes) == 1
+        # Nodes asked for by name (Kafka): a partition's watermark says nothing about a node
+        # that has not shown up in it yet, since partition timestamps are not monotonic (other
+        # nodes' newer batches, an import of old traffic after live traffic). Each such node
+        # keeps a watermark of its own and its lane is read on until the node catches up, as
+        # long as what waits in memory stays under READ_AHEAD_BYTES.
+        node_lanes = self._node_lanes
+        node_marks = dict.fromkeys(node_lanes, -1)
+        capped = False
+
+        def node_limit() -> int:
+            lim = 2**64
+            for n, i in node_lanes.items():
+                if not done[i] and node_marks[n] < lim:
+                    lim = node_marks[n]
+            return lim
+
+        def waiting_bytes() -> int:
+            return sum(len(v) for c in cursors.values() for _h, v, _o, _m in c.pending)
 
         async def pull(i: int) -> None:
             got = await self._fetch(lanes[i])
@@ -695,6 +723,8 @@ class WindowReader:
                 marks[i] = max(marks[i], header.first_ns)
                 if off < 0:
                     continue
+                if header.node in node_marks:
+                    node_marks[header.node] = max(node_marks[header.node], header.first_ns)
                 cur = cursors.get(header.node)
                 if cur is None:
                     cur = cursors[header.node] = _Cursor(header.node, i)
@@ -709,6 +739,14 @@ class WindowReader:
             # Lanes behind the head of the merge must read on before anything is released.
             head = heap[0][0] if heap else None
             lagging = [i for i in range(len(lanes)) if not done[i] and (head is None or marks[i] < head)]
+            if not lagging and node_lanes and not capped and (head is None or node_limit() < head):
+                if waiting_bytes() < READ_AHEAD_BYTES:
+                    lagging = sorted({i for n, i in node_lanes.items()
+                                      if not done[i] and (head is None or node_marks[n] < head)})
+                else:
+                    capped = True
+                    log.warning("nodes sharing a partition hold over %d MiB in the merge: they "
+                                "are merged in shipping order from here on", READ_AHEAD_BYTES >> 20)
             if lagging:
                 for i in lagging:
                     await pull(i)
@@ -720,6 +758,8 @@ class WindowReader:
             h = cur.header
             assert h is not None and cur.raw is not None
             limit = min(heap[0][0] if heap else 2**64, min(marks))
+            if node_lanes and not capped:
+                limit = min(limit, node_limit())
             st = self.stats.node(node)
             if cur.packets is None:
                 try:

@@ -12,6 +12,7 @@ import os
 import shlex
 import subprocess
 from pathlib import Path
+from time import time_ns
 from typing import Any
 
 import anyio
@@ -538,3 +539,56 @@ def test_consume_follow_tails_new_batches(kenv: dict[str, str], node_name: str, 
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def _names_in_partition(prefix: str, partition: int, count: int, partitions: int = 6) -> list[str]:
+    out, i = [], 0
+    while len(out) < count:
+        name = f"{prefix}-{i}"
+        if node_partition(name, partitions) == partition:
+            out.append(name)
+        i += 1
+    return out
+
+
+def _batches(node: str, t0: int, step: int, n_batches: int, per_batch: int,
+             size: int = 60) -> list[tuple[bytes, int]]:
+    """``n_batches`` batches of ``node``, packets of ``size`` bytes (random after the
+    headers, so zstd cannot shrink them) every ``step`` ns from ``t0``."""
+    vals = []
+    for k in range(n_batches):
+        pk = [
+            Packet(t0 + (k * per_batch + i) * step, size, size, 2, 0,
+                   (_frame(k * per_batch + i)[:40] + os.urandom(size))[:size])
+            for i in range(per_batch)
+        ]
+        vals.append((encode_batch(node=node, seq=k + 1, packets=pk, ifaces={2: "eth0"}), pk[0].ts_ns))
+    return vals
+
+
+async def test_nodes_sharing_a_partition_with_newer_data_merge_in_time_order(
+    kenv: dict[str, str], node_name: str, stack: Any, tmp_path: Path
+) -> None:
+    """The hard case for a watermark merge: in one partition a third node's batches from
+    *now* come first, then all of node A's (older) batches, then all of node B's, whose
+    packets interleave with A's; A alone is more than one fetch (8 MiB). Export of A and B
+    must still be in time order."""
+    newer, a, b = _names_in_partition(node_name, 3, 3)
+    now = time_ns()
+    t0 = now - 30 * 60 * 10**9
+    await _produce(stack.bootstrap, _batches(newer, now - 10**9, 1_000, 5, 50), newer)
+    # 12 x 40 packets of 28 kB (random): 13 MB per node, more than one 8 MiB fetch
+    await _produce(stack.bootstrap, _batches(a, t0, 2_000_000, 12, 40, 1400 * 20), a)
+    await _produce(stack.bootstrap, _batches(b, t0 + 1_000_000, 2_000_000, 12, 40, 1400 * 20), b)
+    out = tmp_path / "ab.pcapng"
+    p = await anyio.to_thread.run_sync(
+        lambda: rawcap("pcap", "export", "--node", f"{a},{b}", "--from", format_ns(t0 - 10**9),
+                       "--to", format_ns(t0 + 10**10), "-o", str(out), env=kenv)
+    )
+    assert p.returncode == 0, p.stderr.decode()
+    recs = records(out)
+    assert len(recs) == 2 * 12 * 40, p.stderr.decode()
+    stamps = [r.ts_ns for r in recs]
+    assert stamps == sorted(stamps)
+    assert [r.iface for r in recs[:4]] == [f"{a}:eth0", f"{b}:eth0", f"{a}:eth0", f"{b}:eth0"]
+    assert not wireshark_warnings(out)
