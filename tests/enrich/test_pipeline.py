@@ -24,6 +24,7 @@ from schemas.control import CaptureFilter, decode_control
 from schemas.flows import FlowRecord
 from schemas.procs import ProcRecord
 
+from .control import clear_capture_filters
 from .fakekube import FakeKube, namespace, node, pod, service
 from .frames import handshake
 
@@ -203,3 +204,4 @@ async def test_values_change_republishes_capture_filters(make_config: Callable[.
             assert current["filter/enr-node-a"].version > v0
             assert "10.231.7.20/32" not in current["filter/enr-node-a"].deny_ips  # shop still captured
             outer.cancel_scope.cancel()
+    await clear_capture_filters(cfg, "enr-node-a")

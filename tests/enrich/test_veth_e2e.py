@@ -25,6 +25,7 @@ from schemas.flows import FlowRecord
 from tests.capture.helpers import PY, RAWCAP, TRAFFIC, Proc
 from tests.netns import VethPair
 
+from .control import clear_capture_filters
 from .fakekube import FakeKube, namespace, node, pod
 
 pytestmark = pytest.mark.integration
@@ -177,6 +178,7 @@ async def test_veth_flows_ip_reuse_and_namespace_exclusion(
             cap.stop()
             srv.stop()
             await fk.stop()
+            await clear_capture_filters(cfg, node_name)
 
     for f in before:
         assert f.src == net.b.ip and f.dst == net.a.ip and f.dport == PORT
