@@ -590,6 +590,12 @@ class WindowReader:
         st.last_seq = header.seq if st.last_seq is None else max(st.last_seq, header.seq)
         return True
 
+    def _wanted_key(self, key: bytes | None) -> bool:
+        """Whether a batch with this Kafka key (the node name) may belong to the selection."""
+        if self.nodes is None or not key:
+            return True
+        return key.decode(errors="replace") in self.nodes
+
     async def _fetch(self, lane: Any) -> list[_Admitted] | None:
         """The lane's next values as admitted ``(header, value, body offset, meta)``; when none
         is admitted but the lane moved, one marker with offset -1 carries its watermark."""
@@ -601,6 +607,8 @@ class WindowReader:
             try:
                 header, off = decode_header(value)
             except BatchError as exc:
+                if not self._wanted_key(meta.get("key")):
+                    continue  # another node's corrupt batch (Kafka key): not this read's to report
                 await self._corrupt(value, meta, exc)
                 continue
             if self._admit(header):

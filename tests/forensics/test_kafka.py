@@ -592,3 +592,21 @@ async def test_nodes_sharing_a_partition_with_newer_data_merge_in_time_order(
     assert stamps == sorted(stamps)
     assert [r.iface for r in recs[:4]] == [f"{a}:eth0", f"{b}:eth0", f"{a}:eth0", f"{b}:eth0"]
     assert not wireshark_warnings(out)
+
+
+async def test_another_nodes_corrupt_batch_is_not_reported_for_this_node(
+    kenv: dict[str, str], node_name: str, stack: Any
+) -> None:
+    """A batch whose header does not decode is attributed by its Kafka key: a read of node A
+    skips (and does not DLQ) the garbage of node B sharing A's partition, and reports A's own."""
+    a, b = _names_in_partition(node_name, 2, 2)
+    now = time_ns()
+    await _produce(stack.bootstrap, _batches(a, now - 10**9, 1_000, 2, 10), a)
+    await _produce(stack.bootstrap, [(b"not a batch at all", now)], b)
+    p = await anyio.to_thread.run_sync(lambda: rawcap("consume", "--node", a, "--from", "-5m", env=kenv))
+    assert p.returncode == 0, p.stderr.decode()
+    assert len(p.stdout.splitlines()) == 20
+    assert b"corrupt" not in p.stderr
+    await _produce(stack.bootstrap, [(b"also not a batch", now)], a)
+    p = await anyio.to_thread.run_sync(lambda: rawcap("consume", "--node", a, "--from", "-5m", env=kenv))
+    assert p.returncode == 0 and b"1 corrupt batch(es) skipped" in p.stderr, p.stderr.decode()
