@@ -9,6 +9,10 @@ Workload context (``--namespace``/``--pod``, ``consume --workloads``, ``pcap exp
 --comment-workload``) reads ``rawcap.k8s`` to its end once per command
 (:meth:`rawcap.workloads.Workloads.load`), or the copy a snapshot stored; nothing is read
 when none of these flags is given.
+
+Each command imports what it runs when it runs (``pcap export`` never loads the snapshot
+store, the import code or the workload index unless its flags need them): start-up is part
+of every command's time.
 """
 
 from __future__ import annotations
@@ -22,20 +26,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rawcap.config import Config
-from rawcap.filters import PacketFilter, add_filter_arguments, filter_from_args
+from rawcap.filters import add_filter_arguments, filter_from_args
 from rawcap.packet import format_addr, format_flags, parse_l4
-from rawcap.snapshots import SnapshotStore, list_snapshots, load_manifest, open_snapshot
 from rawcap.timeparse import format_ns, parse_window
-from rawcap.window import WindowReader
-from rawcap.workloads import Workloads
 from schemas.errors import ConfigError, RawcapError
 
-from ._export import OutputFile, write_capture
-from ._import import import_capture
-from ._snapshot import RecordingWorkloads, create_snapshot, delete_snapshot, verify_snapshot
+if TYPE_CHECKING:
+    from rawcap.config import Config
+    from rawcap.filters import PacketFilter
+    from rawcap.window import WindowReader
+    from rawcap.workloads import Workloads
 
 __all__ = ("add_commands",)
 
@@ -95,6 +97,10 @@ def _nodes(args: argparse.Namespace) -> list[str] | None:
 
 async def _workloads(cfg: Config, *, record: bool = False) -> Workloads:
     """``rawcap.k8s`` read to its end (once per command)."""
+    from rawcap.workloads import Workloads
+
+    from ._snapshot import RecordingWorkloads
+
     wl = await (RecordingWorkloads if record else Workloads).load(cfg)
     if wl.bad:
         _notice(f"warning: {wl.bad} unreadable rawcap.k8s record(s) skipped")
@@ -113,8 +119,12 @@ async def _reader(
 ) -> tuple[WindowReader, Any, Workloads | None]:
     """Window + source -> an (unopened) reader, the effective (bound) filter and the workload
     index (None unless ``want_workloads`` or a filter has ``--namespace``/``--pod``)."""
+    from rawcap.window import WindowReader
+
     source = getattr(args, "source", "kafka") or "kafka"
     if source.startswith("snapshot:"):
+        from rawcap.snapshots import open_snapshot
+
         snap = await open_snapshot(
             cfg, source.split(":", 1)[1],
             window=parse_window(args.from_, args.to) if (args.from_ or args.to) else None,
@@ -150,6 +160,8 @@ def _report(reader: WindowReader, what: str) -> None:
 async def _cmd_export(args: argparse.Namespace, cfg: Config) -> int:
     if not args.output:
         raise ConfigError("pcap export needs -o FILE (or -o - for stdout)")
+    from ._export import OutputFile, write_capture
+
     flt = filter_from_args(args)
     comment_workload = getattr(args, "comment_workload", False)
     if comment_workload and args.format != "pcapng":
@@ -185,6 +197,8 @@ async def _cmd_export(args: argparse.Namespace, cfg: Config) -> int:
 
 # -- pcap import ---------------------------------------------------------------------------
 async def _cmd_import(args: argparse.Namespace, cfg: Config) -> int:
+    from ._import import import_capture
+
     with _progress("importing", 0, 1) as progress:
         stats = await import_capture(
             cfg,
@@ -272,6 +286,10 @@ async def _cmd_consume(args: argparse.Namespace, cfg: Config) -> int:
 async def _cmd_snap_create(args: argparse.Namespace, cfg: Config) -> int:
     if not args.from_ or not args.to:
         raise ConfigError("snapshot create needs --from and --to")
+    from rawcap.snapshots import SnapshotStore
+
+    from ._snapshot import create_snapshot
+
     lo, hi = parse_window(args.from_, args.to)
     store = SnapshotStore(cfg.get("snapshots.url"))
     flt = filter_from_args(args)
@@ -306,6 +324,8 @@ async def _cmd_snap_create(args: argparse.Namespace, cfg: Config) -> int:
 
 
 async def _cmd_snap_list(args: argparse.Namespace, cfg: Config) -> int:
+    from rawcap.snapshots import SnapshotStore, list_snapshots
+
     store = SnapshotStore(cfg.get("snapshots.url"))
     for m in await list_snapshots(store):
         if args.json:
@@ -322,6 +342,8 @@ async def _cmd_snap_list(args: argparse.Namespace, cfg: Config) -> int:
 
 
 async def _cmd_snap_show(args: argparse.Namespace, cfg: Config) -> int:
+    from rawcap.snapshots import SnapshotStore, load_manifest
+
     manifest = await load_manifest(SnapshotStore(cfg.get("snapshots.url")), args.id)
     print(json.dumps(manifest, indent=None if args.json else 2, sort_keys=True))
     return 0
@@ -333,6 +355,10 @@ async def _cmd_snap_export(args: argparse.Namespace, cfg: Config) -> int:
 
 
 async def _cmd_snap_verify(args: argparse.Namespace, cfg: Config) -> int:
+    from rawcap.snapshots import SnapshotStore
+
+    from ._snapshot import verify_snapshot
+
     store = SnapshotStore(cfg.get("snapshots.url"))
     problems = await verify_snapshot(store, args.id)
     if problems:
@@ -350,6 +376,10 @@ async def _cmd_snap_delete(args: argparse.Namespace, cfg: Config) -> int:
         raise ConfigError(
             f"snapshots are immutable: 'rawcap snapshot delete {args.id} --force' deletes it for good"
         )
+    from rawcap.snapshots import SnapshotStore
+
+    from ._snapshot import delete_snapshot
+
     n = await delete_snapshot(SnapshotStore(cfg.get("snapshots.url")), args.id)
     _notice(f"deleted snapshot {args.id} ({n} objects)")
     return 0

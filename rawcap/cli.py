@@ -4,26 +4,26 @@ Each service package contributes its commands through ``<package>.cli.add_comman
 module only owns the global options, configuration loading, error reporting and the event
 loop. A command whose package has not landed yet is still listed and exits non-zero saying
 so, rather than pretending to work.
+
+Start-up imports only what the command line needs: when it names a command, only the module
+providing that command is imported (``rawcap pcap export`` never loads the Kubernetes client,
+the dissector or the object store); ``rawcap --help`` and a command nobody provides load them
+all, so that help and "invalid choice" list every command.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
-import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
-
-import anyio
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from schemas.errors import RawcapError
 
-from .config import Config, load_config
-from .log import setup_logging
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = ("build_parser", "main")
 
@@ -36,6 +36,9 @@ COMMAND_MODULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("dissector.cli", ("dissect", "calls", "dissection"), "delayed dissection"),
     ("forensics.cli", ("consume", "pcap", "snapshot"), "forensics"),
 )
+
+#: ``inspect.CO_COROUTINE`` (``inspect`` itself costs a few ms of start-up).
+_CO_COROUTINE = 0x80
 
 #: Options whose value may start with "-" (relative times like ``--from -5m``).
 TIME_OPTIONS = ("--from", "--to", "--since", "--until")
@@ -70,6 +73,10 @@ def _not_available(name: str, what: str) -> Any:
 
 
 def _config_show(args: argparse.Namespace, cfg: Config) -> int:
+    import json
+
+    import yaml
+
     if args.json:
         print(json.dumps(cfg.as_dict(), default=str))
     else:
@@ -80,7 +87,31 @@ def _config_show(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Global options that take a value (``--config FILE``), for :func:`_command_of`.
+_VALUE_OPTIONS = ("--config", "--bootstrap", "--log-level", "--log-format")
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command word of a command line (its first positional argument), if any."""
+    it = iter(argv)
+    for arg in it:
+        if arg == "--":
+            return next(it, None)
+        if arg in _VALUE_OPTIONS:
+            next(it, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``argv``, only the modules its command needs are imported."""
+    command = _command_of(argv) if argv is not None else None
+    modules = COMMAND_MODULES
+    if command is not None:
+        modules = tuple(m for m in COMMAND_MODULES if command in m[1]) or (
+            () if command == "config" else COMMAND_MODULES
+        )
     parser = argparse.ArgumentParser(
         prog="rawcap", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -90,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(parent, suppress=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    for module_name, names, what in COMMAND_MODULES:
+    for module_name, names, what in modules:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -113,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_async(func: Any) -> bool:
+    """``inspect.iscoroutinefunction`` without importing ``inspect``."""
+    import functools
+
+    while isinstance(func, functools.partial):
+        func = func.func
+    code = getattr(getattr(func, "__func__", func), "__code__", None)
+    return code is not None and bool(code.co_flags & _CO_COROUTINE)
+
+
 def _fix_time_args(argv: Sequence[str]) -> list[str]:
     """Join ``--from -5m`` into ``--from=-5m``: argparse would take ``-5m`` for an option."""
     out: list[str] = []
@@ -130,11 +171,14 @@ def _fix_time_args(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = _fix_time_args(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "placeholder", False):
         parser.error("unrecognized arguments: " + " ".join(unknown))
     try:
+        from .config import load_config
+        from .log import setup_logging
+
         overrides = {"kafka.bootstrap": getattr(args, "bootstrap", None),
                      "log.level": getattr(args, "log_level", None),
                      "log.format": getattr(args, "log_format", None)}
@@ -142,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                           overrides)
         setup_logging(cfg.get("log.level"), cfg.get("log.format"))
         func = args.func
-        if inspect.iscoroutinefunction(func):
+        if _is_async(func):
+            import anyio
+
             code = anyio.run(func, args, cfg)
         else:
             code = func(args, cfg)
