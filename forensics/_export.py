@@ -1,10 +1,19 @@
 """``rawcap pcap export``: a time window as pcapng (or classic pcap), in time order.
 
-The writer works a chunk of packets at a time: one EPB header ``pack`` per packet, the
-packet's bytes referenced (not copied) until ``writelines`` hands the whole chunk to the
-file in one call. Output goes to a temporary name beside the target and is renamed on
-success, so a reader never sees a half-written file under the real name; ``-o -`` streams
-to stdout for ``| tshark -r -``.
+Three threads, each owning its stage, with bounded queues between them:
+
+- the event loop (main thread) fetches from Kafka (or another source), decodes batch
+  headers and merges nodes by time (:meth:`rawcap.window.WindowReader.items`); a batch that
+  goes out whole is handed on still compressed;
+- the converter (:class:`_Converter`) takes the items in order, decompresses those batches
+  (zstd releases the GIL) and builds their blocks (the compiled converter releases it too;
+  the Python path does one EPB header ``pack`` per packet, the packet's bytes referenced,
+  not copied), so the loop keeps fetching meanwhile;
+- the writer (:class:`_BackgroundWriter`) hands each ~4 MiB chunk to the file in one call.
+
+Output goes to a temporary name beside the target and is renamed on success, so a reader
+never sees a half-written file under the real name; ``-o -`` streams to stdout for ``|
+tshark -r -``. A write error (disk full) ends the export with a one-line error.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import struct
 import sys
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -26,8 +36,8 @@ from forensics._fastexport import FAST as _FAST
 from forensics._fastexport import fast_batch
 from rawcap.pcapfile import LINKTYPE_ETHERNET, PcapngWriter, PcapWriter
 from rawcap.window import RawBatch, WindowReader, WPacket
-from schemas import BODY_RECORDS, BatchHeader, iter_packets
-from schemas.errors import BatchError, ConfigError, RecordOverrun
+from schemas import BODY_RECORDS, BatchHeader, decompress_body, iter_packets
+from schemas.errors import BatchError, ConfigError, RawcapError, RecordOverrun
 
 if TYPE_CHECKING:
     from rawcap.workloads import Workloads
@@ -46,6 +56,9 @@ _TRAIL = tuple(struct.Struct(f"<{pad}xI") for pad in range(4))
 _JOIN_PACK = (*(j.pack for j in _JOIN), lambda _prev_blen, *hdr: _EPB.pack(*hdr))
 _PAD = (b"", b"\0", b"\0\0", b"\0\0\0")
 _FLUSH_BYTES = 4 * 1024 * 1024
+#: Items (compressed batches, packet lists) queued for the converter: enough to ride out
+#: one fetch response's burst, a few MiB of memory.
+_AHEAD = 16
 
 
 class OutputFile:
@@ -103,18 +116,17 @@ async def write_capture(
     """Stream the reader's packets into ``out``; returns the number of packets written.
     ``workloads``: every EPB gets an ``opt_comment`` ``node=N src=... dst=...`` (pcapng)."""
     sink = _PcapSink(snaplen) if fmt == "pcap" else _PcapngSink(snaplen, comment_node, workloads)
-    parts: list[Any] = [sink.header()]
-    size = len(parts[0])
-    total = 0
     writer = _BackgroundWriter(out)
+    conv = _Converter(sink, writer)
     # The hot loop makes millions of short-lived tracked objects (tuples, memoryviews) and no
     # reference cycles: the cyclic collector would spend ~20% of the export rescanning them.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        total = await _convert(reader, sink, writer, parts, size, match, progress)
+        total = await _convert(reader, conv, match, progress)
         await writer.close()
     finally:
+        conv.abort()
         writer.abort()
         if gc_was_enabled:
             gc.enable()
@@ -123,50 +135,151 @@ async def write_capture(
 
 async def _convert(
     reader: WindowReader,
-    sink: _PcapngSink | _PcapSink,
-    writer: _BackgroundWriter,
-    parts: list[Any],
-    size: int,
+    conv: _Converter,
     match: Callable[[bytes | memoryview, int, int], bool] | None,
     progress: Callable[[int, int], None] | None,
 ) -> int:
     total = 0
-    async for item in reader.items(match=match):
-        if isinstance(item, RawBatch):
-            h = item.header
-            mark = len(parts)
-            sink.begin_batch()
-            try:
-                # In a worker thread, so that the event loop (the Kafka fetcher) runs meanwhile.
-                n, nbytes, added = await anyio.to_thread.run_sync(sink.batch, h, item.body, parts)
-            except BatchError as exc:
-                # Nothing of a corrupt batch reaches the file, not even the IDB of an
+
+    async def settle() -> None:
+        """Account for what the converter finished (in order), report corrupt batches."""
+        nonlocal total
+        for item, n, nbytes, last_ts, exc, inflating in conv.results():
+            if exc is not None:
+                # Nothing of a corrupt batch reached the output, not even the IDB of an
                 # interface it was the first to use: a later batch describes it again.
-                del parts[mark:]
-                sink.forget_batch()
-                await reader.corrupt_batch(item, exc)
+                await reader.corrupt_batch(item, exc, inflating=inflating)
                 continue
-            reader.stats.node(h.node).bytes += nbytes
-            last_ts = h.last_ns
-        else:
-            if not item:
-                continue
-            n, added = len(item), sink.packets(item, parts)
-            last_ts = item[-1].ts_ns
-        total += n
-        size += added
-        if size >= _FLUSH_BYTES:
-            await writer.put(parts)
-            parts, size = [], 0
-        if progress is not None:
-            progress(total, last_ts)
-    await writer.put(parts)
+            if nbytes:
+                reader.stats.node(item.header.node).bytes += nbytes
+            total += n
+            if progress is not None:
+                progress(total, last_ts)
+
+    async for item in reader.items(match=match, inflate=False):
+        if isinstance(item, RawBatch) or item:
+            await conv.put(item)
+            await settle()
+    await conv.close()
+    await settle()
     return total
 
 
+#: What the converter says about one item: (item, packets, packet bytes of a RawBatch, last
+#: timestamp, the BatchError of a corrupt batch or None, whether it failed to decompress).
+_Result = tuple[Any, int, int, int, "BatchError | None", bool]
+
+
+class _Converter:
+    """One thread that takes the reader's items in order: decompresses whole batches and
+    builds their blocks (``sink.batch``; the compiled path runs without the GIL), formats
+    packet lists (``sink.packets``), and hands ~4 MiB chunks to the writer.
+
+    The sink (interface ids, IDBs) is touched by this thread only, one item after the other,
+    so the output is the same as a sequential export's; a corrupt batch is undone here
+    (its blocks and the interfaces it introduced) before the next item, and reported back
+    through :meth:`results` for the event loop to count and send to the DLQ. At most
+    ``_AHEAD`` items wait, so memory stays bounded; an error other than a corrupt batch
+    (a write error) stops the thread and is raised by the next :meth:`put` or :meth:`close`.
+    """
+
+    def __init__(self, sink: _PcapngSink | _PcapSink, writer: _BackgroundWriter) -> None:
+        self._sink, self._writer = sink, writer
+        header = sink.header()
+        self._parts: list[Any] = [header]
+        self._size = len(header)
+        self._jobs: queue.Queue[list[WPacket] | RawBatch | None] = queue.Queue(maxsize=_AHEAD)
+        self._done: deque[_Result] = deque()
+        self._exc: BaseException | None = None
+        self._aborted = False
+        self._t = threading.Thread(target=self._run, name="rawcap-pcap-convert", daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                break
+            if self._exc is not None or self._aborted:
+                continue  # drain, so that a blocked put() returns
+            try:
+                self._done.append(self._one(item))
+            except BaseException as exc:
+                self._exc = exc
+        if self._exc is None and not self._aborted:
+            try:
+                self._writer.put_sync(self._parts)
+            except BaseException as exc:
+                self._exc = exc
+        self._parts = []
+
+    def _one(self, item: list[WPacket] | RawBatch) -> _Result:
+        sink, parts = self._sink, self._parts
+        if isinstance(item, RawBatch):
+            h = item.header
+            try:
+                body = decompress_body(h, item.body)
+            except BatchError as exc:
+                return item, 0, 0, 0, exc, True
+            mark = len(parts)
+            sink.begin_batch()
+            try:
+                n, nbytes, added = sink.batch(h, body, parts)
+            except BatchError as exc:
+                del parts[mark:]
+                sink.forget_batch()
+                return item, 0, 0, 0, exc, False
+            last_ts = h.last_ns
+        else:
+            n, nbytes, last_ts = len(item), 0, item[-1].ts_ns
+            added = sink.packets(item, parts)
+        self._size += added
+        if self._size >= _FLUSH_BYTES:
+            self._writer.put_sync(parts)
+            self._parts, self._size = [], 0
+        return item, n, nbytes, last_ts, None, False
+
+    async def put(self, item: list[WPacket] | RawBatch | None) -> None:
+        """Queue an item (``None``: the end); waits while ``_AHEAD`` items are queued."""
+        if self._exc is not None:
+            raise self._exc
+        try:
+            self._jobs.put_nowait(item)
+        except queue.Full:
+            await anyio.to_thread.run_sync(self._jobs.put, item)
+
+    def results(self) -> list[_Result]:
+        """The items finished since the last call, in order."""
+        done, out = self._done, []
+        while done:
+            out.append(done.popleft())
+        return out
+
+    async def close(self) -> None:
+        """Finish every queued item and hand the last chunk to the writer; re-raise an error."""
+        await self.put(None)
+        await anyio.to_thread.run_sync(self._t.join)
+        if self._exc is not None:
+            raise self._exc
+
+    def abort(self) -> None:
+        """Stop the thread without converting what is still queued (after an error)."""
+        if not self._t.is_alive():
+            return
+        self._aborted = True
+        while True:
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                break
+        self._jobs.put(None)
+        self._t.join(10)
+
+
 class _BackgroundWriter:
-    """Joins and writes chunks in a thread while the next ones are built (``write`` releases
-    the GIL); at most a few chunks wait, so memory stays bounded."""
+    """Writes chunks in a thread while the next ones are built (``write`` releases the GIL);
+    at most a few chunks wait, so memory stays bounded. A write error other than a closed
+    pipe (disk full, I/O error) becomes a one-line :class:`RawcapError`."""
 
     def __init__(self, out: BinaryIO) -> None:
         self._q: queue.Queue[list[Any] | None] = queue.Queue(maxsize=3)
@@ -186,16 +299,18 @@ class _BackgroundWriter:
                         out.writelines(parts)
                     else:
                         out.write(b"".join(parts))
+                except BrokenPipeError as exc:  # the reader went away (| head): not an error
+                    self._exc = exc
+                except OSError as exc:
+                    self._exc = RawcapError(f"cannot write the capture: {exc.strerror or exc}")
                 except BaseException as exc:
                     self._exc = exc
 
-    async def put(self, parts: list[Any]) -> None:
+    def put_sync(self, parts: list[Any]) -> None:
+        """Queue a chunk (blocks while the queue is full); re-raise an earlier write error."""
         if self._exc is not None:
             raise self._exc
-        try:
-            self._q.put_nowait(parts)
-        except queue.Full:
-            await anyio.to_thread.run_sync(self._q.put, parts)
+        self._q.put(parts)
 
     async def close(self) -> None:
         """Wait for every chunk to be written; re-raise a write error (disk full, EPIPE)."""

@@ -326,9 +326,11 @@ class RawBatch(NamedTuple):
     """A whole batch inside the window whose packets may be written as they are, in order."""
 
     header: BatchHeader
-    body: bytes | memoryview  # decompressed body (rec or tpacket3 layout)
+    #: decompressed body (rec or tpacket3 layout); still compressed from ``items(inflate=False)``
+    body: bytes | memoryview
     value: bytes | memoryview  # the batch as it was read (for rawcap.dlq)
     meta: dict[str, Any]  # where it was read (partition, offset, key)
+    source: str = ""  # the lane it came from (reported with a body that does not decompress)
 
 
 class WindowReader:
@@ -682,17 +684,26 @@ class WindowReader:
             else:
                 yield item
 
-    async def corrupt_batch(self, batch: RawBatch, exc: Exception) -> None:
-        """For consumers of :meth:`items` that find a raw batch's body invalid while walking it."""
+    async def corrupt_batch(self, batch: RawBatch, exc: Exception, *, inflating: bool = False) -> None:
+        """For consumers of :meth:`items` that find a raw batch's body invalid while walking it
+        (``inflating``: while decompressing it, after ``items(inflate=False)``; reported as
+        :meth:`items` itself reports a body that does not decompress)."""
         self.stats.node(batch.header.node).packets -= batch.header.count
-        await self._corrupt(batch.value, dict(batch.meta), exc)
+        meta = {"source": batch.source, **batch.meta} if inflating else dict(batch.meta)
+        await self._corrupt(batch.value, meta, exc)
 
     async def items(
-        self, match: MatchFn | None = None, chunk: int = 4096
+        self, match: MatchFn | None = None, chunk: int = 4096, *, inflate: bool = True
     ) -> AsyncIterator[list[WPacket] | RawBatch]:
         """Like :meth:`packets`, but a batch that lies wholly inside the window and before
         every other node's next packet comes as one :class:`RawBatch` (no per-packet objects;
-        its packet count is already in the stats, its bytes are the caller's to add)."""
+        its packet count is already in the stats, its bytes are the caller's to add).
+
+        ``inflate=False``: such a batch comes still compressed (whether a batch goes out whole
+        depends on its header alone), for the caller to decompress
+        (:func:`schemas.decompress_body`) off the event loop, e.g. in a pipeline of its own,
+        while this reader fetches on; a body that does not decompress goes to
+        ``corrupt_batch(batch, exc, inflating=True)``."""
         lanes = self._lanes
         marks = [-1] * len(lanes)  # watermark per lane; huge when done
         done = [False] * len(lanes)
@@ -770,6 +781,18 @@ class WindowReader:
                 limit = min(limit, node_limit())
             st = self.stats.node(node)
             if cur.packets is None:
+                whole = match is None and h.first_ns >= lo and h.last_ns < hi and (h.last_ns <= limit or solo)
+                if whole and not inflate:
+                    if out:
+                        yield out
+                        out = []
+                    st.packets += h.count
+                    st.first_ns = h.first_ns if st.first_ns is None else st.first_ns
+                    st.last_ns = h.last_ns
+                    yield RawBatch(h, cur.raw, cur.value, cur.meta, lanes[cur.lane].name)
+                    if cur.next_batch():
+                        heapq.heappush(heap, (cur.head(), node))
+                    continue
                 try:
                     # zstd releases the GIL: the Kafka fetcher keeps going meanwhile.
                     cur.raw = await anyio.to_thread.run_sync(decompress_body, h, cur.raw)
@@ -778,14 +801,14 @@ class WindowReader:
                     if cur.next_batch():
                         heapq.heappush(heap, (cur.head(), node))
                     continue
-                if match is None and h.first_ns >= lo and h.last_ns < hi and (h.last_ns <= limit or solo):
+                if whole:
                     if out:
                         yield out
                         out = []
                     st.packets += h.count
                     st.first_ns = h.first_ns if st.first_ns is None else st.first_ns
                     st.last_ns = h.last_ns
-                    yield RawBatch(h, cur.raw, cur.value, cur.meta)
+                    yield RawBatch(h, cur.raw, cur.value, cur.meta, lanes[cur.lane].name)
                     if cur.next_batch():
                         heapq.heappush(heap, (cur.head(), node))
                     continue

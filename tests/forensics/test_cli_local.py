@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from rawcap.pcapfile import PcapWriter
 
-from .helpers import DATA, rawcap, records, tshark_rows, wireshark_warnings, write_buffer
+from .helpers import DATA, RAWCAP, rawcap, records, tshark_rows, wireshark_warnings, write_buffer
 
 FROM = "2026-11-23T00:00:00Z"
 
@@ -167,6 +168,19 @@ def test_unreadable_output_dir(buf: dict[str, str], tmp_path: Path) -> None:
         assert p.returncode == 2 and err.startswith("rawcap: error: output path"), err
         assert len(err.splitlines()) == 1 and not target.exists()
     assert blocker.read_text() == "x"
+
+
+def test_disk_full_is_one_line(buf: dict[str, str]) -> None:
+    """A write error (here /dev/full as stdout: ENOSPC) ends the export with one line, exit 2."""
+    full = {**os.environ, **buf}
+    with open("/dev/full", "wb") as dev_full:
+        p = subprocess.run(
+            [*RAWCAP, "pcap", "export", "--source", "local", "--from", FROM, "-o", "-"],
+            stdout=dev_full, stderr=subprocess.PIPE, env=full, timeout=120,
+        )
+    err = p.stderr.decode().strip()
+    assert p.returncode == 2, err
+    assert err == "rawcap: error: cannot write the capture: No space left on device", err
 
 
 def test_snapshot_lifecycle_local_store(buf: dict[str, str], tmp_path: Path) -> None:

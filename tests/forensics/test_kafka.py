@@ -542,7 +542,8 @@ def test_consume_follow_tails_new_batches(kenv: dict[str, str], node_name: str, 
 
 
 def _names_in_partition(prefix: str, partition: int, count: int, partitions: int = 6) -> list[str]:
-    out, i = [], 0
+    out: list[str] = []
+    i = 0
     while len(out) < count:
         name = f"{prefix}-{i}"
         if node_partition(name, partitions) == partition:
