@@ -39,14 +39,27 @@ _FRAME_TS = struct.Struct("<II")  # tpacket3_hdr.tp_sec, tp_nsec at byte 4
 
 @dataclass(frozen=True, slots=True)
 class ClosedBatch:
-    """One finished batch, ready for the FIFO: its sequence, counts and wire bytes."""
+    """One finished batch, ready for the FIFO: its sequence, counts and wire bytes.
+
+    The bytes stay in ``parts`` (header, then each block's copy or zstd output) and are
+    never joined: the FIFO writes them with one ``writev`` and the shipper lays them into
+    the Kafka request, so the body is copied out of the ring once and not again in Python."""
 
     seq: int
     count: int
     first_ns: int
     last_ns: int
     raw_bytes: int
-    value: bytes
+    parts: tuple[bytes, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    @property
+    def value(self) -> bytes:
+        """The wire bytes in one piece (a copy: for tests and tools, not the hot path)."""
+        return b"".join(self.parts)
 
 
 class BlockBatcher:
@@ -88,14 +101,23 @@ class BlockBatcher:
         first_off = _FIRST_OFF.unpack_from(block, 16)[0]
         sec, nsec = _FRAME_TS.unpack_from(block, first_off + 4)
         t0 = sec * 1_000_000_000 + nsec
+        # A block that alone (nearly) fills a batch is the batch: one-shot compression reads
+        # it in place, where the streaming compressor first copies every input into its window
+        # and matches across inputs on its slower external-dictionary path (~2x the CPU).
+        alone = self._count == 0 and blk_len >= self.max_bytes - (self.max_bytes >> 3)
         if self._count == 0:
             self._plain = self._plain_left > 0
-            self._cobj = None if self._plain else self._zc.compressobj()
+            self._cobj = None if self._plain or alone else self._zc.compressobj()
             self._opened = self._clock()
             self._first = t0
         used = block[:blk_len]
         try:
-            out = bytes(used) if self._plain else self._cobj.compress(used)
+            if self._plain:
+                out = bytes(used)
+            elif alone:
+                out = self._zc.compress(used)
+            else:
+                out = self._cobj.compress(used)
         finally:
             used.release()
         if out:
@@ -104,7 +126,7 @@ class BlockBatcher:
         self._last = max(self._last, t1)
         self._count += num
         self._raw += blk_len
-        if self._raw >= self.max_bytes:
+        if alone or self._raw >= self.max_bytes:
             return self.close()
         return None
 
@@ -119,7 +141,8 @@ class BlockBatcher:
             self._plain_left -= 1
             self.plain_batches += 1
         else:
-            self._parts.append(self._cobj.flush())
+            if self._cobj is not None:  # streamed (several blocks); a lone block is done
+                self._parts.append(self._cobj.flush())
             if sum(len(p) for p in self._parts) > _WORTH * self._raw:
                 self._plain_left = _PLAIN_BATCHES
         header = BatchHeader(
@@ -127,9 +150,9 @@ class BlockBatcher:
             last_ns=self._last, ifaces=self._ifaces(), body=BODY_TPACKET3,
             codec="none" if self._plain else "zstd", body_len=self._raw, snaplen=self.snaplen,
         )
-        value = b"".join([MAGIC, msgpack.packb(header.to_msgpack_map(), use_bin_type=True),
-                          *self._parts])
-        batch = ClosedBatch(self.next_seq, self._count, self._first, self._last, self._raw, value)
+        head = MAGIC + msgpack.packb(header.to_msgpack_map(), use_bin_type=True)
+        batch = ClosedBatch(self.next_seq, self._count, self._first, self._last, self._raw,
+                            (head, *self._parts))
         self.next_seq += 1
         self._reset()
         return batch

@@ -56,7 +56,7 @@ STATE_EVERY_S = 1.0
 STATE_EVERY_BATCHES = 32
 
 
-def _load_crc32() -> Callable[[bytes], int]:
+def _load_crc32() -> Callable[..., int]:
     """The segment frame's crc32 (zlib's polynomial). libdeflate's PCLMUL version is about
     twice as fast as zlib 1.2's and releases the GIL; zlib is the fallback. Same result."""
     name = ctypes.util.find_library("deflate")
@@ -66,13 +66,14 @@ def _load_crc32() -> Callable[[bytes], int]:
             fn.restype = ctypes.c_uint32
             fn.argtypes = (ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t)
             if fn(0, b"123456789", 9) == zlib.crc32(b"123456789"):
-                return lambda data: int(fn(0, data, len(data)))
+                return lambda data, value=0: int(fn(value, data, len(data)))
         except (OSError, AttributeError):
             pass
     return zlib.crc32
 
 
-crc32: Callable[[bytes], int] = _load_crc32()
+#: ``crc32(data, value=0)``, chainable over pieces like ``zlib.crc32``.
+crc32: Callable[..., int] = _load_crc32()
 
 
 def _sync_close(fh: BufferedWriter) -> None:
@@ -84,6 +85,24 @@ def _sync_close(fh: BufferedWriter) -> None:
         log.warning("fsync of %s failed: %s", fh.name, exc)
     finally:
         fh.close()
+
+
+def _write_all(fh: BufferedWriter, parts: list[bytes], total: int) -> None:
+    """One ``writev`` of a frame's pieces (the segment's buffer is always flushed, so the
+    raw descriptor is at the end). A short write (disk full, a signal) is finished piece
+    by piece, or raises ``OSError`` like ``write`` would."""
+    fd = fh.fileno()
+    done = os.writev(fd, parts)
+    if done == total:
+        return
+    for p in parts:
+        if done >= len(p):
+            done -= len(p)
+            continue
+        view = memoryview(p)[done:]
+        while view:
+            view = view[os.write(fd, view):]
+        done = 0
 
 
 def segment_name(first_seq: int) -> str:
@@ -154,7 +173,7 @@ class Fifo:
         self._fds: dict[Path, int] = {}
         # The newest batches, as written: a shipper that keeps up sends these without
         # reading the segment back (saves a copy and a syscall per batch).
-        self._recent: dict[int, bytes] = {}
+        self._recent: dict[int, tuple[bytes, ...]] = {}
 
     # --- start-up ---------------------------------------------------------------------
 
@@ -210,21 +229,23 @@ class Fifo:
         """Write one batch (its ``seq`` must be ``next_seq``), recycling old segments first."""
         if batch.seq != self.next_seq:
             raise RawcapError(f"FIFO expected batch {self.next_seq}, got {batch.seq}")
-        need = 8 + len(batch.value)
+        parts = batch.parts
+        size = sum(len(p) for p in parts)
+        need = 8 + size
         if self._cur is None or (self._cur.size + need > self.segment_size and self._cur.entries):
             self._roll(batch.seq)
         assert self._cur is not None and self._fh is not None
         while self.total_bytes + need > self.budget and len(self.segments) > 1:
             self._recycle_oldest()
-        fh = self._fh
         offset = self._cur.size + 8
-        fh.write(FRAME.pack(len(batch.value), crc32(batch.value)))
-        fh.write(batch.value)
-        fh.flush()
+        crc = 0
+        for p in parts:
+            crc = crc32(p, crc)
+        _write_all(self._fh, [FRAME.pack(size, crc), *parts], need)
         self._cur.size += need
-        self._cur.entries.append(Entry(batch.seq, offset, len(batch.value), batch.count,
+        self._cur.entries.append(Entry(batch.seq, offset, size, batch.count,
                                        batch.raw_bytes, batch.first_ns))
-        self._recent[batch.seq] = batch.value
+        self._recent[batch.seq] = parts
         self._recent.pop(batch.seq - _RECENT, None)
         self.next_seq += 1
         self.batches_written += 1
@@ -299,8 +320,9 @@ class Fifo:
                 return None
         return None
 
-    def read(self, seq: int) -> tuple[Entry, bytes] | None:
-        """The wire bytes of batch ``seq``, or None if it was recycled or not written."""
+    def read(self, seq: int) -> tuple[Entry, tuple[bytes, ...]] | None:
+        """The wire bytes of batch ``seq`` (in pieces: join them for one ``bytes``), or None
+        if it was recycled or not written."""
         found = self.locate(seq)
         if found is None:
             return None
@@ -315,7 +337,7 @@ class Fifo:
             except FileNotFoundError:
                 return None
             self._fds[seg.path] = fd
-        return entry, os.pread(fd, entry.length, entry.offset)
+        return entry, (os.pread(fd, entry.length, entry.offset),)
 
     def mark_acked(self, seq: int) -> None:
         """Record Kafka's acknowledgement of everything up to ``seq`` (in order). The state

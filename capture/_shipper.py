@@ -27,6 +27,7 @@ from schemas.topics import PACKETS
 
 from ._fifo import Fifo
 from ._metrics import Metrics
+from ._produce import OneRecordBatch, install
 
 __all__ = ("IN_FLIGHT", "Shipper", "producer_config")
 
@@ -60,6 +61,8 @@ class Shipper:
         self.connected = False
         self.shipped_batches = 0
         self._topics_ok = False
+        # One prebuilt record per batch (capture/_produce.py), unless aiokafka changed shape.
+        self._fast = install()
 
     def notify(self) -> None:
         """Called by the FIFO after every append (same event loop thread)."""
@@ -149,6 +152,9 @@ class Shipper:
                 await consumer.stop()
 
     async def _ship(self, producer: AIOKafkaProducer, until_caught_up: bool) -> None:
+        # send_batch needs the partition that send() would pick for our key.
+        partitions = sorted(await producer.partitions_for(PACKETS))
+        partition = DefaultPartitioner()(self.key, partitions, partitions)
         send, recv = anyio.create_memory_object_stream[tuple[int, Awaitable[Any]]](IN_FLIGHT)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._acker, recv)
@@ -168,9 +174,14 @@ class Shipper:
                     if got is None:
                         nxt += 1  # recycled between the checks above
                         continue
-                    entry, value = got
-                    fut = await producer.send(PACKETS, value=value, key=self.key,
-                                              timestamp_ms=entry.first_ns // 1_000_000)
+                    entry, parts = got
+                    ts_ms = entry.first_ns // 1_000_000
+                    if self._fast:
+                        fut = await producer.send_batch(OneRecordBatch(self.key, list(parts), ts_ms),
+                                                        PACKETS, partition=partition)
+                    else:
+                        fut = await producer.send(PACKETS, value=b"".join(parts), key=self.key,
+                                                  timestamp_ms=ts_ms)
                     await send.send((entry.seq, fut))
                     nxt += 1
 

@@ -30,6 +30,7 @@ import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 
+from rawcap._malloc import tune as malloc_tune
 from rawcap.config import Config
 from schemas.control import CaptureFilter
 
@@ -80,6 +81,7 @@ class Agent:
     """Build with a :class:`Config` (CLI flags already folded in); ``await run()``."""
 
     def __init__(self, cfg: Config, *, procs: bool | None = None, netns: str | None = None) -> None:
+        malloc_tune()  # ~1 MiB buffers from the heap, not fresh mmap pages (rawcap/_malloc.py)
         self.cfg = cfg
         self.netns = netns
         self.node = cfg.node

@@ -214,7 +214,7 @@ KEYS: tuple[Key, ...] = (
     Key("capture.ring.blockTimeout", "100ms", parse_duration, "retire a partial block after"),
     Key("capture.batch.maxBytes", "1Mi", parse_size, "close a batch at this body size"),
     Key("capture.batch.maxDelay", "1s", parse_duration, "close a batch after this long"),
-    Key("capture.zstdLevel", 1, _zstd_level, "zstd level of batch bodies"),
+    Key("capture.zstdLevel", -3, _zstd_level, "zstd level of batch bodies"),
     Key("capture.segmentSize", "16Mi", parse_size, "FIFO segment file size"),
     Key("capture.kafka", True, parse_bool, "ship to Kafka (false: only fill the buffer)"),
     # --- archive ---

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from capture._batcher import BlockBatcher, ClosedBatch
 from capture._fifo import Fifo
@@ -57,6 +58,31 @@ def test_batcher_closes_at_max_bytes_and_skips_empty_blocks() -> None:
     assert out is not None and out.count == 20 and not b.pending
 
 
+def test_batcher_full_block_is_one_shot_batch() -> None:
+    """A block that fills the batch on its own is compressed in one shot and closes it; the
+    body is the same single zstd frame the schema encoder writes (decoders see no change)."""
+    b = BlockBatcher(node="n", next_seq=1, ifaces=dict, max_bytes=60_000, max_delay=10, level=-3)
+    small = _block(3, 10)
+    assert b.add_block(memoryview(small)) is None  # a partial block opens a streamed batch
+    full = _block(800, 1_000)  # ~64 KiB used of the 64 KiB block, more than maxBytes
+    streamed = b.add_block(memoryview(full))
+    assert streamed is not None and streamed.count == 803
+    alone = b.add_block(memoryview(full))
+    assert alone is not None and alone.count == 800 and not b.pending
+    for out, blocks in ((streamed, [small, full]), (alone, [full])):
+        got = decode_batch(out.value)
+        assert got.header.codec == "zstd"
+        ref = decode_batch(encode_block_batch(node="n", seq=out.seq, blocks=blocks, ifaces={}))
+        assert [(p.ts_ns, bytes(p.data)) for p in got.packets] == \
+            [(p.ts_ns, bytes(p.data)) for p in ref.packets]
+    # One frame: a second frame after it would be bytes the one-shot decoder never reads.
+    body = alone.parts[1]
+    assert len(alone.parts) == 2 and body[:4] == b"\x28\xb5\x2f\xfd"
+    # One-shot frames state their size; the streamed one cannot know it up front.
+    assert zstandard.frame_content_size(body) == alone.raw_bytes
+    assert zstandard.frame_content_size(b"".join(streamed.parts[1:])) == -1
+
+
 def test_batcher_stores_incompressible_batches_plain() -> None:
     b = BlockBatcher(node="n", next_seq=1, ifaces=dict, max_bytes=1, max_delay=10, level=1)
     rnd = [build_block([(i * 100 + j, 1000, 3, 0, os.urandom(1000)) for j in range(10)])
@@ -76,7 +102,7 @@ def test_batcher_stores_incompressible_batches_plain() -> None:
 def _batch(seq: int, size: int = 5000) -> ClosedBatch:
     value = encode_block_batch(node="n", seq=seq, blocks=[_block(2, seq * 10, os.urandom(size // 2))],
                                ifaces={3: "eth0"})
-    return ClosedBatch(seq, 2, seq * 10, seq * 10 + 1, size, value)
+    return ClosedBatch(seq, 2, seq * 10, seq * 10 + 1, size, (value[:100], value[100:]))
 
 
 def test_fifo_budget_loss_and_restart(tmp_path: Path) -> None:
@@ -94,7 +120,7 @@ def test_fifo_budget_loss_and_restart(tmp_path: Path) -> None:
     assert fifo.lost_batches == first - 1 - 4  # everything recycled above acked_seq
     got = fifo.read(first)
     assert fifo.read(first - 1) is None and got is not None
-    assert decode_batch(got[1]).header.seq == first
+    assert decode_batch(b"".join(got[1])).header.seq == first
     fifo.close()
     # a crash mid-write leaves half a frame: restart cuts it and continues the sequence
     last_seg = sorted((tmp_path / "n").glob("*.rcsg"))[-1]
