@@ -419,6 +419,9 @@ class WindowReader:
         from aiokafka import AIOKafkaConsumer, TopicPartition
         from aiokafka.errors import KafkaError
 
+        from ._kafkaio import install
+
+        install()  # fetch responses read with one copy, not four (rawcap/_kafkaio.py)
         # check_crcs off: the broker checks record CRCs when it accepts a produce, and every
         # batch body carries a zstd content checksum verified on decompression; the client-side
         # CRC pass costs ~30% of the Kafka read time of an export.
