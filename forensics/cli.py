@@ -160,7 +160,11 @@ def _report(reader: WindowReader, what: str) -> None:
 async def _cmd_export(args: argparse.Namespace, cfg: Config) -> int:
     if not args.output:
         raise ConfigError("pcap export needs -o FILE (or -o - for stdout)")
+    from rawcap._malloc import tune as malloc_tune
+
     from ._export import OutputFile, write_capture
+
+    malloc_tune()  # ~1 MiB fetch, zstd and EPB buffers from the heap, not fresh mmap pages
 
     flt = filter_from_args(args)
     comment_workload = getattr(args, "comment_workload", False)
