@@ -18,8 +18,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from schemas.errors import ConfigError
 
 __all__ = (
@@ -334,6 +332,8 @@ def load_config(
     raw: dict[str, tuple[Any, str]] = {k.name: (k.default, "default") for k in KEYS}
 
     if path:
+        import yaml  # only with a values file: PyYAML is ~25 ms of every command's start-up
+
         origin = str(path)
         try:
             with open(path, encoding="utf-8") as fh:
