@@ -12,9 +12,10 @@ of every MiB. A FIFO batch is always exactly one record, so it can be laid out h
 - :class:`ProduceRequest` is aiokafka's own request class with one change: when every
   partition it carries is a :class:`OneRecordBatch`, its ``encode`` returns the pieces
   (:class:`_Pieces`) instead of bytes, and they are joined once, with the request header
-  and size prefix that aiokafka's connection adds in front, into the ``bytes`` handed to
-  the socket. The broker sees the same bytes either way (``tests/capture/test_produce.py``
-  compares what the connection writes with aiokafka's own encoding).
+  and size prefix that aiokafka's connection adds in front, into the buffer handed to the
+  socket (a ``memoryview``). The broker sees the same bytes either way
+  (``tests/capture/test_produce.py`` compares what the connection writes with aiokafka's
+  own encoding).
 
 Everything else (idempotent sequence numbers, retries, acks, metadata, errors) stays
 aiokafka's. :func:`install` swaps the request class into aiokafka's sender only if the
@@ -184,9 +185,11 @@ class _Pieces:
     def __len__(self) -> int:
         return self.length
 
-    def __radd__(self, prefix: bytes) -> _Pieces | bytes:
+    def __radd__(self, prefix: bytes) -> _Pieces | memoryview:
         if self.headed and len(prefix) == 4 and _I32.unpack(prefix)[0] == self.length:
-            return b"".join([prefix, *self.chunks])  # the size prefix: the request is complete
+            # The size prefix: the request is complete. A memoryview, so that when the
+            # socket takes only part of it the transport slices the rest without a copy.
+            return memoryview(b"".join([prefix, *self.chunks]))
         return _Pieces([prefix, *self.chunks], headed=True)
 
     def __bytes__(self) -> bytes:

@@ -90,9 +90,9 @@ class _Writer:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
 
-    def write(self, data: bytes) -> None:
-        assert isinstance(data, bytes)
-        self.sent.append(data)
+    def write(self, data: bytes | memoryview) -> None:
+        assert isinstance(data, (bytes, memoryview))
+        self.sent.append(bytes(data))
 
 
 async def test_connection_writes_the_same_bytes() -> None:
