@@ -362,6 +362,7 @@ class WindowReader:
         self.follow = follow
         self.stats = WindowStats()
         self._lanes: list[Any] = list(lanes or [])
+        self._given_lanes = lanes is not None  # a snapshot with no objects gives []
         self._consumer: Any = None
         self._producer: Any = None
         self._dlq = dlq and source == "kafka"
@@ -375,7 +376,7 @@ class WindowReader:
 
     async def __aenter__(self) -> WindowReader:
         try:
-            if self._lanes:
+            if self._given_lanes:
                 pass
             elif self.source == "kafka":
                 await self._open_kafka()
