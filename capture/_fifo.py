@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BufferedWriter
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from schemas import decode_header
 from schemas._stream import FRAME, STREAM_HEADER, split_frames, stream_header
@@ -105,6 +107,22 @@ def _write_all(fh: BufferedWriter, parts: list[bytes], total: int) -> None:
         done = 0
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(method: Callable[Concatenate[Fifo, _P], _R]) -> Callable[Concatenate[Fifo, _P], _R]:
+    """Run a :class:`Fifo` method under its lock: the ring thread appends while the event
+    loop's shipper and stats read."""
+
+    @functools.wraps(method)
+    def wrapper(self: Fifo, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 def segment_name(first_seq: int) -> str:
     return f"{first_seq:020d}{SEGMENT_SUFFIX}"
 
@@ -129,7 +147,9 @@ class Segment:
 
 
 class Fifo:
-    """Owns the node's buffer directory. Single writer; readers use :meth:`read`."""
+    """Owns the node's buffer directory. Single writer (the agent's ring thread); the
+    shipper and the stats loop read from the event loop, so the public methods hold
+    ``_lock`` (uncontended almost always: one acquire per batch on each side)."""
 
     def __init__(self, root: str | os.PathLike[str], node: str, *, budget: int,
                  segment_size: int, on_append: Callable[[], None] | None = None) -> None:
@@ -137,6 +157,7 @@ class Fifo:
             raise RawcapError(f"node name {node!r} cannot be used as a directory name")
         self.dir = Path(root) / node
         self.node = node
+        self._lock = threading.RLock()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._lockfd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -218,6 +239,7 @@ class Fifo:
     # --- writing ----------------------------------------------------------------------
 
     @property
+    @_locked
     def total_bytes(self) -> int:
         return sum(s.size for s in self.segments)
 
@@ -225,6 +247,7 @@ class Fifo:
     def last_seq(self) -> int:
         return self.next_seq - 1
 
+    @_locked
     def append(self, batch: ClosedBatch) -> None:
         """Write one batch (its ``seq`` must be ``next_seq``), recycling old segments first."""
         if batch.seq != self.next_seq:
@@ -301,6 +324,7 @@ class Fifo:
     # --- reading (shipper) ------------------------------------------------------------
 
     @property
+    @_locked
     def first_seq(self) -> int:
         """Oldest sequence still on disk (``next_seq`` when the buffer is empty)."""
         for seg in self.segments:
@@ -308,6 +332,7 @@ class Fifo:
                 return seg.entries[0].seq
         return self.next_seq
 
+    @_locked
     def locate(self, seq: int) -> tuple[Segment, Entry] | None:
         for seg in reversed(self.segments):
             if seg.entries and seg.entries[0].seq <= seq:
@@ -320,6 +345,7 @@ class Fifo:
                 return None
         return None
 
+    @_locked
     def read(self, seq: int) -> tuple[Entry, tuple[bytes, ...]] | None:
         """The wire bytes of batch ``seq`` (in pieces: join them for one ``bytes``), or None
         if it was recycled or not written."""
@@ -339,6 +365,7 @@ class Fifo:
             self._fds[seg.path] = fd
         return entry, (os.pread(fd, entry.length, entry.offset),)
 
+    @_locked
     def mark_acked(self, seq: int) -> None:
         """Record Kafka's acknowledgement of everything up to ``seq`` (in order). The state
         file follows within ``STATE_EVERY_S`` / ``STATE_EVERY_BATCHES`` (see above)."""
@@ -348,12 +375,14 @@ class Fifo:
                     or time.monotonic() - self._state_at >= STATE_EVERY_S):
                 self.write_state()
 
+    @_locked
     def sync_state(self) -> None:
         """Write ``shipped.json`` if acknowledgements arrived since the last write (the
         agent calls this every second)."""
         if self._state_seq != self.acked_seq:
             self.write_state()
 
+    @_locked
     def write_state(self) -> None:
         """Atomically replace ``shipped.json`` (rename over the old one)."""
         doc = {"node": self.node, "acked_seq": self.acked_seq, "next_seq": self.next_seq,
@@ -364,6 +393,7 @@ class Fifo:
         os.replace(tmp, self.dir / STATE_FILE)
         self._state_at, self._state_seq = time.monotonic(), self.acked_seq
 
+    @_locked
     def close(self) -> None:
         for t in self._syncs:
             t.join(30)

@@ -65,7 +65,8 @@ class Shipper:
         self._fast = install()
 
     def notify(self) -> None:
-        """Called by the FIFO after every append (same event loop thread)."""
+        """Wake the shipper: on the event loop thread (the agent forwards the FIFO's
+        per-append callback from the ring thread with ``call_soon_threadsafe``)."""
         self._new_data.set()
 
     async def _wait_new_data(self, wait: float) -> None:

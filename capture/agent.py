@@ -2,15 +2,15 @@
 
 ::
 
-    ring thread (TPACKET_V3 + eBPF filter, whole blocks -> zstd batches)
-        --bounded stream--> FIFO writer (segments on local disk)
-                                --notify--> shipper (rawcap.packets, acks=all, idempotent)
+    ring thread (TPACKET_V3 + eBPF filter, whole blocks -> zstd batches -> FIFO segments)
+        --notify--> shipper (rawcap.packets, acks=all, idempotent)
     control follower (rawcap.control -> eBPF maps)     procs thread (tracepoints -> rawcap.procs)
     stats loop (PACKET_STATISTICS, filter counters, buffer gauges; interface rescan)
 
-Blocking work (ring waits, bcc polling) runs in worker threads and hands results back
-through bounded memory object streams, so a slow disk pushes back on the ring (whose
-overflow the kernel counts as drops) rather than growing memory. On SIGTERM/SIGINT or at
+Blocking work (ring waits, FIFO writes, bcc polling) runs in worker threads. The ring
+thread appends each batch to the FIFO itself (a hand-off to the event loop per batch cost
+two context switches and a task) and only wakes the shipper, so a slow disk pushes back on
+the ring (whose overflow the kernel counts as drops) rather than growing memory. On SIGTERM/SIGINT or at
 ``--duration`` the ring thread flushes its open batch, the FIFO writer drains, and the
 shipper gets a bounded time to deliver what is left; unshipped batches stay on disk for
 the next start.
@@ -18,6 +18,7 @@ the next start.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
@@ -133,7 +134,6 @@ class Agent:
             if self.kafka:
                 from ._shipper import Shipper
                 self.shipper = Shipper(cfg, self.fifo, self.metrics)
-                self.fifo.on_append = self.shipper.notify
             port = int(cfg.get("metrics.port"))
             if port:
                 self.metrics.serve(port)
@@ -173,10 +173,16 @@ class Agent:
             if self.procs is not None:
                 root.start_soon(self.procs.run)
 
-            send, recv = anyio.create_memory_object_stream[ClosedBatch](16)
+            if self.shipper is not None:
+                # The ring thread appends; the shipper's wake-up must run on the loop.
+                loop, notify = asyncio.get_running_loop(), self.shipper.notify
+
+                def wake_shipper() -> None:
+                    loop.call_soon_threadsafe(notify)
+
+                self.fifo.on_append = wake_shipper
             async with anyio.create_task_group() as pipe:
-                pipe.start_soon(self._fifo_writer, recv)
-                pipe.start_soon(self._ring_thread, send)
+                pipe.start_soon(self._ring_thread)
                 with anyio.move_on_after(duration if duration else float("inf")):
                     await stop_async.wait()
                 self._stop.set()
@@ -210,12 +216,11 @@ class Agent:
             await anyio.sleep(0.1)
         self._stop_async.set()
 
-    async def _ring_thread(self, send: anyio.abc.ObjectSendStream[ClosedBatch]) -> None:
-        async with send:
-            await anyio.to_thread.run_sync(self._ring_loop, send)
+    async def _ring_thread(self) -> None:
+        await anyio.to_thread.run_sync(self._ring_loop)
 
-    def _ring_loop(self, send: anyio.abc.ObjectSendStream[ClosedBatch]) -> None:
-        """Worker thread: wait for retired blocks, compress them into batches, hand on."""
+    def _ring_loop(self) -> None:
+        """Worker thread: wait for retired blocks, compress them into batches, append them."""
         ring = self.ring
         assert ring is not None and self.fifo is not None
         batcher = BlockBatcher(
@@ -250,23 +255,23 @@ class Agent:
                 if b is not None:
                     out.append(b)
             for b in out:
-                anyio.from_thread.run(send.send, b)
+                self._append(b)
             out.clear()
             if done:
                 return
 
-    async def _fifo_writer(self, recv: anyio.abc.ObjectReceiveStream[ClosedBatch]) -> None:
+    def _append(self, batch: ClosedBatch) -> None:
+        """Ring thread: one batch to the FIFO (an ``OSError`` such as a full disk ends the
+        ring thread, and with it the agent, with that error)."""
         fifo, m = self.fifo, self.metrics
         assert fifo is not None
-        async with recv:
-            async for batch in recv:
-                fifo.append(batch)
-                m.batches_written.inc()
-                m.packets.inc(batch.count)
-                m.bytes.inc(batch.raw_bytes)
-                self.summary.packets += batch.count
-                self.summary.raw_bytes += batch.raw_bytes
-                self.summary.batches += 1
+        fifo.append(batch)
+        m.batches_written.inc()
+        m.packets.inc(batch.count)
+        m.bytes.inc(batch.raw_bytes)
+        self.summary.packets += batch.count
+        self.summary.raw_bytes += batch.raw_bytes
+        self.summary.batches += 1
 
     async def _stats_loop(self) -> None:
         last_scan = time.monotonic()
