@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import functools
 import json
@@ -46,6 +47,7 @@ log = logging.getLogger("rawcap.capture")
 
 SEGMENT_SUFFIX = ".rcsg"
 _RECENT = 16
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 STATE_FILE = "shipped.json"
 #: ``shipped.json`` is rewritten once a second or every 32 acknowledged batches, whichever
 #: comes first (and by the agent's stats loop when acknowledgements stop). Each rewrite is a
@@ -158,6 +160,7 @@ class Fifo:
         self.dir = Path(root) / node
         self.node = node
         self._lock = threading.RLock()
+        self._full_logged = -1e9
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._lockfd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -255,16 +258,30 @@ class Fifo:
         parts = batch.parts
         size = sum(len(p) for p in parts)
         need = 8 + size
-        if self._cur is None or (self._cur.size + need > self.segment_size and self._cur.entries):
-            self._roll(batch.seq)
-        assert self._cur is not None and self._fh is not None
-        while self.total_bytes + need > self.budget and len(self.segments) > 1:
-            self._recycle_oldest()
-        offset = self._cur.size + 8
         crc = 0
         for p in parts:
             crc = crc32(p, crc)
-        _write_all(self._fh, [FRAME.pack(size, crc), *parts], need)
+        while True:
+            try:
+                if self._cur is None or (self._cur.size + need > self.segment_size
+                                         and self._cur.entries):
+                    self._roll(batch.seq)
+                assert self._cur is not None and self._fh is not None
+                while self.total_bytes + need > self.budget and len(self.segments) > 1:
+                    self._recycle_oldest()
+                _write_all(self._fh, [FRAME.pack(size, crc), *parts], need)
+                break
+            except OSError as exc:
+                if exc.errno not in _DISK_FULL:
+                    raise
+                # The disk filled up before the budget did: act as if the budget were
+                # reached (recycle the oldest segment, counting what it loses), and when
+                # nothing is left to recycle, count this batch lost. Never silent.
+                if not self._undo_partial_write_and_recycle():
+                    self._lose(batch, exc)
+                    return
+        assert self._cur is not None
+        offset = self._cur.size + 8
         self._cur.size += need
         self._cur.entries.append(Entry(batch.seq, offset, size, batch.count,
                                        batch.raw_bytes, batch.first_ns))
@@ -275,12 +292,48 @@ class Fifo:
         if self.on_append:
             self.on_append()
 
+    def _undo_partial_write_and_recycle(self) -> bool:
+        """After ENOSPC: cut the current segment back to its last whole frame (a short
+        ``writev`` may have left part of one), then free the oldest other segment. False
+        when there is no other segment to free."""
+        if self._fh is not None and self._cur is not None:
+            fd = self._fh.fileno()
+            os.ftruncate(fd, self._cur.size)
+            os.lseek(fd, self._cur.size, os.SEEK_SET)
+        if len(self.segments) <= 1:
+            return False
+        self._recycle_oldest()
+        return True
+
+    def _lose(self, batch: ClosedBatch, exc: OSError) -> None:
+        """A batch the full disk cannot take: its sequence number is used up (consumers see
+        the gap) and it is counted and logged like a recycled one."""
+        self.lost_batches += 1
+        self.lost_packets += batch.count
+        self.lost_bytes += batch.raw_bytes
+        self.next_seq += 1
+        now = time.monotonic()
+        if now - self._full_logged >= 10.0:
+            self._full_logged = now
+            log.warning("buffer disk full (%s): batches are lost until space frees up; "
+                        "%d lost so far", exc.strerror, self.lost_batches,
+                        extra={"dir": str(self.dir), "seq": batch.seq, "lost_batches": self.lost_batches,
+                               "lost_packets": self.lost_packets})
+        self.write_state()
+
     def _roll(self, first_seq: int) -> None:
         self._close_current()
+        self._cur = None  # until the new segment exists (a full disk can refuse it)
         path = self.dir / segment_name(first_seq)
         fh = open(path, "wb")
-        fh.write(stream_header())
-        fh.flush()
+        try:
+            fh.write(stream_header())
+            fh.flush()
+        except OSError:
+            with contextlib.suppress(OSError):
+                fh.close()
+            path.unlink(missing_ok=True)
+            raise
         self._fh = fh
         self._cur = Segment(path, STREAM_HEADER.size)
         self.segments.append(self._cur)
@@ -384,13 +437,23 @@ class Fifo:
 
     @_locked
     def write_state(self) -> None:
-        """Atomically replace ``shipped.json`` (rename over the old one)."""
+        """Atomically replace ``shipped.json`` (rename over the old one). On a full disk
+        the old file stays and the counters live on in memory (and the metrics) until a
+        later write gets through; a crash meanwhile resends at most what Kafka already
+        has, which the shipper skips (``_skip_already_in_kafka``)."""
         doc = {"node": self.node, "acked_seq": self.acked_seq, "next_seq": self.next_seq,
                "lost_batches": self.lost_batches, "lost_packets": self.lost_packets,
                "lost_bytes": self.lost_bytes}
         tmp = self.dir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self.dir / STATE_FILE)
+        try:
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, self.dir / STATE_FILE)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return
         self._state_at, self._state_seq = time.monotonic(), self.acked_seq
 
     @_locked
