@@ -146,7 +146,9 @@ class KafkaServer:
     def _format(self, config: Path) -> None:
         if (self.root / "data" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # kafka-storage would read "-..." as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         proc = subprocess.run(
             [*self._java(), "kafka.tools.StorageTool", "format", "--cluster-id", cluster_id,
              "--config", str(config), "--ignore-formatted"],
