@@ -736,6 +736,11 @@ class WindowReader:
         def waiting_bytes() -> int:
             return sum(len(v) for c in cursors.values() for _h, v, _o, _m in c.pending)
 
+        def advance(cur: _Cursor) -> None:
+            """Done with the cursor's batch: queue its next one in the merge, if any."""
+            if cur.next_batch():
+                heapq.heappush(heap, (cur.head(), cur.node))
+
         async def pull(i: int) -> None:
             got = await self._fetch(lanes[i])
             if got is None:
@@ -752,8 +757,8 @@ class WindowReader:
                 if cur is None:
                     cur = cursors[header.node] = _Cursor(header.node, i)
                 cur.pending.append((header, value, off, meta))
-                if cur.header is None and cur.next_batch():
-                    heapq.heappush(heap, (cur.head(), cur.node))
+                if cur.header is None:
+                    advance(cur)
 
         for i in range(len(lanes)):
             await pull(i)
@@ -786,24 +791,15 @@ class WindowReader:
             st = self.stats.node(node)
             if cur.packets is None:
                 whole = match is None and h.first_ns >= lo and h.last_ns < hi and (h.last_ns <= limit or solo)
-                if whole and not inflate:
-                    if out:
-                        yield out
-                        out = []
-                    st.packets += h.count
-                    st.first_ns = h.first_ns if st.first_ns is None else st.first_ns
-                    st.last_ns = h.last_ns
-                    yield RawBatch(h, cur.raw, cur.value, cur.meta, lanes[cur.lane].name)
-                    if cur.next_batch():
-                        heapq.heappush(heap, (cur.head(), node))
-                    continue
                 try:
-                    # zstd releases the GIL: the Kafka fetcher keeps going meanwhile.
-                    cur.raw = await anyio.to_thread.run_sync(decompress_body, h, cur.raw)
+                    if inflate or not whole:
+                        # zstd releases the GIL: the Kafka fetcher keeps going meanwhile.
+                        cur.raw = await anyio.to_thread.run_sync(decompress_body, h, cur.raw)
+                    if not whole:
+                        cur.packets = list(iter_packets(h, cur.raw))
                 except BatchError as exc:
                     await self._corrupt(cur.value, {"source": lanes[cur.lane].name, **cur.meta}, exc)
-                    if cur.next_batch():
-                        heapq.heappush(heap, (cur.head(), node))
+                    advance(cur)
                     continue
                 if whole:
                     if out:
@@ -813,16 +809,9 @@ class WindowReader:
                     st.first_ns = h.first_ns if st.first_ns is None else st.first_ns
                     st.last_ns = h.last_ns
                     yield RawBatch(h, cur.raw, cur.value, cur.meta, lanes[cur.lane].name)
-                    if cur.next_batch():
-                        heapq.heappush(heap, (cur.head(), node))
+                    advance(cur)
                     continue
-                try:
-                    cur.packets = list(iter_packets(h, cur.raw))
-                except BatchError as exc:
-                    await self._corrupt(cur.value, {"source": lanes[cur.lane].name, **cur.meta}, exc)
-                    if cur.next_batch():
-                        heapq.heappush(heap, (cur.head(), node))
-                    continue
+            assert cur.packets is not None
             pk, pos, n, iface = cur.packets, cur.pos, len(cur.packets), h.ifaces
             while pos < n:
                 p = pk[pos]
