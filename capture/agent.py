@@ -28,7 +28,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import anyio.from_thread
 import anyio.to_thread
 
 from rawcap._malloc import tune as malloc_tune

@@ -8,17 +8,13 @@ import json
 import sys
 from typing import Any
 
-import anyio
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
-
 from rawcap.config import Config
-from rawcap.kafka import consumer_kwargs, stop_client
+from rawcap.kafka import start_consumer, stop_client
 from rawcap.kafka import topic_partitions as partitions
 from rawcap.timeparse import format_ns, parse_window
 from rawcap.workloads import WorkloadFilter, Workloads, workload_label
 from schemas import topics
-from schemas.errors import ConfigError, TransportError
+from schemas.errors import ConfigError
 from schemas.flows import FlowRecord, UnsupportedFlow, decode_flow
 
 from ._consumer import run_enrich, run_k8s_watch
@@ -136,13 +132,7 @@ async def _flows(args: argparse.Namespace, cfg: Config) -> int:
     flt = FlowFilter(nodes=args.node, hosts=args.host, ports=args.port, protos=args.proto,
                      namespaces=args.namespace, pod=args.pod)
     margin_ms = 60_000 + int(cfg.get("enrich.flowInterval") * 1000)
-    consumer = AIOKafkaConsumer(**consumer_kwargs(cfg, None))
-    try:
-        with anyio.fail_after(30):
-            await consumer.start()
-    except (KafkaError, OSError, TimeoutError) as exc:
-        await stop_client(consumer)
-        raise TransportError(f"cannot reach Kafka at {cfg.get('kafka.bootstrap')}: {exc!r}") from None
+    consumer = await start_consumer(cfg)
     out = sys.stdout
     try:
         tps = await partitions(consumer, topics.FLOWS)

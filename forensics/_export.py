@@ -280,16 +280,9 @@ class _Converter:
 
     def abort(self) -> None:
         """Stop the thread without converting what is still queued (after an error)."""
-        if not self._t.is_alive():
-            return
-        self._aborted = True
-        while True:
-            try:
-                self._jobs.get_nowait()
-            except queue.Empty:
-                break
-        self._jobs.put(None)
-        self._t.join(10)
+        if self._t.is_alive():
+            self._aborted = True
+            _drop_queued_and_join(self._jobs, self._t)
 
 
 class _BackgroundWriter:
@@ -344,16 +337,21 @@ class _BackgroundWriter:
 
     def abort(self) -> None:
         """Stop the thread without writing what is still queued (after an error)."""
-        if not self._t.is_alive():
-            return
-        self._aborted = True
-        while True:
-            try:
-                self._q.get_nowait()
-            except queue.Empty:
-                break
-        self._q.put(None)
-        self._t.join(10)
+        if self._t.is_alive():
+            self._aborted = True
+            _drop_queued_and_join(self._q, self._t)
+
+
+def _drop_queued_and_join(q: queue.Queue[Any], t: threading.Thread) -> None:
+    """Empty a worker's queue, send it the ``None`` that ends it, and wait for it (the
+    worker sees its owner's ``_aborted`` flag and skips whatever it is holding)."""
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            break
+    q.put(None)
+    t.join(10)
 
 
 class _PcapngSink:

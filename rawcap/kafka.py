@@ -36,6 +36,7 @@ __all__ = (
     "make_producer",
     "producer_kwargs",
     "read_topic_to_end",
+    "start_consumer",
     "stop_client",
     "topic_partitions",
     "topic_specs",
@@ -198,20 +199,27 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str,
     return [TopicPartition(topic, p) for p in sorted(parts or ())]
 
 
-async def read_topic_to_end(cfg: Config, topic: str, apply: Callable[[Any], None], *,
-                            wait_s: float = 60.0) -> None:
-    """Apply every record of ``topic`` from the beginning to its end as of now, once (the
-    compacted state topics: ``rawcap.k8s``, ``rawcap.control``). A topic that does not exist
-    yet is empty; a broker that cannot be reached is a :class:`TransportError`."""
+async def start_consumer(cfg: Config, purpose: str = "") -> AIOKafkaConsumer:
+    """A started group-less consumer (assign/seek yourself), or a one-line
+    :class:`TransportError` naming the bootstrap (and ``purpose``, e.g. " to read rawcap.k8s")
+    when the broker cannot be reached within 30 s."""
     consumer = AIOKafkaConsumer(**consumer_kwargs(cfg, None))
     try:
         with anyio.fail_after(30):
             await consumer.start()
     except (KafkaError, OSError, TimeoutError) as exc:
         await stop_client(consumer)
-        raise TransportError(
-            f"cannot reach Kafka at {cfg.get('kafka.bootstrap')} to read {topic}: {exc!r}"
-        ) from None
+        where = cfg.get("kafka.bootstrap")
+        raise TransportError(f"cannot reach Kafka at {where}{purpose}: {exc!r}") from None
+    return consumer
+
+
+async def read_topic_to_end(cfg: Config, topic: str, apply: Callable[[Any], None], *,
+                            wait_s: float = 60.0) -> None:
+    """Apply every record of ``topic`` from the beginning to its end as of now, once (the
+    compacted state topics: ``rawcap.k8s``, ``rawcap.control``). A topic that does not exist
+    yet is empty; a broker that cannot be reached is a :class:`TransportError`."""
+    consumer = await start_consumer(cfg, f" to read {topic}")
     try:
         tps = await topic_partitions(consumer, topic)
         if not tps:
