@@ -91,11 +91,18 @@ class BlockBatcher:
     def pending(self) -> bool:
         return self._count > 0
 
-    def add_block(self, block: memoryview) -> ClosedBatch | None:
-        """Compress one retired block into the open batch; returns a batch if it closed."""
+    def add_block(self, block: memoryview) -> list[ClosedBatch]:
+        """Compress one retired block into a batch; returns the batches that closed.
+
+        A block that would take the open batch past ``max_bytes`` closes it first, so a
+        body never exceeds ``max(max_bytes, block size)`` and always fits the topic's
+        ``max.message.bytes`` (``rawcap.config`` checks the two sizes against it)."""
         num, _open_ns, t1, blk_len = block_summary(block)
         if num == 0:
-            return None
+            return []
+        closed = []
+        if self._count and self._raw + blk_len > self.max_bytes:
+            closed.append(self._close())
         # The descriptor's "first" time is when the block was opened; the first frame's own
         # timestamp is the first packet's time, which is what the header promises.
         first_off = _FIRST_OFF.unpack_from(block, 16)[0]
@@ -127,16 +134,18 @@ class BlockBatcher:
         self._count += num
         self._raw += blk_len
         if alone or self._raw >= self.max_bytes:
-            return self.close()
-        return None
+            closed.append(self._close())
+        return closed
 
     def due(self) -> bool:
         """True when the open batch has waited ``maxDelay`` since its first block."""
         return self._count > 0 and self._clock() - self._opened >= self.max_delay
 
     def close(self) -> ClosedBatch | None:
-        if self._count == 0:
-            return None
+        """Close the open batch (at ``max_delay`` or shutdown); None if nothing is open."""
+        return self._close() if self._count else None
+
+    def _close(self) -> ClosedBatch:
         if self._plain:
             self._plain_left -= 1
             self.plain_batches += 1

@@ -13,6 +13,15 @@ Sequence numbers are per node, start at 1 and never repeat: on restart the next 
 one past the highest found in the segments or in ``shipped.json``. When a batch would push
 the buffer over its budget the oldest segment is deleted first; batches in it that the
 broker had not acknowledged are counted as lost (batches, packets, raw bytes) and logged.
+
+While a shipper is connected (``holding``) the FIFO keeps new batches in memory first and
+writes a batch to disk only when Kafka has not acknowledged it within ``hold_for`` seconds
+or when more than ``hold_bytes`` wait. A healthy broker acknowledges a batch in tens of
+milliseconds, so the node's disk sees almost nothing, and the page-cache write, which
+was the agent's largest single cost, is gone. Without a shipper (``--no-kafka``, broker
+down) every batch goes to disk at once, as before. A crash loses what only memory held;
+so that consumers still see the loss, the sequence numbers memory may use are reserved in
+``shipped.json`` first (``reserved_seq``) and a restart after a crash starts past them.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ import os
 import threading
 import time
 import zlib
+from bisect import bisect_left
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BufferedWriter
@@ -58,6 +69,8 @@ STATE_FILE = "shipped.json"
 #: ``tests/capture/test_units.py`` checks that the window fits).
 STATE_EVERY_S = 1.0
 STATE_EVERY_BATCHES = 32
+#: Sequence numbers reserved in ``shipped.json`` ahead of the batches held in memory.
+RESERVE = 256
 
 
 def _load_crc32() -> Callable[..., int]:
@@ -143,9 +156,25 @@ class Entry:
 
 @dataclass(slots=True)
 class Segment:
+    """One segment file. Its entries are in sequence order, with gaps where a batch was
+    acknowledged while still in memory (it never reached the disk)."""
+
     path: Path
     size: int
     entries: list[Entry] = field(default_factory=list)
+
+    def find(self, seq: int) -> Entry | None:
+        i = bisect_left(self.entries, seq, key=lambda e: e.seq)
+        return self.entries[i] if i < len(self.entries) and self.entries[i].seq == seq else None
+
+
+@dataclass(slots=True)
+class Held:
+    """A batch kept in memory until Kafka acknowledges it or it is spilled to disk."""
+
+    entry: Entry
+    parts: tuple[bytes, ...]
+    since: float
 
 
 class Fifo:
@@ -154,7 +183,9 @@ class Fifo:
     ``_lock`` (uncontended almost always: one acquire per batch on each side)."""
 
     def __init__(self, root: str | os.PathLike[str], node: str, *, budget: int,
-                 segment_size: int, on_append: Callable[[], None] | None = None) -> None:
+                 segment_size: int, on_append: Callable[[], None] | None = None,
+                 hold_bytes: int = 0, hold_for: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if "/" in node or node in ("", ".", ".."):
             raise RawcapError(f"node name {node!r} cannot be used as a directory name")
         self.dir = Path(root) / node
@@ -181,22 +212,33 @@ class Fifo:
         self.acked_seq = 0
         self.lost_batches = self.lost_packets = self.lost_bytes = 0
         self.batches_written = 0
+        self._reserved = 0
         self._load_state()
         self.segments: list[Segment] = []
         self._scan()
-        last = self.segments[-1].entries[-1].seq if self.segments and self.segments[-1].entries else 0
-        for seg in self.segments:
-            if seg.entries:
-                last = max(last, seg.entries[-1].seq)
-        self.next_seq = max(last, self.acked_seq) + 1
+        last = max((seg.entries[-1].seq for seg in self.segments if seg.entries), default=0)
+        known = max(last, self.acked_seq)
+        if self._reserved > known:
+            log.warning("the previous agent stopped without flushing: sequence numbers %d..%d "
+                        "are skipped, and the batches among them that only memory held are lost "
+                        "(consumers see the gap)", known + 1, self._reserved,
+                        extra={"first_seq": known + 1, "last_seq": self._reserved})
+        self.next_seq = max(known, self._reserved) + 1
+        self._reserved = self.next_seq - 1
+        # Memory first while a shipper is connected (see the module docstring).
+        self.hold_bytes, self.hold_for = hold_bytes, hold_for
+        self.holding = False
+        self._held: OrderedDict[int, Held] = OrderedDict()
+        self.held_bytes = 0
+        self._clock = clock
         self._fh: BufferedWriter | None = None
         self._syncs: list[threading.Thread] = []
         self._state_at = 0.0
         self._state_seq = self.acked_seq
         self._cur: Segment | None = None
         self._fds: dict[Path, int] = {}
-        # The newest batches, as written: a shipper that keeps up sends these without
-        # reading the segment back (saves a copy and a syscall per batch).
+        # The newest batches written through to disk: a shipper that keeps up sends these
+        # without reading the segment back (saves a copy and a syscall per batch).
         self._recent: dict[int, tuple[bytes, ...]] = {}
 
     # --- start-up ---------------------------------------------------------------------
@@ -209,6 +251,7 @@ class Fifo:
             self.lost_batches = int(doc.get("lost_batches", 0))
             self.lost_packets = int(doc.get("lost_packets", 0))
             self.lost_bytes = int(doc.get("lost_bytes", 0))
+            self._reserved = int(doc.get("reserved_seq", 0))
         except FileNotFoundError:
             pass
         except (ValueError, TypeError, AttributeError) as exc:
@@ -252,11 +295,52 @@ class Fifo:
 
     @_locked
     def append(self, batch: ClosedBatch) -> None:
-        """Write one batch (its ``seq`` must be ``next_seq``), recycling old segments first."""
+        """Take one batch (its ``seq`` must be ``next_seq``): held in memory while a shipper
+        is connected and memory has room, else written to disk (older held batches first)."""
         if batch.seq != self.next_seq:
             raise RawcapError(f"FIFO expected batch {self.next_seq}, got {batch.seq}")
-        parts = batch.parts
-        size = sum(len(p) for p in parts)
+        self.next_seq += 1
+        entry = Entry(batch.seq, 0, sum(len(p) for p in batch.parts), batch.count,
+                      batch.raw_bytes, batch.first_ns)
+        if self._may_hold(batch.seq):
+            self._held[batch.seq] = Held(entry, batch.parts, self._clock())
+            self.held_bytes += entry.length
+            self.spill()
+        else:
+            self.spill(everything=True)
+            self._write(entry, batch.parts)
+        self.batches_written += 1
+        if self.on_append:
+            self.on_append()
+
+    def _may_hold(self, seq: int) -> bool:
+        if not (self.holding and self.hold_bytes > 0):
+            return False
+        if seq > self._reserved:
+            # Reserve ahead before memory uses the number: a crash then skips past it.
+            self.write_state()
+        return seq <= self._reserved
+
+    @_locked
+    def spill(self, *, everything: bool = False) -> None:
+        """Write held batches to disk, oldest first: all of them, or those older than
+        ``hold_for`` and those over ``hold_bytes``. The ring thread calls this on every
+        wake-up, so a batch waits at most ``hold_for`` plus one ring timeout."""
+        if not self._held:
+            return
+        everything = everything or not self.holding
+        deadline = self._clock() - self.hold_for
+        while self._held:
+            seq, held = next(iter(self._held.items()))
+            if not (everything or held.since <= deadline or self.held_bytes > self.hold_bytes):
+                break
+            del self._held[seq]
+            self.held_bytes -= held.entry.length
+            self._write(held.entry, held.parts)
+
+    def _write(self, entry: Entry, parts: tuple[bytes, ...]) -> None:
+        """Append one frame to the current segment, recycling old segments first."""
+        size = entry.length
         need = 8 + size
         crc = 0
         for p in parts:
@@ -265,7 +349,7 @@ class Fifo:
             try:
                 if self._cur is None or (self._cur.size + need > self.segment_size
                                          and self._cur.entries):
-                    self._roll(batch.seq)
+                    self._roll(entry.seq)
                 assert self._cur is not None and self._fh is not None
                 while self.total_bytes + need > self.budget and len(self.segments) > 1:
                     self._recycle_oldest()
@@ -278,19 +362,14 @@ class Fifo:
                 # reached (recycle the oldest segment, counting what it loses), and when
                 # nothing is left to recycle, count this batch lost. Never silent.
                 if not self._undo_partial_write_and_recycle():
-                    self._lose(batch, exc)
+                    self._lose(entry, exc)
                     return
         assert self._cur is not None
-        offset = self._cur.size + 8
+        entry.offset = self._cur.size + 8
         self._cur.size += need
-        self._cur.entries.append(Entry(batch.seq, offset, size, batch.count,
-                                       batch.raw_bytes, batch.first_ns))
-        self._recent[batch.seq] = parts
-        self._recent.pop(batch.seq - _RECENT, None)
-        self.next_seq += 1
-        self.batches_written += 1
-        if self.on_append:
-            self.on_append()
+        self._cur.entries.append(entry)
+        self._recent[entry.seq] = parts
+        self._recent.pop(entry.seq - _RECENT, None)
 
     def _undo_partial_write_and_recycle(self) -> bool:
         """After ENOSPC: cut the current segment back to its last whole frame (a short
@@ -305,19 +384,18 @@ class Fifo:
         self._recycle_oldest()
         return True
 
-    def _lose(self, batch: ClosedBatch, exc: OSError) -> None:
+    def _lose(self, entry: Entry, exc: OSError) -> None:
         """A batch the full disk cannot take: its sequence number is used up (consumers see
         the gap) and it is counted and logged like a recycled one."""
         self.lost_batches += 1
-        self.lost_packets += batch.count
-        self.lost_bytes += batch.raw_bytes
-        self.next_seq += 1
+        self.lost_packets += entry.count
+        self.lost_bytes += entry.raw_bytes
         now = time.monotonic()
         if now - self._full_logged >= 10.0:
             self._full_logged = now
             log.warning("buffer disk full (%s): batches are lost until space frees up; "
                         "%d lost so far", exc.strerror, self.lost_batches,
-                        extra={"dir": str(self.dir), "seq": batch.seq, "lost_batches": self.lost_batches,
+                        extra={"dir": str(self.dir), "seq": entry.seq, "lost_batches": self.lost_batches,
                                "lost_packets": self.lost_packets})
         self.write_state()
 
@@ -379,33 +457,36 @@ class Fifo:
     @property
     @_locked
     def first_seq(self) -> int:
-        """Oldest sequence still on disk (``next_seq`` when the buffer is empty)."""
+        """Oldest sequence still held, on disk or in memory (``next_seq`` when empty)."""
         for seg in self.segments:
             if seg.entries:
                 return seg.entries[0].seq
-        return self.next_seq
+        return next(iter(self._held), self.next_seq)
 
     @_locked
-    def locate(self, seq: int) -> tuple[Segment, Entry] | None:
+    def locate(self, seq: int) -> tuple[Segment | None, Entry] | None:
+        """Where batch ``seq`` is: its segment (None while it is in memory) and entry."""
+        held = self._held.get(seq)
+        if held is not None:
+            return None, held.entry
         for seg in reversed(self.segments):
             if seg.entries and seg.entries[0].seq <= seq:
-                idx = seq - seg.entries[0].seq
-                if idx < len(seg.entries) and seg.entries[idx].seq == seq:
-                    return seg, seg.entries[idx]
-                for e in seg.entries:  # sequences are contiguous; this is only a fallback
-                    if e.seq == seq:
-                        return seg, e
-                return None
+                entry = seg.find(seq)
+                return None if entry is None else (seg, entry)
         return None
 
     @_locked
     def read(self, seq: int) -> tuple[Entry, tuple[bytes, ...]] | None:
         """The wire bytes of batch ``seq`` (in pieces: join them for one ``bytes``), or None
-        if it was recycled or not written."""
+        if it was recycled, lost or never written."""
+        held = self._held.get(seq)
+        if held is not None:
+            return held.entry, held.parts
         found = self.locate(seq)
         if found is None:
             return None
         seg, entry = found
+        assert seg is not None
         cached = self._recent.get(seq)
         if cached is not None:
             return entry, cached
@@ -424,6 +505,9 @@ class Fifo:
         file follows within ``STATE_EVERY_S`` / ``STATE_EVERY_BATCHES`` (see above)."""
         if seq > self.acked_seq:
             self.acked_seq = seq
+            while self._held and next(iter(self._held)) <= seq:
+                _, held = self._held.popitem(last=False)
+                self.held_bytes -= held.entry.length
             if (seq - self._state_seq >= STATE_EVERY_BATCHES
                     or time.monotonic() - self._state_at >= STATE_EVERY_S):
                 self.write_state()
@@ -441,7 +525,9 @@ class Fifo:
         the old file stays and the counters live on in memory (and the metrics) until a
         later write gets through; a crash meanwhile resends at most what Kafka already
         has, which the shipper skips (``_skip_already_in_kafka``)."""
+        reserved = self.next_seq - 1 + (RESERVE if self.holding and self.hold_bytes else 0)
         doc = {"node": self.node, "acked_seq": self.acked_seq, "next_seq": self.next_seq,
+               "reserved_seq": reserved,
                "lost_batches": self.lost_batches, "lost_packets": self.lost_packets,
                "lost_bytes": self.lost_bytes}
         tmp = self.dir / (STATE_FILE + ".tmp")
@@ -455,9 +541,13 @@ class Fifo:
                 tmp.unlink()
             return
         self._state_at, self._state_seq = time.monotonic(), self.acked_seq
+        self._reserved = reserved
 
     @_locked
     def close(self) -> None:
+        """Spill what memory still holds, close the segment, write the exact state."""
+        self.holding = False
+        self.spill(everything=True)
         for t in self._syncs:
             t.join(30)
         self._syncs.clear()

@@ -1,6 +1,7 @@
 """Tails the node FIFO into ``rawcap.packets``: in order, once, resuming after outages.
 
-The shipper never holds the only copy of a batch: it reads from the FIFO, sends with an
+The shipper never holds the only copy of a batch: it reads from the FIFO (which keeps a
+batch in memory until it is acknowledged, or on disk once it is older), sends with an
 idempotent ``acks=all`` producer (which retries through a broker outage without expiring
 batches and without duplicating them), and moves ``acked_seq`` forward only in sequence
 order as acknowledgements arrive. Should the producer itself fail, it is closed and a new
@@ -90,6 +91,7 @@ class Shipper:
                 self.connected = True
                 backoff = 0.5
                 log.info("shipper connected", extra={"resume_seq": self.fifo.acked_seq + 1})
+                self.fifo.holding = True  # memory first while Kafka acknowledges (capture/_fifo.py)
                 await self._ship(producer, until_caught_up)
                 return
             except (KafkaError, OSError, TransportError) as exc:
@@ -103,6 +105,7 @@ class Shipper:
                               self.fifo.acked_seq + 1, backoff)
             finally:
                 self.connected = False
+                self.fifo.holding = False
                 with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                     await producer.stop()
             await anyio.sleep(backoff)

@@ -9,8 +9,11 @@
 
 Blocking work (ring waits, FIFO writes, bcc polling) runs in worker threads. The ring
 thread appends each batch to the FIFO itself (a hand-off to the event loop per batch cost
-two context switches and a task) and only wakes the shipper, so a slow disk pushes back on
-the ring (whose overflow the kernel counts as drops) rather than growing memory. On SIGTERM/SIGINT or at
+two context switches and a task) and only wakes the shipper. While the shipper is
+connected the FIFO holds batches in memory until Kafka acknowledges them
+(``capture.memoryBuffer``, ``capture.spillAfter``), so a healthy broker costs the node no
+disk writes. A slow broker or disk pushes back on the ring (whose overflow the kernel
+counts as drops) rather than growing memory. On SIGTERM/SIGINT or at
 ``--duration`` the ring thread flushes its open batch, the FIFO writer drains, and the
 shipper gets a bounded time to deliver what is left; unshipped batches stay on disk for
 the next start.
@@ -31,8 +34,9 @@ import anyio.abc
 import anyio.to_thread
 
 from rawcap._malloc import tune as malloc_tune
-from rawcap.config import Config
+from rawcap.config import Config, ConfigError
 from schemas.control import CaptureFilter
+from schemas.topics import MAX_MESSAGE_BYTES
 
 from ._batcher import BlockBatcher, ClosedBatch
 from ._fifo import Fifo
@@ -48,6 +52,8 @@ log = logging.getLogger("rawcap.capture")
 
 #: Time the shipper gets at shutdown to deliver what is still in the FIFO.
 DRAIN_TIMEOUT = 10.0
+#: Batch header + Kafka record overhead + zstd's worst-case expansion, with room to spare.
+_HEADER_ROOM = 256 * 1024
 _RESCAN_EVERY = 5.0
 
 
@@ -77,11 +83,24 @@ class Summary:
                 f"lost_packets={self.lost_packets}")
 
 
+def _check_batch_fits(cfg: Config) -> None:
+    """A batch body is at most max(maxBytes, blockSize) (capture/_batcher.py); with its
+    header it must fit one Kafka record of ``rawcap.packets``, or the shipper would retry
+    a record the broker always refuses."""
+    body = max(int(cfg.get("capture.batch.maxBytes")), int(cfg.get("capture.ring.blockSize")))
+    if body + _HEADER_ROOM > MAX_MESSAGE_BYTES:
+        raise ConfigError(
+            f"capture.batch.maxBytes and capture.ring.blockSize must stay below "
+            f"{(MAX_MESSAGE_BYTES - _HEADER_ROOM) / 2**20:g} MiB: a batch of {body} bytes would not "
+            f"fit rawcap.packets' max.message.bytes ({MAX_MESSAGE_BYTES})")
+
+
 class Agent:
     """Build with a :class:`Config` (CLI flags already folded in); ``await run()``."""
 
     def __init__(self, cfg: Config, *, procs: bool | None = None, netns: str | None = None) -> None:
-        malloc_tune()  # ~1 MiB buffers from the heap, not fresh mmap pages (rawcap/_malloc.py)
+        malloc_tune()  # MiB-sized buffers from the heap, not fresh mmap pages (rawcap/_malloc.py)
+        _check_batch_fits(cfg)
         self.cfg = cfg
         self.netns = netns
         self.node = cfg.node
@@ -125,7 +144,9 @@ class Agent:
             self.filter.set_ifaces(set(self.ifaces))
         self.fifo = Fifo(cfg.get("capture.bufferDir"), self.node,
                          budget=int(cfg.get("tap.capture.raw.storageSize")),
-                         segment_size=int(cfg.get("capture.segmentSize")))
+                         segment_size=int(cfg.get("capture.segmentSize")),
+                         hold_bytes=int(cfg.get("capture.memoryBuffer")) if self.kafka else 0,
+                         hold_for=float(cfg.get("capture.spillAfter")))
         self.summary.first_seq = self.fifo.next_seq
         try:
             with in_netns(self.netns):
@@ -185,8 +206,9 @@ class Agent:
                 with anyio.move_on_after(duration if duration else float("inf")):
                     await stop_async.wait()
                 self._stop.set()
-            # Pipeline drained: every captured batch is on disk. Give the shipper a bounded
-            # time to deliver the rest; what is left stays in the FIFO for the next start.
+            # Pipeline drained: every captured batch is in the FIFO. Give the shipper a
+            # bounded time to deliver the rest; fifo.close() writes what is left to disk
+            # for the next start.
             if self.shipper is not None:
                 ship_scope.cancel()
                 with anyio.move_on_after(DRAIN_TIMEOUT):
@@ -232,9 +254,7 @@ class Agent:
         out: list[ClosedBatch] = []
 
         def consume(block: memoryview) -> None:
-            b = batcher.add_block(block)
-            if b is not None:
-                out.append(b)
+            out.extend(batcher.add_block(block))
 
         flush_window = float(self.cfg.get("capture.ring.blockTimeout")) * 2 + 0.1
         deadline: float | None = None
@@ -256,6 +276,7 @@ class Agent:
             for b in out:
                 self._append(b)
             out.clear()
+            self.fifo.spill()  # held batches Kafka has not acknowledged in time go to disk
             if done:
                 return
 

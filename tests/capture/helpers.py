@@ -106,6 +106,33 @@ def fifo_last_seq(node_dir: Path) -> int:
     return last
 
 
+async def kafka_records(bootstrap: str, node: str) -> list[tuple[int, bytes]]:
+    """(Kafka timestamp, value) of every record of ``node`` in rawcap.packets, in order."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from schemas.topics import PACKETS
+
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                         max_partition_fetch_bytes=16 << 20, fetch_max_bytes=64 << 20)
+    await c.start()
+    try:
+        md = await c._client.fetch_all_metadata()
+        parts = md.partitions_for_topic(PACKETS) or set()
+        assert parts, "rawcap.packets does not exist"
+        tps = [TopicPartition(PACKETS, p) for p in parts]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        end = await c.end_offsets(tps)
+        out: list[tuple[int, bytes]] = []
+        while [tp for tp in tps if await c.position(tp) < end[tp]]:
+            got = await c.getmany(timeout_ms=1000, max_records=1000)
+            for recs in got.values():
+                out.extend((r.timestamp, r.value) for r in recs if r.key == node.encode() and r.value)
+        return out
+    finally:
+        await c.stop()
+
+
 def is_l4(data: bytes) -> bool:
     return parse_l4(data) is not None
 

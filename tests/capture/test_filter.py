@@ -22,13 +22,13 @@ from capture._filter import C_REJECTED, KernelFilter
 from capture._ring import Ring
 from rawcap.packet import parse_l4
 from rawcap.stack import Stack
-from schemas import block_summary, iter_packets
+from schemas import block_summary, decode_batch, iter_packets
 from schemas._batch import BatchHeader
 from schemas.control import CaptureFilter, filter_key
 from schemas.topics import CONTROL
 from tests.netns import VethPair
 
-from .helpers import PY, RAWCAP, TRAFFIC, Proc, read_fifo
+from .helpers import PY, RAWCAP, TRAFFIC, Proc, kafka_records
 
 pytestmark = pytest.mark.integration
 
@@ -162,8 +162,8 @@ def test_control_topic_drives_the_filter(stack: Stack, tmp_path: Path) -> None:
             cap.stop()
     assert "filter_version=70" not in cap.text
     ports = []
-    for b in read_fifo(buf / node):
-        for p in b.packets:
+    for _, value in asyncio.run(kafka_records(stack.bootstrap, node)):
+        for p in decode_batch(value).packets:
             l4 = parse_l4(p.data)
             assert l4 is not None
             ports.append(l4.dport if l4.dport != 0 and l4.sport >= 30000 else l4.sport)

@@ -41,6 +41,15 @@ def test_missing_netns_and_bad_duration(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
+def test_batch_too_big_for_a_kafka_record_is_one_clear_line(tmp_path: Path) -> None:
+    r = subprocess.run([RAWCAP, "capture", "--iface", "lo", "--no-kafka", "--ring-block-size", "8Mi",
+                        "--buffer-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "rawcap: error: capture.batch.maxBytes and capture.ring.blockSize must stay below 7.75 MiB: "
+        "a batch of 8388608 bytes would not fit rawcap.packets' max.message.bytes (8388608)"]
+
+
 def test_metrics_summary_and_restart_continues_sequence(tmp_path: Path) -> None:
     buf = tmp_path / "buf"
     port = _free_port()

@@ -37,7 +37,7 @@ def test_batcher_spans_blocks_and_matches_schema_encoder() -> None:
                      max_delay=1.0, level=1, clock=clock)
     blocks = [_block(5, 1_000), _block(3, 2_000)]
     for blk in blocks:
-        assert b.add_block(memoryview(blk)) is None
+        assert b.add_block(memoryview(blk)) == []
     assert not b.due()
     clock.t = 1.5
     assert b.due()
@@ -53,23 +53,34 @@ def test_batcher_spans_blocks_and_matches_schema_encoder() -> None:
 
 def test_batcher_closes_at_max_bytes_and_skips_empty_blocks() -> None:
     b = BlockBatcher(node="n", next_seq=1, ifaces=dict, max_bytes=1000, max_delay=10, level=1)
-    assert b.add_block(memoryview(build_block([], block_size=4096))) is None
-    out = b.add_block(memoryview(_block(20, 5)))
-    assert out is not None and out.count == 20 and not b.pending
+    assert b.add_block(memoryview(build_block([], block_size=4096))) == []
+    [out] = b.add_block(memoryview(_block(20, 5)))
+    assert out.count == 20 and not b.pending
+
+
+def test_batcher_closes_the_open_batch_before_it_would_overflow() -> None:
+    """A batch body never exceeds max(maxBytes, block size): the topic's max.message.bytes
+    is checked against those two, and a bigger record would stall the shipper."""
+    b = BlockBatcher(node="n", next_seq=1, ifaces=dict, max_bytes=2500, max_delay=10, level=1)
+    assert b.add_block(memoryview(_block(10, 5))) == []
+    first = b.add_block(memoryview(_block(10, 50)))[0]  # ~1.5 KiB + ~1.5 KiB > 2500
+    assert first.count == 10 and first.raw_bytes <= 2500 and b.pending
+    last = b.close()
+    assert last is not None and last.count == 10
 
 
 def test_batcher_full_block_is_one_shot_batch() -> None:
     """A block that fills the batch on its own is compressed in one shot and closes it; the
     body is the same single zstd frame the schema encoder writes (decoders see no change)."""
     b = BlockBatcher(node="n", next_seq=1, ifaces=dict, max_bytes=60_000, max_delay=10, level=-3)
-    small = _block(3, 10)
-    assert b.add_block(memoryview(small)) is None  # a partial block opens a streamed batch
+    small, small2 = _block(3, 10), _block(4, 20)
+    assert b.add_block(memoryview(small)) == []  # a partial block opens a streamed batch
+    assert b.add_block(memoryview(small2)) == []
     full = _block(800, 1_000)  # ~64 KiB used of the 64 KiB block, more than maxBytes
-    streamed = b.add_block(memoryview(full))
-    assert streamed is not None and streamed.count == 803
-    alone = b.add_block(memoryview(full))
-    assert alone is not None and alone.count == 800 and not b.pending
-    for out, blocks in ((streamed, [small, full]), (alone, [full])):
+    # the open batch closes first (it would overflow), then the full block is a batch alone
+    streamed, alone = b.add_block(memoryview(full))
+    assert streamed.count == 7 and alone.count == 800 and not b.pending
+    for out, blocks in ((streamed, [small, small2]), (alone, [full])):
         got = decode_batch(out.value)
         assert got.header.codec == "zstd"
         ref = decode_batch(encode_block_batch(node="n", seq=out.seq, blocks=blocks, ifaces={}))
@@ -87,9 +98,8 @@ def test_batcher_stores_incompressible_batches_plain() -> None:
     b = BlockBatcher(node="n", next_seq=1, ifaces=dict, max_bytes=1, max_delay=10, level=1)
     rnd = [build_block([(i * 100 + j, 1000, 3, 0, os.urandom(1000)) for j in range(10)])
            for i in range(3)]
-    first = b.add_block(memoryview(rnd[0]))
-    second = b.add_block(memoryview(rnd[1]))
-    assert first is not None and second is not None
+    [first] = b.add_block(memoryview(rnd[0]))
+    [second] = b.add_block(memoryview(rnd[1]))
     assert decode_batch(first.value).header.codec == "zstd"
     h2 = decode_batch(second.value)
     assert h2.header.codec == "none" and len(h2.packets) == 10 and b.plain_batches == 1
@@ -179,6 +189,77 @@ def test_fifo_sequence_survives_an_emptied_buffer(tmp_path: Path) -> None:
     for seg in (tmp_path / "n").glob("*.rcsg"):
         seg.unlink()
     assert Fifo(tmp_path, "n", budget=1 << 20, segment_size=1 << 16).next_seq == 4
+
+
+def _held_fifo(tmp_path: Path, clock: _Clock, hold_bytes: int = 1 << 20) -> Fifo:
+    fifo = Fifo(tmp_path, "n", budget=1 << 20, segment_size=1 << 16, hold_bytes=hold_bytes,
+                hold_for=2.0, clock=clock)
+    fifo.holding = True  # what a connected shipper sets
+    return fifo
+
+
+def _on_disk(tmp_path: Path) -> list[int]:
+    return [b.header.seq for b in read_fifo(tmp_path / "n")]
+
+
+def test_fifo_holds_batches_in_memory_until_acked_or_old(tmp_path: Path) -> None:
+    clock = _Clock()
+    fifo = _held_fifo(tmp_path, clock)
+    for seq in range(1, 6):
+        fifo.append(_batch(seq))
+    assert _on_disk(tmp_path) == [] and fifo.held_bytes > 0
+    got = fifo.read(2)
+    assert got is not None and decode_batch(b"".join(got[1])).header.seq == 2
+    fifo.mark_acked(3)  # acknowledged while in memory: never written
+    assert fifo.first_seq == 4 and fifo.read(3) is None
+    clock.t = 1.9
+    fifo.spill()
+    assert _on_disk(tmp_path) == []
+    clock.t = 2.1  # Kafka did not acknowledge 4 and 5 in time
+    fifo.spill()
+    assert _on_disk(tmp_path) == [4, 5] and fifo.held_bytes == 0
+    got = fifo.read(5)
+    assert got is not None and decode_batch(b"".join(got[1])).header.seq == 5
+    # the numbers memory may use were reserved before memory used them
+    assert json.loads((tmp_path / "n" / "shipped.json").read_text())["reserved_seq"] >= 5
+    fifo.close()
+    state = json.loads((tmp_path / "n" / "shipped.json").read_text())
+    assert state["reserved_seq"] == 5 and state["acked_seq"] == 3
+    again = Fifo(tmp_path, "n", budget=1 << 20, segment_size=1 << 16)
+    assert again.next_seq == 6 and again.first_seq == 4
+    again.close()
+
+
+def test_fifo_spills_oldest_over_the_memory_bound_and_without_a_shipper(tmp_path: Path) -> None:
+    clock = _Clock()
+    room = 2 * _batch(1).size + 100  # two batches fit in memory
+    fifo = _held_fifo(tmp_path, clock, hold_bytes=room)
+    for seq in range(1, 5):
+        fifo.append(_batch(seq))
+    assert _on_disk(tmp_path) == [1, 2] and fifo.held_bytes <= room
+    fifo.holding = False  # the shipper lost Kafka: everything goes to disk, in order
+    fifo.append(_batch(5))
+    assert _on_disk(tmp_path) == [1, 2, 3, 4, 5] and fifo.held_bytes == 0
+    fifo.close()
+
+
+def test_fifo_restart_after_a_crash_skips_what_memory_held(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Batches only in memory die with the process; the restart must not reuse their
+    numbers (Kafka may hold some of them) and must leave a gap consumers can see."""
+    clock = _Clock()
+    fifo = _held_fifo(tmp_path, clock)
+    for seq in range(1, 4):
+        fifo.append(_batch(seq))
+    fifo.mark_acked(1)
+    fifo.sync_state()
+    os.close(fifo._lockfd)  # the process died: no close(), no spill
+    with caplog.at_level("WARNING", logger="rawcap.capture"):
+        again = Fifo(tmp_path, "n", budget=1 << 20, segment_size=1 << 16)
+    assert again.next_seq > 3 and _on_disk(tmp_path) == []
+    assert "stopped without flushing" in caplog.text and f"2..{again.next_seq - 1}" in caplog.text
+    again.close()
 
 
 @pytest.mark.parametrize(("path", "cid", "runtime", "pod"), [
