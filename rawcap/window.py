@@ -230,27 +230,72 @@ def node_partition(node: str, partitions: int) -> int:
 
 
 class _KafkaLane:
-    """One partition between two offsets. Each read drains everything aiokafka holds for the
-    partition (at most one fetch response), so its fetcher asks the broker for the next one
-    at once and the network overlaps with our decoding (which runs in worker threads)."""
+    """One partition between two offsets. A bounded read goes through
+    :class:`rawcap._kafkaio.PartitionFetcher` (values as views into the fetch response, one
+    request ahead); a follow read, or one that meets anything that fetcher leaves to
+    aiokafka, drains what aiokafka's consumer holds for the partition (at most one fetch
+    response), so its fetcher asks the broker for the next one at once. Either way the
+    network overlaps with our decoding (which runs in worker threads)."""
 
     def __init__(self, consumer: Any, tp: Any, start: int, stop: float, reader: WindowReader) -> None:
+        from ._kafkaio import PartitionFetcher
+
         self.name = f"{tp.topic}[{tp.partition}]"
         self._c, self._tp, self._pos, self._stop = consumer, tp, start, stop
         self._reader = reader
         self._buf: deque[tuple[bytes | memoryview, dict[str, Any]]] = deque()
+        self._fast = None if math.isinf(stop) else PartitionFetcher.create(consumer, tp)
+        if self._fast is not None and start < stop:
+            self._fast.start(start)
+        else:
+            consumer.resume(tp)
 
     async def next_values(self) -> list[tuple[bytes | memoryview, dict[str, Any]]] | None:
         if not self._buf:
             if self._pos >= self._stop:
                 return None
-            await self._drain()
+            if self._fast is None or not await self._fetch_fast():
+                await self._drain()
         out: list[tuple[bytes | memoryview, dict[str, Any]]] = []
         while self._buf and len(out) < FETCH_BATCHES:
             out.append(self._buf.popleft())
         if not out and self._pos >= self._stop:
             return None
         return out
+
+    async def _fetch_fast(self) -> bool:
+        """One response through the zero-copy fetcher; False (and aiokafka's consumer from
+        here on) when it cannot do this one."""
+        from ._kafkaio import Unsupported
+
+        assert self._fast is not None
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                recs, nxt = await self._fast.next(int(self._stop))
+            except Unsupported as exc:
+                log.debug("%s: aiokafka's consumer reads on from offset %d: %s", self.name, self._pos, exc)
+                self._fast = None
+                self._c.seek(self._tp, self._pos)
+                self._c.resume(self._tp)
+                return False
+            part, buf = self._tp.partition, self._buf
+            for r in recs:
+                if r.offset >= self._stop:
+                    nxt = int(self._stop)
+                    break
+                meta = {"partition": part, "offset": r.offset, "key": r.key, "kafka_ts": r.timestamp}
+                buf.append((b"" if r.value is None else r.value, meta))  # a null value: corrupt
+            self._pos = nxt
+            if buf or nxt >= self._stop:
+                if nxt >= self._stop:
+                    self._fast.cancel()
+                return True
+            if time.monotonic() > deadline:
+                raise TransportError(
+                    f"{self.name}: no data at offset {self._pos} although the window ends at offset "
+                    f"{int(self._stop)} (broker unreachable?)"
+                )
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + (1.0 if math.isinf(self._stop) else 30.0)
@@ -280,7 +325,8 @@ class _KafkaLane:
                 )
 
     async def aclose(self) -> None:
-        return None
+        if self._fast is not None:
+            self._fast.cancel()
 
 
 #: Compressed batches the merge may hold while it reads a shared partition on for a node
@@ -456,6 +502,9 @@ class WindowReader:
             wanted = sorted(parts)
         tps = [TopicPartition(topics.PACKETS, p) for p in wanted]
         consumer.assign(tps)
+        # Paused until its lane says who reads it (a bounded lane fetches by itself), so that
+        # aiokafka's fetcher does not start reading from the reset position meanwhile.
+        consumer.pause(*tps)
         begin = await consumer.beginning_offsets(tps)
         end = await consumer.end_offsets(tps)
         lo_ms = max(0, (self.lo - MARGIN_NS) // 1_000_000)

@@ -611,3 +611,64 @@ async def test_another_nodes_corrupt_batch_is_not_reported_for_this_node(
     await _produce(stack.bootstrap, [(b"also not a batch", now)], a)
     p = await anyio.to_thread.run_sync(lambda: rawcap("consume", "--node", a, "--from", "-5m", env=kenv))
     assert p.returncode == 0 and b"1 corrupt batch(es) skipped" in p.stderr, p.stderr.decode()
+
+
+async def _read_in_process(bootstrap: str, node: str, lo: int, hi: int) -> list[tuple[int, bytes]]:
+    from rawcap.config import load_config
+    from rawcap.window import WindowReader
+
+    cfg = load_config(None, {"kafka.bootstrap": bootstrap}, env={})
+    async with WindowReader(cfg, lo, hi, nodes=[node]) as r:
+        return [(p.ts_ns, bytes(p.data)) async for chunk in r.packets() for p in chunk]
+
+
+@pytest.mark.parametrize("fail_at", [None, 0, 2])
+async def test_zero_copy_fetch_and_its_fallback_read_the_same_packets(
+    node_name: str, stack: Any, monkeypatch: pytest.MonkeyPatch, fail_at: int | None
+) -> None:
+    """rawcap._kafkaio.PartitionFetcher reads the window; when it meets something it leaves to
+    aiokafka (here: from the start, or after two responses) the consumer reads on from the
+    same offset. Kafka-compressed batches (gzip here) take aiokafka's path by themselves."""
+    from rawcap import _kafkaio
+
+    now = time_ns()
+    t0 = now - 20 * 60 * 10**9
+    # 30 x 40 packets of 28 kB: ~34 MB, several 8 MiB fetch responses
+    await _produce(stack.bootstrap, _batches(node_name, t0, 2_000_000, 30, 40, 1400 * 20), node_name)
+    gz = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, compression_type="gzip", linger_ms=50)
+    await gz.start()
+    try:
+        t1 = t0 + 10**10
+        for k in range(3):  # uncompressed bodies of alike frames: gzip shrinks them
+            pk = [Packet(t1 + (10 * k + i) * 1_000, 62, 62, 2, 0, _frame(i)) for i in range(10)]
+            value = encode_batch(node=node_name, seq=31 + k, packets=pk, ifaces={2: "eth0"}, codec="none")
+            await gz.send(topics.PACKETS, value, key=node_name.encode(), timestamp_ms=pk[0].ts_ns // 10**6)
+        await gz.flush()
+    finally:
+        await gz.stop()
+    want = [t0 + i * 2_000_000 for i in range(30 * 40)] + [t1 + i * 1_000 for i in range(30)]
+    calls = {"fetch": 0, "fallback": 0, "compressed": 0}
+    real_fetch, real_parse = _kafkaio.PartitionFetcher._fetch, _kafkaio.parse_record_batches
+
+    async def fetch(self: Any, offset: int) -> Any:
+        calls["fetch"] += 1
+        if fail_at is not None and calls["fetch"] > fail_at:
+            calls["fallback"] += 1
+            raise _kafkaio.Unsupported("test")
+        return await real_fetch(self, offset)
+
+    def parse(records: Any, offset: int) -> Any:
+        try:
+            return real_parse(records, offset)
+        except _kafkaio.Unsupported as exc:
+            calls["compressed"] += "compressed" in str(exc)
+            raise
+
+    monkeypatch.setattr(_kafkaio, "parse_record_batches", parse)
+    monkeypatch.setattr(_kafkaio.PartitionFetcher, "_fetch", fetch)
+    got = await _read_in_process(stack.bootstrap, node_name, t0 - 10**9, now)
+    assert [t for t, _ in got] == want
+    assert calls["fallback"] == (0 if fail_at is None else 1)
+    assert calls["compressed"] == (1 if fail_at is None else 0)  # else aiokafka had it already
+    monkeypatch.setenv("RAWCAP_NO_FAST_KAFKA_READER", "1")  # aiokafka's path alone
+    assert await _read_in_process(stack.bootstrap, node_name, t0 - 10**9, now) == got
