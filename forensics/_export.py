@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import anyio
 
 from forensics._fastexport import FAST as _FAST
-from forensics._fastexport import fast_batch
+from forensics._fastexport import FAST_ZSTD as _FAST_ZSTD
+from forensics._fastexport import fast_batch, fast_zstd_batch
 from rawcap.pcapfile import LINKTYPE_ETHERNET, PcapngWriter, PcapWriter
 from rawcap.window import RawBatch, WindowReader, WPacket
 from schemas import BODY_RECORDS, BatchHeader, decompress_body, iter_packets
@@ -230,30 +231,38 @@ class _Converter:
         self._parts = []
 
     def _one(self, item: list[WPacket] | RawBatch) -> _Result:
-        sink, parts = self._sink, self._parts
         if isinstance(item, RawBatch):
-            h = item.header
-            try:
-                body = decompress_body(h, item.body)
-            except BatchError as exc:
-                return item, 0, 0, 0, exc, True
-            mark = len(parts)
-            sink.begin_batch()
-            try:
-                n, nbytes, added = sink.batch(h, body, parts)
-            except BatchError as exc:
-                del parts[mark:]
-                sink.forget_batch()
-                return item, 0, 0, 0, exc, False
-            last_ts = h.last_ns
+            res, added = self._batch(item)
         else:
-            n, nbytes, last_ts = len(item), 0, item[-1].ts_ns
-            added = sink.packets(item, parts)
+            added = self._sink.packets(item, self._parts)
+            res = (item, len(item), 0, item[-1].ts_ns, None, False)
         self._size += added
         if self._size >= _FLUSH_BYTES:
-            self._writer.put_sync(parts)
+            self._writer.put_sync(self._parts)
             self._parts, self._size = [], 0
-        return item, n, nbytes, last_ts, None, False
+        return res
+
+    def _batch(self, item: RawBatch) -> tuple[_Result, int]:
+        """The blocks of a whole batch into the chunk (inflated inside the C converter when it
+        can, else decompressed first) and the output bytes added; a corrupt batch leaves
+        nothing behind (not even the IDBs of interfaces it was the first to use)."""
+        sink, parts, h = self._sink, self._parts, item.header
+        mark = len(parts)
+        sink.begin_batch()
+        try:
+            done = sink.compressed_batch(h, item.body, parts)
+            if done is None:
+                try:
+                    body = decompress_body(h, item.body)
+                except BatchError as exc:
+                    return (item, 0, 0, 0, exc, True), 0
+                done = sink.batch(h, body, parts)
+        except BatchError as exc:
+            del parts[mark:]
+            sink.forget_batch()
+            return (item, 0, 0, 0, exc, False), 0
+        n, nbytes, added = done
+        return (item, n, nbytes, h.last_ns, None, False), added
 
     async def put(self, item: list[WPacket] | RawBatch | None) -> None:
         """Queue an item (``None``: the end); waits while ``_AHEAD`` items are queued."""
@@ -390,6 +399,15 @@ class _PcapngSink:
         ent = self.ids[(node, key)] = (idx, opts)
         return ent
 
+    def compressed_batch(
+        self, h: BatchHeader, frame: bytes | memoryview, parts: list[Any]
+    ) -> tuple[int, int, int] | None:
+        """:meth:`batch` of a body still compressed, when the C converter can inflate it
+        itself (forensics/_fastexport.py); None: decompress it and call :meth:`batch`."""
+        if _FAST_ZSTD and not self.comment_node and self.wl is None:
+            return fast_zstd_batch(self, h, frame, parts)
+        return None
+
     def batch(self, h: BatchHeader, body: bytes | memoryview, parts: list[Any]) -> tuple[int, int, int]:
         """Append the EPBs of a whole batch; returns (packets, packet bytes, output bytes)."""
         node, ids, ifaces = h.node, self.ids, h.ifaces
@@ -510,6 +528,9 @@ class _PcapSink:
 
     def header(self) -> bytes:
         return self.w.header()
+
+    def compressed_batch(self, h: BatchHeader, frame: bytes | memoryview, parts: list[Any]) -> None:
+        return None  # decompressed first (no compiled path for classic pcap)
 
     def batch(self, h: BatchHeader, body: bytes | memoryview, parts: list[Any]) -> tuple[int, int, int]:
         add, pack = parts.append, _REC.pack

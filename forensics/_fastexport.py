@@ -4,17 +4,19 @@
 extension is built and ``RAWCAP_NO_FASTPCAP`` is unset) and no EPB gets options (no
 ``--comment-node``, no per-packet comments). It produces the same bytes as the Python sink:
 interfaces are registered through the sink (same ids, same IDBs, at the same place in the
-stream), and the whole batch comes back as one ``bytes`` object.
+stream), and the whole batch comes back as one ``bytes`` object. :func:`fast_zstd_batch`
+does the same from the batch body still compressed (:func:`rawcap._epbs.epbs_zstd`), or
+returns None for the caller to decompress first.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from rawcap._epbs import FAST, epbs
+from rawcap._epbs import FAST, FAST_ZSTD, Resolve, epbs, epbs_zstd
 from schemas import BatchHeader
 
-__all__ = ("FAST", "fast_batch")
+__all__ = ("FAST", "FAST_ZSTD", "fast_batch", "fast_zstd_batch")
 
 #: Every timestamp: a RawBatch lies wholly inside the window, so nothing is trimmed.
 _ALL = (0, 2**64)
@@ -26,11 +28,9 @@ class _Sink(Protocol):
     def _iface(self, node: str, key: int | str, name: str, parts: list[Any]) -> tuple[int, bytes]: ...
 
 
-def fast_batch(
-    sink: _Sink, h: BatchHeader, body: bytes | memoryview, parts: list[Any]
-) -> tuple[int, int, int]:
-    """Append the EPBs of a whole batch to ``parts``; returns (packets, packet bytes, output
-    bytes). Raises a :class:`schemas.errors.BatchError` for a corrupt body (nothing added)."""
+def _resolver(sink: _Sink, h: BatchHeader) -> Resolve:
+    """``ifindex -> (id, IDB bytes)`` through the sink (its ids, its IDBs); the C converter
+    puts the IDB bytes into its output right before the interface's first EPB."""
     node, ids, ifaces = h.node, sink.ids, h.ifaces
 
     def resolve(ifindex: int) -> tuple[int, bytes]:
@@ -41,6 +41,27 @@ def fast_batch(
         ent = sink._iface(node, ifindex, ifaces.get(ifindex, str(ifindex)), idb)
         return ent[0], b"".join(idb)
 
-    out, n, nbytes = epbs(h, body, _ALL[0], _ALL[1], resolve)
+    return resolve
+
+
+def fast_batch(
+    sink: _Sink, h: BatchHeader, body: bytes | memoryview, parts: list[Any]
+) -> tuple[int, int, int]:
+    """Append the EPBs of a whole batch to ``parts``; returns (packets, packet bytes, output
+    bytes). Raises a :class:`schemas.errors.BatchError` for a corrupt body (nothing added)."""
+    out, n, nbytes = epbs(h, body, _ALL[0], _ALL[1], _resolver(sink, h))
+    parts.append(out)
+    return n, nbytes, len(out)
+
+
+def fast_zstd_batch(
+    sink: _Sink, h: BatchHeader, frame: bytes | memoryview, parts: list[Any]
+) -> tuple[int, int, int] | None:
+    """:func:`fast_batch` of the compressed body; None (nothing added, no interface
+    registered) when the caller must decompress it first."""
+    res = epbs_zstd(h, frame, _ALL[0], _ALL[1], _resolver(sink, h))
+    if res is None:
+        return None
+    out, n, nbytes = res
     parts.append(out)
     return n, nbytes, len(out)

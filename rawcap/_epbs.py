@@ -7,6 +7,11 @@ bound checked), keeps the packets with ``lo <= ts < hi`` and builds their EPBs e
 :func:`epbs_c` does the same in C (``rawcap/_fastpcap.c``), without the GIL and without one
 Python object per packet. :data:`epbs` is the C version when the extension imports and
 ``RAWCAP_NO_FASTPCAP`` is unset, else the reference; :data:`FAST` says which.
+:func:`epbs_zstd` takes the body still compressed and inflates it inside the C call (into a
+reused, cache-resident buffer, not a fresh Python ``bytes``) when libzstd loads and
+``RAWCAP_NO_FASTZSTD`` is unset (:data:`FAST_ZSTD`); it returns None for anything it leaves
+to :func:`schemas.decompress_body` followed by :data:`epbs`, so that a body is accepted or
+rejected, with the same reason, exactly as on that path.
 
 ``resolve(ifindex) -> (interface id, IDB bytes)`` is called once per interface and call, on
 its first packet in the window; the IDB bytes (``b""`` if the interface is described
@@ -24,9 +29,10 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from schemas import BODY_RECORDS, BODY_TPACKET3, BatchHeader, iter_packets
+from schemas._batch import MAX_BODY_BYTES
 from schemas.errors import CorruptBody, RecordOverrun
 
-__all__ = ("FAST", "Resolve", "epbs", "epbs_c", "epbs_py")
+__all__ = ("FAST", "FAST_ZSTD", "Resolve", "epbs", "epbs_c", "epbs_py", "epbs_zstd")
 
 #: ``ifindex -> (pcapng interface id, IDB bytes to emit first, b"" if none)``
 Resolve = Callable[[int], tuple[int, bytes]]
@@ -77,10 +83,8 @@ def epbs_py(header: BatchHeader, body: bytes | memoryview, lo: int, hi: int, res
     return b"".join(parts), n, nbytes
 
 
-def epbs_c(header: BatchHeader, body: bytes | memoryview, lo: int, hi: int, resolve: Resolve) -> EpbResult:
-    """The compiled twin of :func:`epbs_py` (raises ``RuntimeError`` if it is not built)."""
-    if _c is None:
-        raise RuntimeError("rawcap._fastpcap is not built (pip install -e .)")
+def _c_args(header: BatchHeader, lo: int, hi: int) -> tuple[int, int, int, int, bool]:
+    """(layout, count, lo, hi, hi_open) as the C functions take them."""
     if header.body == BODY_RECORDS:
         layout = 0
     elif header.body == BODY_TPACKET3:
@@ -95,6 +99,14 @@ def epbs_c(header: BatchHeader, body: bytes | memoryview, lo: int, hi: int, reso
         hi_open = False
     # A count beyond what a body can hold fails the same way at any size.
     count = max(min(header.count, 2**62), -1)
+    return layout, count, lo_c, hi_c, hi_open
+
+
+def epbs_c(header: BatchHeader, body: bytes | memoryview, lo: int, hi: int, resolve: Resolve) -> EpbResult:
+    """The compiled twin of :func:`epbs_py` (raises ``RuntimeError`` if it is not built)."""
+    if _c is None:
+        raise RuntimeError("rawcap._fastpcap is not built (pip install -e .)")
+    layout, count, lo_c, hi_c, hi_open = _c_args(header, lo, hi)
     try:
         out, n, nbytes = _c.epbs(body, layout, count, lo_c, hi_c, hi_open, resolve)
     except _c.Overrun as exc:
@@ -102,5 +114,24 @@ def epbs_c(header: BatchHeader, body: bytes | memoryview, lo: int, hi: int, reso
     return out, n, nbytes
 
 
+def epbs_zstd(
+    header: BatchHeader, frame: bytes | memoryview, lo: int, hi: int, resolve: Resolve
+) -> EpbResult | None:
+    """:func:`epbs_c` of the body that the zstd ``frame`` inflates to, inflated in the same
+    C call; None when this is not for it (no libzstd, another codec or layout, a body that
+    does not inflate to ``header.body_len`` bytes as one frame): then decompress first."""
+    if not FAST_ZSTD or header.codec != "zstd" or not 0 < header.body_len <= MAX_BODY_BYTES:
+        return None
+    if header.body not in (BODY_RECORDS, BODY_TPACKET3):
+        return None  # the decompression's verdict comes first
+    layout, count, lo_c, hi_c, hi_open = _c_args(header, lo, hi)
+    try:
+        res = _c.epbs_zstd(frame, header.body_len, layout, count, lo_c, hi_c, hi_open, resolve)
+    except _c.Overrun as exc:
+        raise RecordOverrun(str(exc)) from None
+    return None if res is None else (res[0], res[1], res[2])
+
+
 FAST: Final = _c is not None and not os.environ.get("RAWCAP_NO_FASTPCAP")
+FAST_ZSTD: Final = FAST and not os.environ.get("RAWCAP_NO_FASTZSTD") and bool(_c.zstd_available())
 epbs: Final = epbs_c if FAST else epbs_py

@@ -1,8 +1,10 @@
 """The compiled EPB converter (``rawcap._fastpcap``) against its pure-Python reference
 (``rawcap._epbs.epbs_py``): byte-identical EPBs for random batches of both body layouts,
 window edges and VLAN frames; every truncation and random corruption fails the same way in
-both; and ``rawcap pcap export`` through Kafka writes the same file with and without the
-extension (``RAWCAP_NO_FASTPCAP=1``)."""
+both; the converter that inflates the zstd frame itself (``epbs_zstd``) gives what
+``decompress_body`` + the reference give, or declines (None) and leaves the verdict to
+them; and ``rawcap pcap export`` through Kafka writes the same file with and without the
+extension (``RAWCAP_NO_FASTPCAP=1``) and its inflating path (``RAWCAP_NO_FASTZSTD=1``)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 from forensics._export import _PcapngSink
 from forensics._fastexport import fast_batch
 from rawcap import _epbs
-from rawcap._epbs import epbs_c, epbs_py
+from rawcap._epbs import epbs_c, epbs_py, epbs_zstd
 from rawcap.timeparse import format_ns
 from rawcap.window import decompress_body
 from schemas import BatchHeader, Packet, decode_header, encode_batch, encode_block_batch
@@ -228,6 +230,115 @@ def test_resolve_errors_propagate() -> None:
         epbs_c(h, body, 0, 2**64, lambda _i: 3)  # type: ignore[arg-type,return-value]
 
 
+# -- inflating inside the converter ----------------------------------------------------------
+def test_libzstd_is_found() -> None:
+    """libzstd.so.1 is on every machine rawcap runs on (zstandard's wheels aside, it is a
+    dependency of the base system); without it the export only decompresses in Python."""
+    assert _epbs.FAST_ZSTD and _epbs._c.zstd_available()
+
+
+def _zframe(h: BatchHeader, body: bytes, **kw: Any) -> tuple[BatchHeader, bytes]:
+    import zstandard
+
+    frame = zstandard.ZstdCompressor(level=kw.pop("level", -3), write_checksum=True, **kw).compress(body)
+    return dataclasses.replace(h, codec="zstd", body_len=len(body)), frame
+
+
+def _via_python(h: BatchHeader, frame: bytes, lo: int, hi: int) -> tuple[Any, Any]:
+    r = _Resolver()
+    try:
+        res: Any = epbs_py(h, decompress_body(h, frame), lo, hi, r)
+    except BatchError as exc:
+        res = (type(exc), str(exc))
+    return res, r.calls
+
+
+def _via_zstd(h: BatchHeader, frame: bytes, lo: int, hi: int) -> tuple[Any, Any]:
+    r = _Resolver()
+    try:
+        res: Any = epbs_zstd(h, frame, lo, hi, r)
+    except BatchError as exc:
+        res = (type(exc), str(exc))
+    return res, r.calls
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pkts=st.lists(pkt_st, min_size=1, max_size=30),
+    blocks=st.integers(0, 3),  # 0: rec layout
+    level=st.sampled_from([-3, 1, 19]),
+    data=st.data(),
+)
+def test_inflating_converter_same_bytes(pkts: list[Any], blocks: int, level: int, data: Any) -> None:
+    base = 1_700_000_000 * 10**9
+    h, frame = _zframe(*(_block_body(pkts, base, blocks) if blocks else _rec_body(pkts, base)), level=level)
+    lo, hi = _window(data.draw, [base + p[0] for p in pkts])
+    got = _via_zstd(h, frame, lo, hi)
+    assert got[0] is not None
+    assert got == _via_python(h, frame, lo, hi)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    which=st.integers(0, 1),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), max_size=4),
+    cut=st.integers(0, 3),
+    count_delta=st.sampled_from([0, 0, -1, 1]),
+)
+def test_inflating_converter_declines_or_agrees(
+    which: int, flips: list[tuple[int, int]], cut: int, count_delta: int
+) -> None:
+    """Corrupt frames, truncated frames, wrong counts: either the same result (EPBs or the
+    same error) as decompressing first, or None."""
+    h, frame = _zframe(*_sample_bodies()[which])
+    b = bytearray(frame)
+    for pos, x in flips:
+        b[pos % len(b)] ^= x
+    h = dataclasses.replace(h, count=h.count + count_delta)
+    corrupt = bytes(b[: len(b) - cut])
+    got = _via_zstd(h, corrupt, 0, 2**64)
+    if got[0] is not None:
+        assert got == _via_python(h, corrupt, 0, 2**64)
+
+
+def test_inflating_converter_declines_what_is_not_one_exact_frame() -> None:
+    import zstandard
+
+    h, frame = _zframe(*_sample_bodies()[0])
+    body = decompress_body(h, frame)
+    half = len(body) // 2
+    two = zstandard.ZstdCompressor().compress(body[:half]) + zstandard.ZstdCompressor().compress(body[half:])
+    skippable = struct.pack("<II", 0x184D2A50, 4) + b"skip" + frame
+    for h2, f2 in [
+        (h, frame + b"trailing junk"),
+        (h, two),  # the Python path reads the first frame only: not the promised size
+        (h, skippable),
+        (dataclasses.replace(h, body_len=h.body_len + 1), frame),
+        (dataclasses.replace(h, body_len=h.body_len - 1), frame),
+        (dataclasses.replace(h, body_len=0), frame),
+        (dataclasses.replace(h, codec="none"), frame),
+        (dataclasses.replace(h, body="nope"), frame),
+    ]:
+        assert epbs_zstd(h2, f2, 0, 2**64, _Resolver()) is None
+    # A frame without a checksum or a content size is still one exact frame.
+    h3, plain = _zframe(*_sample_bodies()[1], level=3)
+    bare = zstandard.ZstdCompressor(write_checksum=False, write_content_size=False).compress(
+        decompress_body(h3, plain)
+    )
+    assert _via_zstd(h3, bare, 0, 2**64) == _via_python(h3, bare, 0, 2**64)
+
+
+def test_inflating_converter_from_threads() -> None:
+    """The reused contexts and buffers are per call: threads converting at once agree."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [_zframe(*b) for b in _sample_bodies()] * 20
+    want = [_via_python(h, f, 0, 2**64) for h, f in cases]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda hf: _via_zstd(hf[0], hf[1], 0, 2**64), cases))
+    assert got == want
+
+
 # -- the export sink -------------------------------------------------------------------------
 @pytest.mark.parametrize("which", [0, 1], ids=["rec", "tpacket3"])
 def test_sink_fast_batch_equals_python_sink(which: int, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -243,12 +354,16 @@ def test_sink_fast_batch_equals_python_sink(which: int, monkeypatch: pytest.Monk
     fparts: list[Any] = []
     sparts: list[Any] = []
     monkeypatch.setattr(ex, "_FAST", False)
+    zsink = _PcapngSink(0, False)
+    zparts: list[Any] = []
     for h, body in bodies:
         fres = fast_batch(fast, h, body, fparts)
         sres = slow.batch(h, body, sparts)
         assert fres[:2] == sres[:2]
-    assert b"".join(fparts) == b"".join(sparts)
-    assert fast.ids == slow.ids
+        zres = zsink.compressed_batch(*_zframe(h, body), zparts)
+        assert zres is not None and zres[:2] == sres[:2]
+    assert b"".join(fparts) == b"".join(sparts) == b"".join(zparts)
+    assert fast.ids == slow.ids == zsink.ids
 
 
 # -- end to end through Kafka ------------------------------------------------------------------
@@ -297,7 +412,10 @@ async def test_export_equal_with_and_without_extension(
         return format_ns(ns)[:26] + "Z"
 
     outs: list[bytes] = []
-    for label, extra in (("c", {}), ("py", {"RAWCAP_NO_FASTPCAP": "1"})):
+    variants: tuple[tuple[str, dict[str, str]], ...] = (
+        ("c", {}), ("py", {"RAWCAP_NO_FASTPCAP": "1"}), ("c-no-zstd", {"RAWCAP_NO_FASTZSTD": "1"})
+    )
+    for label, extra in variants:
         for window in (
             ("--from", iso(t0 - 10**9), "--to", iso(t0 + 10 * 10**9)),
             ("--from", iso(t0 + 1_234_567_000), "--to", iso(t0 + 6_345_678_000)),
@@ -308,7 +426,7 @@ async def test_export_equal_with_and_without_extension(
             assert p.returncode == 0, p.stderr.decode()
             assert "1 corrupt batch(es) skipped" in p.stderr.decode()
             outs.append(out.read_bytes())
-    assert outs[0] == outs[2] and outs[1] == outs[3]
+    assert outs[0] == outs[2] == outs[4] and outs[1] == outs[3] == outs[5]
     full = tmp_path / "c-0.pcapng"
     assert not wireshark_warnings(full)
     recs = records(full)
