@@ -29,7 +29,10 @@ import zstandard
 
 from schemas import BODY_TPACKET3, MAGIC, BatchHeader, block_summary
 
-__all__ = ("BlockBatcher", "ClosedBatch")
+__all__ = ("BlockBatcher", "ClosedBatch", "Framed", "Piece")
+
+#: A piece of a batch's wire bytes: ``bytes``, or a view into a :class:`Framed` buffer.
+Piece = bytes | memoryview
 
 _WORTH = 0.9  # compressed / raw above this: not worth compressing
 _PLAIN_BATCHES = 32
@@ -37,20 +40,56 @@ _FIRST_OFF = struct.Struct("<I")  # tpacket_block_desc.hdr.offset_to_first_pkt a
 _FRAME_TS = struct.Struct("<II")  # tpacket3_hdr.tp_sec, tp_nsec at byte 4
 
 
+class Framed(bytearray):
+    """A batch value with free room around it, so the Kafka request can be laid out in
+    the same buffer (capture/_produce.py) instead of copied: ``ROOM`` bytes before the
+    value, one after. The value is ``self[start:end]``.
+
+    Only a plain (incompressible) batch of one ring block is framed: there the value is
+    the size of the block, and joining it into the request was the shipper's biggest
+    copy. It is built with ``+=``, which copies without zero-filling the buffer first."""
+
+    ROOM = 16 * 1024
+
+    start: int
+    end: int
+
+    @classmethod
+    def around(cls, block: memoryview) -> Framed:
+        buf = cls()
+        buf += bytes(cls.ROOM)
+        buf += block
+        buf.append(0)
+        buf.start, buf.end = cls.ROOM, len(buf) - 1
+        return buf
+
+    def prepend(self, head: bytes) -> bool:
+        """Put ``head`` right before the value (keeping half the room for Kafka)."""
+        if len(head) > self.start - self.ROOM // 2:
+            return False
+        self.start -= len(head)
+        self[self.start:self.start + len(head)] = head
+        return True
+
+    def value(self) -> memoryview:
+        return memoryview(self)[self.start:self.end]
+
+
 @dataclass(frozen=True, slots=True)
 class ClosedBatch:
     """One finished batch, ready for the FIFO: its sequence, counts and wire bytes.
 
-    The bytes stay in ``parts`` (header, then each block's copy or zstd output) and are
-    never joined: the FIFO writes them with one ``writev`` and the shipper lays them into
-    the Kafka request, so the body is copied out of the ring once and not again in Python."""
+    The bytes stay in ``parts`` (header, then each block's copy or zstd output; or the one
+    ``Framed`` value) and are never joined: the FIFO writes them with one ``writev`` and the
+    shipper lays them into the Kafka request, so the body is copied out of the ring once
+    and not again in Python."""
 
     seq: int
     count: int
     first_ns: int
     last_ns: int
     raw_bytes: int
-    parts: tuple[bytes, ...]
+    parts: tuple[Piece, ...]
 
     @property
     def size(self) -> int:
@@ -118,8 +157,11 @@ class BlockBatcher:
             self._opened = self._clock()
             self._first = t0
         used = block[:blk_len]
+        out: Any
         try:
-            if self._plain:
+            if self._plain and alone:
+                out = Framed.around(used)
+            elif self._plain:
                 out = bytes(used)
             elif alone:
                 out = self._zc.compress(used)
@@ -160,8 +202,12 @@ class BlockBatcher:
             codec="none" if self._plain else "zstd", body_len=self._raw, snaplen=self.snaplen,
         )
         head = MAGIC + msgpack.packb(header.to_msgpack_map(), use_bin_type=True)
-        batch = ClosedBatch(self.next_seq, self._count, self._first, self._last, self._raw,
-                            (head, *self._parts))
+        parts = self._parts
+        if len(parts) == 1 and isinstance(parts[0], Framed) and parts[0].prepend(head):
+            wire: tuple[Any, ...] = (parts[0].value(),)
+        else:
+            wire = (head, *parts)
+        batch = ClosedBatch(self.next_seq, self._count, self._first, self._last, self._raw, wire)
         self.next_seq += 1
         self._reset()
         return batch

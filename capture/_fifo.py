@@ -44,13 +44,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BufferedWriter
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from schemas import decode_header
 from schemas._stream import FRAME, STREAM_HEADER, split_frames, stream_header
 from schemas.errors import BatchError, RawcapError
 
-from ._batcher import ClosedBatch
+from ._batcher import ClosedBatch, Piece
 
 __all__ = ("SEGMENT_SUFFIX", "STATE_FILE", "Entry", "Fifo", "segment_name")
 
@@ -81,9 +81,18 @@ def _load_crc32() -> Callable[..., int]:
         try:
             fn = ctypes.CDLL(name).libdeflate_crc32
             fn.restype = ctypes.c_uint32
-            fn.argtypes = (ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t)
-            if fn(0, b"123456789", 9) == zlib.crc32(b"123456789"):
-                return lambda data, value=0: int(fn(value, data, len(data)))
+            fn.argtypes = (ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t)
+
+            def crc(data: Any, value: int = 0) -> int:
+                if not isinstance(data, bytes):
+                    try:  # a writable buffer (a Framed batch value), without a copy
+                        data = (ctypes.c_char * len(data)).from_buffer(data)
+                    except TypeError:
+                        return zlib.crc32(data, value)
+                return int(fn(value, data, len(data)))
+
+            if crc(b"123456789") == crc(memoryview(bytearray(b"123456789"))) == zlib.crc32(b"123456789"):
+                return crc
         except (OSError, AttributeError):
             pass
     return zlib.crc32
@@ -104,7 +113,7 @@ def _sync_close(fh: BufferedWriter) -> None:
         fh.close()
 
 
-def _write_all(fh: BufferedWriter, parts: list[bytes], total: int) -> None:
+def _write_all(fh: BufferedWriter, parts: list[Piece], total: int) -> None:
     """One ``writev`` of a frame's pieces (the segment's buffer is always flushed, so the
     raw descriptor is at the end). A short write (disk full, a signal) is finished piece
     by piece, or raises ``OSError`` like ``write`` would."""
@@ -173,7 +182,7 @@ class Held:
     """A batch kept in memory until Kafka acknowledges it or it is spilled to disk."""
 
     entry: Entry
-    parts: tuple[bytes, ...]
+    parts: tuple[Piece, ...]
     since: float
 
 
@@ -239,7 +248,7 @@ class Fifo:
         self._fds: dict[Path, int] = {}
         # The newest batches written through to disk: a shipper that keeps up sends these
         # without reading the segment back (saves a copy and a syscall per batch).
-        self._recent: dict[int, tuple[bytes, ...]] = {}
+        self._recent: dict[int, tuple[Piece, ...]] = {}
 
     # --- start-up ---------------------------------------------------------------------
 
@@ -338,7 +347,7 @@ class Fifo:
             self.held_bytes -= held.entry.length
             self._write(held.entry, held.parts)
 
-    def _write(self, entry: Entry, parts: tuple[bytes, ...]) -> None:
+    def _write(self, entry: Entry, parts: tuple[Piece, ...]) -> None:
         """Append one frame to the current segment, recycling old segments first."""
         size = entry.length
         need = 8 + size
@@ -476,7 +485,7 @@ class Fifo:
         return None
 
     @_locked
-    def read(self, seq: int) -> tuple[Entry, tuple[bytes, ...]] | None:
+    def read(self, seq: int) -> tuple[Entry, tuple[Piece, ...]] | None:
         """The wire bytes of batch ``seq`` (in pieces: join them for one ``bytes``), or None
         if it was recycled, lost or never written."""
         held = self._held.get(seq)

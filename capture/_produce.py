@@ -13,7 +13,9 @@ of every MiB. A FIFO batch is always exactly one record, so it can be laid out h
   partition it carries is a :class:`OneRecordBatch`, its ``encode`` returns the pieces
   (:class:`_Pieces`) instead of bytes, and they are joined once, with the request header
   and size prefix that aiokafka's connection adds in front, into the buffer handed to the
-  socket (a ``memoryview``). The broker sees the same bytes either way
+  socket (a ``memoryview``). A plain one-block value comes in a ``Framed`` buffer with room
+  in front, and the request is laid out there: no copy at all. The broker sees the same
+  bytes either way
   (``tests/capture/test_produce.py`` compares what the connection writes with aiokafka's
   own encoding).
 
@@ -30,6 +32,8 @@ import struct
 from typing import Any
 
 from aiokafka.protocol import produce as _produce_mod
+
+from ._batcher import Framed
 
 log = logging.getLogger("rawcap.capture")
 
@@ -189,11 +193,36 @@ class _Pieces:
         if self.headed and len(prefix) == 4 and _I32.unpack(prefix)[0] == self.length:
             # The size prefix: the request is complete. A memoryview, so that when the
             # socket takes only part of it the transport slices the rest without a copy.
-            return memoryview(b"".join([prefix, *self.chunks]))
+            chunks = [prefix, *self.chunks]
+            return _in_place(chunks) or memoryview(b"".join(chunks))
         return _Pieces([prefix, *self.chunks], headed=True)
 
     def __bytes__(self) -> bytes:
         return b"".join(self.chunks)
+
+
+def _in_place(chunks: list[Any]) -> memoryview | None:
+    """The request laid out inside the value's own buffer, when the value is a
+    :class:`~capture._batcher.Framed` one followed only by the record's trailer: the small
+    pieces before it go into the room in front, and nothing of the value is copied.
+
+    Rewriting the room is safe because a batch is in one request at a time: a retry only
+    follows the end of the previous attempt (an error response, or a closed connection
+    whose transport dropped what it had queued)."""
+    value = chunks[-2] if len(chunks) >= 2 else None
+    if not (isinstance(value, memoryview) and isinstance(value.obj, Framed)
+            and chunks[-1] == _NO_HEADERS):
+        return None
+    buf = value.obj
+    if len(value) != buf.end - buf.start:
+        return None  # not the framed value itself (a slice of it)
+    head = b"".join(chunks[:-2])
+    if len(head) > buf.start:
+        return None
+    first = buf.start - len(head)
+    buf[first:buf.start] = head
+    buf[buf.end] = 0  # _NO_HEADERS
+    return memoryview(buf)[first:buf.end + 1]
 
 
 _installed: bool | None = None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 
 import pytest
 import zstandard
 
-from capture._batcher import BlockBatcher, ClosedBatch
+from capture._batcher import BlockBatcher, ClosedBatch, Framed
 from capture._fifo import Fifo
 from schemas import decode_batch, encode_block_batch
 from schemas._tpacket import build_block
@@ -103,6 +104,10 @@ def test_batcher_stores_incompressible_batches_plain() -> None:
     assert decode_batch(first.value).header.codec == "zstd"
     h2 = decode_batch(second.value)
     assert h2.header.codec == "none" and len(h2.packets) == 10 and b.plain_batches == 1
+    # a plain one-block batch is one value in a buffer with room for the Kafka request
+    (value,) = second.parts
+    assert isinstance(value, memoryview) and isinstance(value.obj, Framed)
+    assert bytes(value) == second.value and value.obj.end == len(value.obj) - 1
     assert [bytes(p.data) for p in h2.packets] == [bytes(p.data) for p in
                                                     decode_batch(encode_block_batch(
                                                         node="n", seq=2, blocks=[rnd[1]],
@@ -228,6 +233,26 @@ def test_fifo_holds_batches_in_memory_until_acked_or_old(tmp_path: Path) -> None
     again = Fifo(tmp_path, "n", budget=1 << 20, segment_size=1 << 16)
     assert again.next_seq == 6 and again.first_seq == 4
     again.close()
+
+
+def test_fifo_writes_a_framed_value(tmp_path: Path) -> None:
+    """A plain one-block batch arrives as one memoryview into a Framed buffer: the FIFO's
+    crc and writev take it as it is, and the segment holds the same bytes."""
+    value = _batch(1).value
+    framed = Framed.around(memoryview(value[40:]))
+    assert framed.prepend(value[:40])
+    batch = ClosedBatch(1, 2, 10, 11, 5000, (framed.value(),))
+    fifo = _held_fifo(tmp_path, _Clock())
+    fifo.append(batch)
+    fifo.spill(everything=True)
+    fifo.append(ClosedBatch(2, 2, 20, 21, 5000, (memoryview(_batch(2).value),)))  # read-only view
+    fifo.close()
+    on_disk = read_fifo(tmp_path / "n")
+    assert [b.header.seq for b in on_disk] == [1, 2]
+    assert [bytes(p.data) for p in on_disk[0].packets] == [bytes(p.data) for p in decode_batch(value).packets]
+    from capture._fifo import crc32
+
+    assert crc32(framed.value()) == crc32(bytes(framed.value())) == zlib.crc32(value)
 
 
 def test_fifo_spills_oldest_over_the_memory_bound_and_without_a_shipper(tmp_path: Path) -> None:
