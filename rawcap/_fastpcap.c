@@ -495,6 +495,28 @@ static PyObject *epbs_zstd(PyObject *self, PyObject *args) {
     return finish(&c, &w, rc);
 }
 
+/* new_frame(n) -> (bytes, writable memoryview of its n bytes): a receive buffer that is
+ * already the bytes object the caller hands on, so a socket can be read straight into it
+ * (rawcap/_kafkaio.py). The caller must fill it before anyone else sees the bytes (whose
+ * hash is not cached until then) and drop the view afterwards. */
+static PyObject *new_frame(PyObject *self, PyObject *arg) {
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "frame size must be >= 0");
+        return NULL;
+    }
+    PyObject *b = PyBytes_FromStringAndSize(NULL, n);
+    if (b == NULL)
+        return NULL;
+    PyObject *view = PyMemoryView_FromMemory(PyBytes_AS_STRING(b), n, PyBUF_WRITE);
+    if (view == NULL) {
+        Py_DECREF(b);
+        return NULL;
+    }
+    return Py_BuildValue("NN", b, view);
+}
+
 static PyObject *zstd_available(PyObject *self, PyObject *unused) {
     return PyBool_FromLong(zstd_load());
 }
@@ -505,6 +527,7 @@ static PyMethodDef methods[] = {
     {"epbs_zstd", epbs_zstd, METH_VARARGS,
      "epbs_zstd(frame, body_len, layout, count, lo, hi, hi_open, resolve) -> epbs()'s result or None"},
     {"zstd_available", zstd_available, METH_NOARGS, "zstd_available() -> whether libzstd.so.1 loaded"},
+    {"new_frame", new_frame, METH_O, "new_frame(n) -> (bytes, writable memoryview of it), to be filled first"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -19,6 +19,7 @@ alone and returns False. ``RAWCAP_NO_FAST_KAFKA_READER=1`` turns both off.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import struct
 import types
@@ -31,6 +32,16 @@ __all__ = ("ChunkReader", "FetchedRecord", "PartitionFetcher", "Unsupported", "i
 #: Pause the socket only when this much waits unread (a fetch response is read whole anyway;
 #: the broker sends the next one only when asked).
 LIMIT = 32 * 1024 * 1024
+#: Frames from this size on are received in place (fetch responses); smaller ones are joined.
+_IN_PLACE_MIN = 1024 * 1024
+#: What one socket read takes when no frame is being received in place (asyncio's own size).
+_SCRATCH = 256 * 1024
+
+_new_frame: Any = None
+try:
+    _new_frame = importlib.import_module("rawcap._fastpcap").new_frame
+except (ImportError, AttributeError):  # not built: frames are joined from the chunks (one copy)
+    pass
 
 
 class ChunkReader(asyncio.StreamReader):
@@ -53,10 +64,16 @@ class ChunkReader(asyncio.StreamReader):
         self._chunks: deque[bytes] = deque()
         self._off = 0  # bytes of the first chunk already read
         self._have = 0  # bytes in the chunks not read yet
+        # A big frame being received in place (_buffered_protocol): a writable view of the
+        # bytes object (None once it is full) and how much of it is filled.
+        self._frame_view: memoryview | None = None
+        self._frame_fill = 0
+        self._scratch = memoryview(bytearray(_SCRATCH))
+        self.in_place = False  # set by a protocol that reads the socket into get_buffer()
 
     def feed_data(self, data: Iterable[SupportsIndex]) -> None:
         assert not self._eof, "feed_data after feed_eof"
-        chunk = bytes(data)  # the transport's bytes as they are (no copy)
+        chunk = bytes(data)  # the transport's bytes as they are (no copy); a scratch view: a copy
         if not chunk:
             return
         self._chunks.append(chunk)
@@ -85,6 +102,8 @@ class ChunkReader(asyncio.StreamReader):
             raise self._exception
         if n == 0:
             return b""
+        if self.in_place and n >= _IN_PLACE_MIN and self._have < n and _new_frame is not None:
+            return await self._read_in_place(n)
         while self._have < n:
             if self._eof:
                 partial = b"".join(self._chunks)[self._off :]
@@ -119,10 +138,73 @@ class ChunkReader(asyncio.StreamReader):
         self._maybe_resume_transport()
         return data
 
+    async def _read_in_place(self, n: int) -> bytes:
+        """A frame of ``n`` bytes received straight into the bytes object returned: what is
+        buffered already is copied in, the rest the socket writes there (get_buffer)."""
+        assert _new_frame is not None
+        frame, view = _new_frame(n)
+        fill = 0
+        for i, chunk in enumerate(self._chunks):
+            part = memoryview(chunk)[self._off if i == 0 else 0 :]
+            view[fill : fill + len(part)] = part
+            fill += len(part)
+        self._chunks.clear()
+        self._off = self._have = 0
+        self._maybe_resume_transport()
+        self._frame_view, self._frame_fill = (view if fill < n else None), fill
+        try:
+            while self._frame_fill < n:
+                if self._exception is not None:
+                    raise self._exception
+                if self._eof:
+                    raise asyncio.IncompleteReadError(frame[: self._frame_fill], n)
+                await self._wait_for_data("readexactly")
+        finally:
+            self._frame_view = None
+            view.release()
+        return frame
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the socket's next bytes go: the rest of the frame being received, else a
+        scratch buffer whose bytes :meth:`buffer_updated` feeds as a chunk."""
+        if self._frame_view is not None:
+            return self._frame_view[self._frame_fill :]
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._frame_view is not None:
+            self._frame_fill += nbytes
+            if self._frame_fill == len(self._frame_view):
+                self._frame_view = None  # full: the socket's next bytes go to the scratch buffer
+                self._wakeup_waiter()
+        else:
+            self.feed_data(self._scratch[:nbytes])
+
     def _unsupported(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("rawcap._kafkaio.ChunkReader serves readexactly() only")
 
     read = readline = readuntil = _unsupported
+
+
+def _buffered_protocol(base: type) -> type:
+    """aiokafka's protocol as an ``asyncio.BufferedProtocol``: the transport reads the socket
+    into :meth:`ChunkReader.get_buffer` (for a big frame, the frame itself) instead of
+    handing over a new ``bytes`` per read."""
+
+    class BufferedKafkaProtocol(base, asyncio.BufferedProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            reader = self._stream_reader
+            if isinstance(reader, ChunkReader):
+                reader.in_place = True
+
+        def get_buffer(self, sizehint: int) -> memoryview:
+            return self._stream_reader.get_buffer(sizehint)
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self._stream_reader.buffer_updated(nbytes)
+
+    return BufferedKafkaProtocol
 
 
 class _AsyncioWithChunkReader(types.ModuleType):
@@ -162,6 +244,14 @@ def install() -> bool:
     ):
         return False  # an aiokafka that reads differently: leave it as it is
     conn.asyncio = _AsyncioWithChunkReader("asyncio")
+    proto = getattr(conn, "AIOKafkaProtocol", None)
+    if (
+        _new_frame is not None
+        and isinstance(proto, type)
+        and issubclass(proto, asyncio.StreamReaderProtocol)
+        and "AIOKafkaProtocol" in connect.co_names
+    ):
+        conn.AIOKafkaProtocol = _buffered_protocol(proto)
     _installed = True
     return True
 

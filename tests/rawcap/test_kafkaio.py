@@ -198,3 +198,79 @@ def test_fetch_response_fields_per_version(version: int) -> None:
     ]
     with pytest.raises(Unsupported, match=r"truncated|past the end"):
         parse_fetch_response(buf[: len(buf) - 10], 3, version)
+
+
+# -- frames received in place (the buffered protocol's get_buffer / buffer_updated) ----------
+async def _frames_in_place(data: bytes, reads: list[int], sizes: list[int]) -> list[bytes]:
+    """What a buffered transport does: ask get_buffer(), write up to ``reads[i]`` bytes into
+    it, report them with buffer_updated(), while frames of ``sizes`` are read."""
+    reader = ChunkReader()
+    reader.in_place = True
+
+    async def feed() -> None:
+        pos, i = 0, 0
+        while pos < len(data):
+            buf = reader.get_buffer(-1)
+            assert len(buf) > 0  # asyncio treats an empty buffer as a fatal error
+            n = min(len(buf), reads[i % len(reads)], len(data) - pos)
+            buf[:n] = data[pos : pos + n]
+            reader.buffer_updated(n)
+            pos += n
+            i += 1
+            await asyncio.sleep(0)
+        reader.feed_eof()
+
+    task = asyncio.ensure_future(feed())
+    out = [await reader.readexactly(n) for n in sizes]
+    await task
+    return out
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_in_place_frames_equal_joined_frames(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_kafkaio, "_IN_PLACE_MIN", 5000)
+    rng = random.Random(seed)
+    sizes = [rng.choice([4, 4, 100, 4999, 5000, 20_000, 300_000]) for _ in range(rng.randrange(1, 25))]
+    data = rng.randbytes(sum(sizes))
+    reads = [rng.choice([1, 3, 4096, 70_000, 300_000]) for _ in range(7)]
+    got = asyncio.run(_frames_in_place(data, reads, sizes))
+    want, pos = [], 0
+    for n in sizes:
+        want.append(data[pos : pos + n])
+        pos += n
+    assert got == want
+    assert all(type(g) is bytes for g in got)
+
+
+def test_eof_inside_an_in_place_frame_is_incomplete_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_kafkaio, "_IN_PLACE_MIN", 10)
+
+    async def run() -> asyncio.IncompleteReadError:
+        r = ChunkReader()
+        r.in_place = True
+        buf = r.get_buffer(-1)
+        buf[:5] = b"abcde"
+        r.buffer_updated(5)
+        task = asyncio.ensure_future(r.readexactly(100))
+        await asyncio.sleep(0)
+        buf = r.get_buffer(-1)
+        assert len(buf) == 95  # the rest of the frame
+        buf[:3] = b"fgh"
+        r.buffer_updated(3)
+        r.feed_eof()
+        with pytest.raises(asyncio.IncompleteReadError) as ei:
+            await task
+        return ei.value
+
+    exc = asyncio.run(run())
+    assert exc.partial == b"abcdefgh" and exc.expected == 100
+
+
+async def test_install_makes_aiokafka_connections_buffered() -> None:
+    from aiokafka import conn
+
+    assert _kafkaio.install()
+    assert issubclass(conn.AIOKafkaProtocol, asyncio.BufferedProtocol)
+    reader = ChunkReader()
+    proto = conn.AIOKafkaProtocol(None, reader, loop=asyncio.get_running_loop())
+    assert proto._stream_reader is reader and reader.in_place
