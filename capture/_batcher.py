@@ -203,8 +203,10 @@ class BlockBatcher:
         )
         head = MAGIC + msgpack.packb(header.to_msgpack_map(), use_bin_type=True)
         parts = self._parts
-        if len(parts) == 1 and isinstance(parts[0], Framed) and parts[0].prepend(head):
-            wire: tuple[Any, ...] = (parts[0].value(),)
+        wire: tuple[Any, ...]
+        if len(parts) == 1 and isinstance(parts[0], Framed):
+            framed = parts[0]  # a huge header (thousands of interfaces) goes in front instead
+            wire = (framed.value(),) if framed.prepend(head) else (head, framed.value())
         else:
             wire = (head, *parts)
         batch = ClosedBatch(self.next_seq, self._count, self._first, self._last, self._raw, wire)

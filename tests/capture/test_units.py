@@ -108,6 +108,17 @@ def test_batcher_stores_incompressible_batches_plain() -> None:
     (value,) = second.parts
     assert isinstance(value, memoryview) and isinstance(value.obj, Framed)
     assert bytes(value) == second.value and value.obj.end == len(value.obj) - 1
+    # a header too big for the room (thousands of interfaces) goes in front as its own piece
+    many = {i: f"veth{i:010d}" for i in range(2000)}
+    big = BlockBatcher(node="n", next_seq=1, ifaces=lambda: many, max_bytes=1, max_delay=10, level=1)
+    big._plain_left = 1  # as after an incompressible batch
+    [third] = big.add_block(memoryview(rnd[2]))
+    head, body = third.parts
+    assert len(head) > Framed.ROOM and isinstance(body, memoryview) and len(body) == third.raw_bytes
+    got = decode_batch(third.value)
+    assert got.header.codec == "none" and got.header.ifaces == many
+    assert [bytes(p.data) for p in got.packets] == [bytes(p.data) for p in decode_batch(
+        encode_block_batch(node="n", seq=1, blocks=[rnd[2]], ifaces=many)).packets]
     assert [bytes(p.data) for p in h2.packets] == [bytes(p.data) for p in
                                                     decode_batch(encode_block_batch(
                                                         node="n", seq=2, blocks=[rnd[1]],
