@@ -35,6 +35,8 @@ class Metrics:
         self.batches_shipped = c("rawcap_capture_batches_shipped", "batches acknowledged by Kafka")
         self.ship_errors = c("rawcap_capture_ship_errors", "producer failures (each followed by a resume)")
         self.buffer_bytes = g("rawcap_capture_buffer_bytes", "bytes on disk in the node FIFO")
+        self.memory_bytes = g("rawcap_capture_memory_bytes",
+                              "unacknowledged batch bytes the FIFO holds in memory")
         self.lost_batches = g("rawcap_capture_lost_batches", "batches recycled before Kafka took them")
         self.lost_packets = g("rawcap_capture_lost_packets", "packets recycled before Kafka took them")
         self.lost_bytes = g("rawcap_capture_lost_bytes", "raw bytes recycled before Kafka took them")

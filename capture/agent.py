@@ -332,6 +332,7 @@ class Agent:
         if fifo is not None:
             fifo.sync_state()
             m.buffer_bytes.set(fifo.total_bytes)
+            m.memory_bytes.set(fifo.held_bytes)
             m.lost_batches.set(fifo.lost_batches)
             m.lost_packets.set(fifo.lost_packets)
             m.lost_bytes.set(fifo.lost_bytes)

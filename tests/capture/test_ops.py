@@ -75,6 +75,7 @@ def test_metrics_summary_and_restart_continues_sequence(tmp_path: Path) -> None:
                 assert int(summary["packets"]) > 0
                 for name in ("rawcap_capture_packets_total", "rawcap_capture_kernel_drops",
                              "rawcap_capture_batches_written_total", "rawcap_capture_buffer_bytes",
+                             "rawcap_capture_memory_bytes",
                              "rawcap_capture_lost_packets", "rawcap_capture_ship_lag_seconds"):
                     assert f'{name}{{node="ops"}}' in body, name
                 line = next(ln for ln in body.splitlines()
