@@ -333,8 +333,7 @@ class Fifo:
         if batch.seq != self.next_seq:
             raise RawcapError(f"FIFO expected batch {self.next_seq}, got {batch.seq}")
         self.next_seq += 1
-        entry = Entry(batch.seq, 0, sum(len(p) for p in batch.parts), batch.count,
-                      batch.raw_bytes, batch.first_ns)
+        entry = Entry(batch.seq, 0, batch.size, batch.count, batch.raw_bytes, batch.first_ns)
         if self._may_hold(batch.seq):
             self._held[batch.seq] = Held(entry, batch.parts, self._clock())
             self.held_bytes += entry.length

@@ -288,8 +288,9 @@ class Agent:
                 return
 
     def _append(self, batch: ClosedBatch) -> None:
-        """Ring thread: one batch to the FIFO (an ``OSError`` such as a full disk ends the
-        ring thread, and with it the agent, with that error)."""
+        """Ring thread: one batch to the FIFO. A full disk is absorbed there (recycle, else
+        count the batch lost); any other ``OSError`` ends the ring thread, and with it the
+        agent, with that error."""
         fifo, m = self.fifo, self.metrics
         assert fifo is not None
         fifo.append(batch)
