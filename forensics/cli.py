@@ -451,7 +451,8 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     _window_args(e)
     _export_args(e)
     add_filter_arguments(e)
-    e.set_defaults(func=_cmd_export)
+    # fast_exit: on success the process ends without interpreter teardown (rawcap.cli._exit_now).
+    e.set_defaults(func=_cmd_export, fast_exit=True)
     i = psub.add_parser(
         "import",
         parents=[parent],
@@ -488,7 +489,7 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     _window_args(se, source=False)
     _export_args(se)
     add_filter_arguments(se)
-    se.set_defaults(func=_cmd_snap_export)
+    se.set_defaults(func=_cmd_snap_export, fast_exit=True)
     sv = ssub.add_parser("verify", parents=[parent], help="check every object against the manifest")
     sv.add_argument("id")
     sv.set_defaults(func=_cmd_snap_verify)
