@@ -18,12 +18,12 @@ tshark -r -``. A write error (disk full) ends the export with a one-line error.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import queue
 import struct
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -80,7 +80,7 @@ class OutputFile:
         if not parent.is_dir():
             raise ConfigError(f"output path {target}: directory {parent} does not exist")
         try:
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=parent)
+            fd, self._tmp = _create_temp(parent, f".{path.name}.", ".part")
         except OSError as exc:
             raise ConfigError(f"output path {target} is not writable: {exc.strerror}") from None
         self.fh = os.fdopen(fd, "wb")
@@ -102,6 +102,18 @@ class OutputFile:
             except FileNotFoundError:
                 pass
             self._tmp = None
+
+
+def _create_temp(parent: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """``tempfile.mkstemp`` (a new file, mode 0600, exclusive create), without importing
+    ``tempfile`` (with ``shutil``, ``random``, ``bz2`` and ``lzma``: ~3.5 ms of start-up)."""
+    for _ in range(100):
+        name = os.path.join(parent, f"{prefix}{os.urandom(6).hex()}{suffix}")
+        try:
+            return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary name", os.path.join(parent, prefix))
 
 
 async def write_capture(

@@ -13,8 +13,8 @@ process already reached (at most ``TRIM_BYTES`` more is kept resident).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
+from typing import Any
 
 __all__ = ("MMAP_THRESHOLD", "TRIM_BYTES", "tune")
 
@@ -27,6 +27,23 @@ TRIM_BYTES = 128 * 1024 * 1024
 _done = False
 
 
+def _libc_mallopt() -> Any:
+    """glibc's ``mallopt``, or None. Looked up in the symbols the interpreter is already
+    linked with (``dlopen(NULL)``): ``ctypes.util.find_library("c")`` would import
+    subprocess and tempfile and run ``ldconfig -p``, ~10 ms of every command's start-up.
+    The library search stays as the fallback (a static or unusual interpreter build)."""
+    try:
+        return ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        pass
+    try:
+        from ctypes.util import find_library
+
+        return ctypes.CDLL(find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+
+
 def tune() -> bool:
     """Apply once per process; True if glibc accepted it. ``RAWCAP_NO_MALLOPT=1`` (or
     another libc) leaves the allocator alone."""
@@ -35,10 +52,8 @@ def tune() -> bool:
         return True
     if os.environ.get("RAWCAP_NO_MALLOPT"):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc_mallopt()
+    if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int

@@ -20,7 +20,6 @@ checks; a filter without ``--namespace``/``--pod`` never touches it.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import dataclasses
 import ipaddress
 import re
@@ -50,7 +49,11 @@ _lib: Any = None
 def _libpcap() -> Any:
     global _lib
     if _lib is None:
-        path = ctypes.util.find_library("pcap") or "libpcap.so.0.8"
+        # Imported here: ctypes.util (subprocess, tempfile, shutil) is ~8 ms of start-up
+        # that a command without a filter expression does not need.
+        from ctypes.util import find_library
+
+        path = find_library("pcap") or "libpcap.so.0.8"
         try:
             lib = ctypes.CDLL(path)
         except OSError as exc:
