@@ -231,14 +231,14 @@ def node_partition(node: str, partitions: int) -> int:
 
 class _KafkaLane:
     """One partition between two offsets. A bounded read goes through
-    :class:`rawcap._kafkaio.PartitionFetcher` (values as views into the fetch response, one
+    :class:`rawcap._kafkafetch.PartitionFetcher` (values as views into the fetch response, one
     request ahead); a follow read, or one that meets anything that fetcher leaves to
     aiokafka, drains what aiokafka's consumer holds for the partition (at most one fetch
     response), so its fetcher asks the broker for the next one at once. Either way the
     network overlaps with our decoding (which runs in worker threads)."""
 
     def __init__(self, consumer: Any, tp: Any, start: int, stop: float, reader: WindowReader) -> None:
-        from ._kafkaio import PartitionFetcher
+        from ._kafkafetch import PartitionFetcher
 
         self.name = f"{tp.topic}[{tp.partition}]"
         self._c, self._tp, self._pos, self._stop = consumer, tp, start, stop
@@ -266,7 +266,7 @@ class _KafkaLane:
     async def _fetch_fast(self) -> bool:
         """One response through the zero-copy fetcher; False (and aiokafka's consumer from
         here on) when it cannot do this one."""
-        from ._kafkaio import Unsupported
+        from ._kafkafetch import Unsupported
 
         assert self._fast is not None
         deadline = time.monotonic() + 30.0

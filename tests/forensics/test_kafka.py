@@ -626,10 +626,10 @@ async def _read_in_process(bootstrap: str, node: str, lo: int, hi: int) -> list[
 async def test_zero_copy_fetch_and_its_fallback_read_the_same_packets(
     node_name: str, stack: Any, monkeypatch: pytest.MonkeyPatch, fail_at: int | None
 ) -> None:
-    """rawcap._kafkaio.PartitionFetcher reads the window; when it meets something it leaves to
+    """rawcap._kafkafetch.PartitionFetcher reads the window; when it meets something it leaves to
     aiokafka (here: from the start, or after two responses) the consumer reads on from the
     same offset. Kafka-compressed batches (gzip here) take aiokafka's path by themselves."""
-    from rawcap import _kafkaio
+    from rawcap import _kafkafetch
 
     now = time_ns()
     t0 = now - 20 * 60 * 10**9
@@ -648,24 +648,24 @@ async def test_zero_copy_fetch_and_its_fallback_read_the_same_packets(
         await gz.stop()
     want = [t0 + i * 2_000_000 for i in range(30 * 40)] + [t1 + i * 1_000 for i in range(30)]
     calls = {"fetch": 0, "fallback": 0, "compressed": 0}
-    real_fetch, real_parse = _kafkaio.PartitionFetcher._fetch, _kafkaio.parse_record_batches
+    real_fetch, real_parse = _kafkafetch.PartitionFetcher._fetch, _kafkafetch.parse_record_batches
 
     async def fetch(self: Any, offset: int) -> Any:
         calls["fetch"] += 1
         if fail_at is not None and calls["fetch"] > fail_at:
             calls["fallback"] += 1
-            raise _kafkaio.Unsupported("test")
+            raise _kafkafetch.Unsupported("test")
         return await real_fetch(self, offset)
 
     def parse(records: Any, offset: int) -> Any:
         try:
             return real_parse(records, offset)
-        except _kafkaio.Unsupported as exc:
+        except _kafkafetch.Unsupported as exc:
             calls["compressed"] += "compressed" in str(exc)
             raise
 
-    monkeypatch.setattr(_kafkaio, "parse_record_batches", parse)
-    monkeypatch.setattr(_kafkaio.PartitionFetcher, "_fetch", fetch)
+    monkeypatch.setattr(_kafkafetch, "parse_record_batches", parse)
+    monkeypatch.setattr(_kafkafetch.PartitionFetcher, "_fetch", fetch)
     got = await _read_in_process(stack.bootstrap, node_name, t0 - 10**9, now)
     assert [t for t, _ in got] == want
     assert calls["fallback"] == (0 if fail_at is None else 1)
