@@ -8,8 +8,9 @@ bound checked), keeps the packets with ``lo <= ts < hi`` and builds their EPBs e
 Python object per packet. :data:`epbs` is the C version when the extension imports and
 ``RAWCAP_NO_FASTPCAP`` is unset, else the reference; :data:`FAST` says which.
 :func:`epbs_zstd` takes the body still compressed and inflates it inside the C call (into a
-reused, cache-resident buffer, not a fresh Python ``bytes``) when libzstd loads and
-``RAWCAP_NO_FASTZSTD`` is unset (:data:`FAST_ZSTD`); it returns None for anything it leaves
+reused, cache-resident buffer, not a fresh Python ``bytes``) when a libzstd of the release
+python-zstandard runs loads (:func:`_bind_zstd`) and ``RAWCAP_NO_FASTZSTD`` is unset
+(:data:`FAST_ZSTD`); it returns None for anything it leaves
 to :func:`schemas.decompress_body` followed by :data:`epbs`, so that a body is accepted or
 rejected, with the same reason, exactly as on that path.
 
@@ -132,6 +133,31 @@ def epbs_zstd(
     return None if res is None else (res[0], res[1], res[2])
 
 
+def _bind_zstd() -> bool:
+    """Give the C converter the zstd release that python-zstandard decodes with (the Python
+    path, :func:`schemas.decompress_body`): releases differ in what they call corrupt (the
+    system's 1.5.4 inflated a frame with a flipped bit, checksum verified, that the bundled
+    1.5.7 rejects), and a body must be accepted or rejected the same on both paths. Tried:
+    the copy python-zstandard bundles in its cffi backend (which exports the zstd API), then
+    the system's ``libzstd.so.1``; neither of that release: no C inflation (the converter still
+    runs, after ``decompress_body``)."""
+    import importlib.util
+
+    import zstandard
+
+    major, minor, patch = zstandard.ZSTD_VERSION[:3]
+    version = major * 10000 + minor * 100 + patch
+    paths = []
+    try:
+        spec = importlib.util.find_spec("zstandard._cffi")  # located, not imported
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin:
+        paths.append(spec.origin)
+    paths.append("libzstd.so.1")
+    return any(_c.zstd_open(path, version) for path in paths)
+
+
 FAST: Final = _c is not None and not os.environ.get("RAWCAP_NO_FASTPCAP")
-FAST_ZSTD: Final = FAST and not os.environ.get("RAWCAP_NO_FASTZSTD") and bool(_c.zstd_available())
+FAST_ZSTD: Final = FAST and not os.environ.get("RAWCAP_NO_FASTZSTD") and _bind_zstd()
 epbs: Final = epbs_c if FAST else epbs_py

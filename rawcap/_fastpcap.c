@@ -21,8 +21,11 @@
  * does the same for a batch body still compressed: one zstd frame inflated (checksum
  * verified) into a buffer reused from call to call, which stays in the CPU cache for the
  * walk, instead of a fresh ~1 MiB Python bytes per batch. libzstd is loaded at run time
- * (dlopen of libzstd.so.1: no build dependency); zstd_available() says whether it was
- * found. None means "not here": libzstd missing, more or less than one whole frame, or a
+ * (dlopen, no build dependency) by zstd_open(path, version), which binds it only if it is
+ * that zstd release: rawcap/_epbs.py asks for the release python-zstandard decodes with,
+ * because releases differ in what they call corrupt (1.5.4 inflates a frame with a flipped
+ * bit that 1.5.7 rejects, content checksum and all). zstd_available() says whether one is
+ * bound. None means "not here": no libzstd bound, more or less than one whole frame, or a
  * frame that does not inflate to exactly body_len bytes; the caller then takes the Python
  * decompression path, which accepts or rejects the body with its own reasons.
  */
@@ -368,35 +371,47 @@ static PyObject *epbs(PyObject *self, PyObject *args) {
 
 /* -- libzstd, loaded at run time ------------------------------------------------------- */
 typedef struct ZSTD_DCtx_s ZSTD_DCtx;
-static struct {
-    int state; /* 0: not tried yet, 1: loaded, -1: not available */
+typedef struct {
+    int state; /* 1: a libzstd is bound (zstd_bind) */
     ZSTD_DCtx *(*create)(void);
     size_t (*free)(ZSTD_DCtx *);
     size_t (*decompress)(ZSTD_DCtx *, void *, size_t, const void *, size_t);
     unsigned (*is_error)(size_t);
     size_t (*frame_size)(const void *, size_t);
-} zs;
+} ZstdApi;
+static ZstdApi zs;
 
 #define ZSTD_MAGIC 0xFD2FB528u
 
-/* Called with the GIL held (so once): the stable (non-experimental) API only. */
-static int zstd_load(void) {
-    if (zs.state)
-        return zs.state > 0;
-    zs.state = -1;
-    void *h = dlopen("libzstd.so.1", RTLD_NOW | RTLD_LOCAL);
+/* Whether a libzstd is bound (zstd_open). */
+static int zstd_load(void) { return zs.state > 0; }
+
+/* Bind the libzstd at path if it is release `version` (ZSTD_versionNumber, e.g. 10507);
+ * called with the GIL held, the stable (non-experimental) API only. Once one is bound, it
+ * stays (a context made with it may be in use); another path is then accepted only if it
+ * asks for the same release. */
+static int zstd_bind(const char *path, unsigned version) {
+    static unsigned bound;
+    if (zs.state > 0)
+        return bound == version;
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (h == NULL)
         return 0;
-    *(void **)&zs.create = dlsym(h, "ZSTD_createDCtx");
-    *(void **)&zs.free = dlsym(h, "ZSTD_freeDCtx");
-    *(void **)&zs.decompress = dlsym(h, "ZSTD_decompressDCtx");
-    *(void **)&zs.is_error = dlsym(h, "ZSTD_isError");
-    *(void **)&zs.frame_size = dlsym(h, "ZSTD_findFrameCompressedSize");
-    if (!zs.create || !zs.free || !zs.decompress || !zs.is_error || !zs.frame_size) {
+    ZstdApi z = {.state = 1};
+    unsigned (*version_number)(void);
+    *(void **)&version_number = dlsym(h, "ZSTD_versionNumber");
+    *(void **)&z.create = dlsym(h, "ZSTD_createDCtx");
+    *(void **)&z.free = dlsym(h, "ZSTD_freeDCtx");
+    *(void **)&z.decompress = dlsym(h, "ZSTD_decompressDCtx");
+    *(void **)&z.is_error = dlsym(h, "ZSTD_isError");
+    *(void **)&z.frame_size = dlsym(h, "ZSTD_findFrameCompressedSize");
+    if (!version_number || version_number() != version || !z.create || !z.free || !z.decompress ||
+        !z.is_error || !z.frame_size) {
         dlclose(h);
         return 0;
     }
-    zs.state = 1;
+    bound = version;
+    zs = z;
     return 1;
 }
 
@@ -521,12 +536,22 @@ static PyObject *zstd_available(PyObject *self, PyObject *unused) {
     return PyBool_FromLong(zstd_load());
 }
 
+static PyObject *zstd_open(PyObject *self, PyObject *args) {
+    const char *path;
+    unsigned int version;
+    if (!PyArg_ParseTuple(args, "sI:zstd_open", &path, &version))
+        return NULL;
+    return PyBool_FromLong(zstd_bind(path, version));
+}
+
 static PyMethodDef methods[] = {
     {"epbs", epbs, METH_VARARGS,
      "epbs(body, layout, count, lo, hi, hi_open, resolve) -> (bytes, packets, packet_bytes)"},
     {"epbs_zstd", epbs_zstd, METH_VARARGS,
      "epbs_zstd(frame, body_len, layout, count, lo, hi, hi_open, resolve) -> epbs()'s result or None"},
-    {"zstd_available", zstd_available, METH_NOARGS, "zstd_available() -> whether libzstd.so.1 loaded"},
+    {"zstd_available", zstd_available, METH_NOARGS, "zstd_available() -> whether a libzstd is bound"},
+    {"zstd_open", zstd_open, METH_VARARGS,
+     "zstd_open(path, version) -> whether the libzstd at path, of that release, is bound"},
     {"new_frame", new_frame, METH_O, "new_frame(n) -> (bytes, writable memoryview of it), to be filled first"},
     {NULL, NULL, 0, NULL},
 };

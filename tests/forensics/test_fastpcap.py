@@ -301,6 +301,29 @@ def test_inflating_converter_declines_or_agrees(
         assert got == _via_python(h, corrupt, 0, 2**64)
 
 
+def test_inflating_converter_rejects_what_python_zstandard_rejects() -> None:
+    """A flipped bit that libzstd 1.5.4 inflated (checksum verified) while python-zstandard's
+    1.5.7 calls the frame corrupt: the C converter runs python-zstandard's release, so the
+    batch is rejected with the same reason on both paths (found by the test above)."""
+    h, frame = _zframe(*_sample_bodies()[0])
+    b = bytearray(frame)
+    b[17392 % len(b)] ^= 1
+    want = _via_python(h, bytes(b), 0, 2**64)
+    assert isinstance(want[0][0], type) and issubclass(want[0][0], BatchError)  # rejected
+    got = _via_zstd(h, bytes(b), 0, 2**64)
+    assert got == want or got[0] is None
+
+
+def test_zstd_is_bound_only_at_python_zstandards_release() -> None:
+    import zstandard
+
+    major, minor, patch = zstandard.ZSTD_VERSION[:3]
+    version = major * 10000 + minor * 100 + patch
+    assert _epbs._c.zstd_available()
+    assert _epbs._c.zstd_open("libzstd.so.1", version + 1) is False  # another release: refused
+    assert _epbs._c.zstd_open("no-such-libzstd.so", version) is True  # bound already, that release
+
+
 def test_inflating_converter_declines_what_is_not_one_exact_frame() -> None:
     import zstandard
 
