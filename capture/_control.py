@@ -35,8 +35,10 @@ _IDLE_WAIT_MS = 5000
 
 
 def _consumer_config(cfg: Config) -> dict[str, Any]:
+    # consumer_timeout_ms paces aiokafka's background fetch routine (default 0.2 s: five
+    # wake-ups a second on an idle node); a fetch answer still wakes it at once.
     return consumer_kwargs(cfg, None, enable_auto_commit=False, auto_offset_reset="earliest",
-                           fetch_max_wait_ms=_IDLE_WAIT_MS)
+                           fetch_max_wait_ms=_IDLE_WAIT_MS, consumer_timeout_ms=_IDLE_WAIT_MS)
 
 
 class ControlFollower:

@@ -10,9 +10,10 @@ one resumes at ``acked_seq + 1``. In-flight work is bounded by ``IN_FLIGHT`` bat
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections import deque
 from typing import Any
 
 import anyio
@@ -38,6 +39,10 @@ IN_FLIGHT = 8
 #: Records read back from our partition's tail when (re)connecting (see _skip_already_in_kafka).
 _TAIL = 64
 _BACKOFF_MAX = 5.0
+#: An idle shipper sleeps this long between checks. Every append wakes it at once (the
+#: agent forwards the FIFO's callback), so this is a safety net, not a latency: at 0.5 s
+#: its wake-ups were a visible part of an idle agent's CPU.
+_IDLE_WAIT = 5.0
 
 
 def producer_config(cfg: Config) -> dict[str, Any]:
@@ -159,43 +164,47 @@ class Shipper:
         # send_batch needs the partition that send() would pick for our key.
         partitions = sorted(await producer.partitions_for(PACKETS))
         partition = DefaultPartitioner()(self.key, partitions, partitions)
-        send, recv = anyio.create_memory_object_stream[tuple[int, Awaitable[Any]]](IN_FLIGHT)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._acker, recv)
-            async with send:
-                nxt = self.fifo.acked_seq + 1
-                while True:
-                    if nxt > self.fifo.last_seq:
-                        if until_caught_up:
-                            break
-                        await self._wait_new_data(0.5)
-                        continue
-                    if nxt < self.fifo.first_seq:
-                        # Recycled before we got to it: the FIFO already counted it lost.
-                        nxt = self.fifo.first_seq
-                        continue
-                    got = self.fifo.read(nxt)
-                    if got is None:
-                        nxt += 1  # recycled between the checks above
-                        continue
-                    entry, parts = got
-                    ts_ms = entry.first_ns // 1_000_000
-                    if self._fast:
-                        fut = await producer.send_batch(OneRecordBatch(self.key, list(parts), ts_ms),
-                                                        PACKETS, partition=partition)
-                    else:
-                        fut = await producer.send(PACKETS, value=b"".join(parts), key=self.key,
-                                                  timestamp_ms=ts_ms)
-                    await send.send((entry.seq, fut))
-                    nxt += 1
+        window = _InFlight(self)
+        try:
+            nxt = self.fifo.acked_seq + 1
+            while True:
+                window.raise_failure()
+                if window.full:
+                    await self._wait_new_data(_IDLE_WAIT)
+                    continue
+                if nxt > self.fifo.last_seq:
+                    if until_caught_up:
+                        break
+                    await self._wait_new_data(_IDLE_WAIT)
+                    continue
+                if nxt < self.fifo.first_seq:
+                    # Recycled before we got to it: the FIFO already counted it lost.
+                    nxt = self.fifo.first_seq
+                    continue
+                got = self.fifo.read(nxt)
+                if got is None:
+                    nxt += 1  # recycled between the checks above
+                    continue
+                entry, parts = got
+                ts_ms = entry.first_ns // 1_000_000
+                if self._fast:
+                    fut = await producer.send_batch(OneRecordBatch(self.key, list(parts), ts_ms),
+                                                    PACKETS, partition=partition)
+                else:
+                    fut = await producer.send(PACKETS, value=b"".join(parts), key=self.key,
+                                              timestamp_ms=ts_ms)
+                window.add(entry.seq, fut)
+                nxt += 1
+            while window.pending:
+                window.raise_failure()
+                await self._wait_new_data(_IDLE_WAIT)
+        finally:
+            window.close()
 
-    async def _acker(self, recv: anyio.abc.ObjectReceiveStream[tuple[int, Awaitable[Any]]]) -> None:
-        async with recv:
-            async for seq, fut in recv:
-                await fut  # raises KafkaError if the producer gave up: run() resumes
-                self.fifo.mark_acked(seq)
-                self.shipped_batches += 1
-                self.metrics.batches_shipped.inc()
+    def _acked(self, seq: int) -> None:
+        self.fifo.mark_acked(seq)
+        self.shipped_batches += 1
+        self.metrics.batches_shipped.inc()
 
     def lag_seconds(self) -> float:
         """Age of the oldest batch not yet acknowledged (0 when caught up)."""
@@ -205,3 +214,58 @@ class Shipper:
         return max(0.0, time.time() - found[1].first_ns / 1e9)
 
 
+class _InFlight:
+    """The batches sent and not yet acknowledged, oldest first (at most ``IN_FLIGHT``).
+
+    Acknowledgements are taken in done-callbacks on the event loop, not by an acker task
+    reading a queue: per batch that saves the queue's checkpoints and a task wake-up, a
+    tenth of the shipper's event-loop work. ``acked_seq`` moves only across a run of
+    successful futures from the oldest; a failed one stays at the head for the send loop
+    to raise (``run()`` then resumes with a new producer at ``acked_seq + 1``). The shipper
+    is woken when room frees up or a send failed; after ``close()`` late callbacks (from a
+    producer being stopped) change nothing."""
+
+    def __init__(self, shipper: Shipper) -> None:
+        self._shipper = shipper
+        self._futs: deque[tuple[int, asyncio.Future[Any]]] = deque()
+        self._open = True
+
+    @property
+    def full(self) -> bool:
+        return len(self._futs) >= IN_FLIGHT
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._futs)
+
+    def add(self, seq: int, fut: asyncio.Future[Any]) -> None:
+        self._futs.append((seq, fut))
+        fut.add_done_callback(self._done)
+
+    def _done(self, _fut: asyncio.Future[Any]) -> None:
+        futs, shipper = self._futs, self._shipper
+        if not self._open:
+            return
+        was_full = len(futs) >= IN_FLIGHT
+        while futs and futs[0][1].done():
+            seq, fut = futs[0]
+            if fut.cancelled() or fut.exception() is not None:
+                shipper.notify()
+                return
+            futs.popleft()
+            shipper._acked(seq)
+        if was_full or not futs:
+            shipper.notify()
+
+    def raise_failure(self) -> None:
+        """Raise the oldest send's error, if it failed (``KafkaError`` if the producer
+        gave up)."""
+        if self._futs and self._futs[0][1].done():
+            fut = self._futs[0][1]
+            if fut.cancelled():  # not our cancellation: a producer torn down under us
+                raise KafkaError("the producer cancelled a send")
+            fut.result()
+
+    def close(self) -> None:
+        self._open = False
+        self._futs.clear()

@@ -109,8 +109,11 @@ class Agent:
         self.kafka = bool(cfg.get("capture.kafka")) and bool(cfg.get("kafka.bootstrap"))
         self.metrics = Metrics(self.node)
         self.summary = Summary(self.node)
+        # Stop requests: ``_stop`` for the ring thread, ``_stop_async`` (set on the loop, via
+        # ``call_soon_threadsafe`` when the request comes from another thread) for the tasks.
         self._stop = threading.Event()
         self._stop_async: anyio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         with in_netns(netns):
             self.selection: IfaceSelection = resolve(cfg.get("capture.iface"))
         self.ifaces: dict[int, str] = dict(self.selection.ifaces)
@@ -133,6 +136,12 @@ class Agent:
     def stop(self) -> None:
         """Ask the agent to flush and exit (thread-safe)."""
         self._stop.set()
+        loop, stop_async = self._loop, self._stop_async
+        if loop is not None and stop_async is not None:
+            try:
+                loop.call_soon_threadsafe(stop_async.set)
+            except RuntimeError:
+                pass  # the loop has already closed: the agent is done
 
     def apply_filter(self, f: CaptureFilter) -> None:
         self.filter.apply(f)
@@ -141,6 +150,9 @@ class Agent:
     async def run(self, duration: float | None = None) -> Summary:
         cfg = self.cfg
         self._stop_async = anyio.Event()
+        self._loop = asyncio.get_running_loop()
+        if self._stop.is_set():  # stop() came before the loop was known
+            self._stop_async.set()
         started = time.monotonic()
         if self.selection.single is None:
             self.filter.set_ifaces(set(self.ifaces))
@@ -189,7 +201,6 @@ class Agent:
         stop_async = self._stop_async
         async with anyio.create_task_group() as root:
             root.start_soon(self._signals)
-            root.start_soon(self._stop_watch)
             root.start_soon(self._stats_loop)
             if self.kafka:
                 from ._control import ControlFollower
@@ -236,13 +247,7 @@ class Agent:
                     self._stop_async.set()
                     return
         except (ValueError, NotImplementedError):
-            pass  # not the main thread (tests): _stop_watch covers agent.stop()
-
-    async def _stop_watch(self) -> None:
-        assert self._stop_async is not None
-        while not self._stop.is_set():  # noqa: ASYNC110 - a threading.Event, set from any thread
-            await anyio.sleep(0.1)
-        self._stop_async.set()
+            pass  # not the main thread (tests): they call agent.stop()
 
     async def _ring_thread(self) -> None:
         await anyio.to_thread.run_sync(self._ring_loop)

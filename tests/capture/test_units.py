@@ -70,29 +70,36 @@ def test_batcher_closes_the_open_batch_before_it_would_overflow() -> None:
     assert last is not None and last.count == 10
 
 
-def test_batcher_full_block_is_one_shot_batch() -> None:
-    """A block that fills the batch on its own is compressed in one shot and closes it; the
-    body is the same single zstd frame the schema encoder writes (decoders see no change)."""
+def test_batcher_compresses_every_batch_in_one_shot() -> None:
+    """A block that fills the batch on its own is compressed straight from the ring and
+    closes it; smaller blocks are gathered and compressed together at close. Either way the
+    body is the single zstd frame the schema encoder writes (decoders see no change)."""
     b = BlockBatcher(node="n", next_seq=1, ifaces=dict, max_bytes=60_000, max_delay=10, level=-3)
     small, small2 = _block(3, 10), _block(4, 20)
-    assert b.add_block(memoryview(small)) == []  # a partial block opens a streamed batch
+    assert b.add_block(memoryview(small)) == []  # a partial block opens a gathered batch
     assert b.add_block(memoryview(small2)) == []
     full = _block(800, 1_000)  # ~64 KiB used of the 64 KiB block, more than maxBytes
     # the open batch closes first (it would overflow), then the full block is a batch alone
-    streamed, alone = b.add_block(memoryview(full))
-    assert streamed.count == 7 and alone.count == 800 and not b.pending
-    for out, blocks in ((streamed, [small, small2]), (alone, [full])):
+    gathered, alone = b.add_block(memoryview(full))
+    assert gathered.count == 7 and alone.count == 800 and not b.pending
+    for out, blocks in ((gathered, [small, small2]), (alone, [full])):
         got = decode_batch(out.value)
         assert got.header.codec == "zstd"
         ref = decode_batch(encode_block_batch(node="n", seq=out.seq, blocks=blocks, ifaces={}))
         assert [(p.ts_ns, bytes(p.data)) for p in got.packets] == \
             [(p.ts_ns, bytes(p.data)) for p in ref.packets]
-    # One frame: a second frame after it would be bytes the one-shot decoder never reads.
-    body = alone.parts[1]
-    assert len(alone.parts) == 2 and body[:4] == b"\x28\xb5\x2f\xfd"
-    # One-shot frames state their size; the streamed one cannot know it up front.
-    assert zstandard.frame_content_size(body) == alone.raw_bytes
-    assert zstandard.frame_content_size(b"".join(streamed.parts[1:])) == -1
+        # One frame, which states its size: a second frame after it would be bytes the
+        # one-shot decoder never reads.
+        body = out.parts[1]
+        assert len(out.parts) == 2 and body[:4] == b"\x28\xb5\x2f\xfd"
+        assert zstandard.frame_content_size(body) == out.raw_bytes
+    # The buffer is reused: a second gathered batch carries only its own blocks.
+    assert b.add_block(memoryview(small2)) == []
+    again = b.close()
+    assert again is not None and again.count == 4
+    assert [bytes(p.data) for p in decode_batch(again.value).packets] == \
+        [bytes(p.data) for p in decode_batch(encode_block_batch(
+            node="n", seq=again.seq, blocks=[small2], ifaces={})).packets]
 
 
 def test_batcher_stores_incompressible_batches_plain() -> None:
@@ -324,3 +331,56 @@ def test_proc_record_roundtrip_and_validation() -> None:
         ProcRecord(ts_ns=1, node="n", kind="nope", pid=1, tid=1, comm="", cgroup_id=0)
     with pytest.raises(ValueError):
         decode_proc(b"\x01")
+
+
+async def test_in_flight_window_acks_in_order_and_keeps_a_failure() -> None:
+    """Acknowledgements move acked_seq only across a run of successes from the oldest send,
+    however the futures complete; a failed send stays at the head for the send loop to
+    raise, and a closed window ignores late callbacks (a producer being torn down)."""
+    import asyncio
+
+    from aiokafka.errors import KafkaError
+
+    from capture._shipper import IN_FLIGHT, _InFlight
+
+    class Shipper:
+        def __init__(self) -> None:
+            self.acked: list[int] = []
+            self.wakes = 0
+
+        def _acked(self, seq: int) -> None:
+            self.acked.append(seq)
+
+        def notify(self) -> None:
+            self.wakes += 1
+
+    loop = asyncio.get_running_loop()
+    ship = Shipper()
+    window = _InFlight(ship)  # type: ignore[arg-type]
+    futs = [loop.create_future() for _ in range(IN_FLIGHT)]
+    for seq, fut in enumerate(futs, 1):
+        window.add(seq, fut)
+    assert window.full
+    futs[1].set_result(None)
+    futs[2].set_result(None)
+    await asyncio.sleep(0)
+    assert ship.acked == [] and window.full  # 1 is still out: nothing moves
+    futs[0].set_result(None)
+    await asyncio.sleep(0)
+    assert ship.acked == [1, 2, 3] and not window.full and ship.wakes >= 1
+    window.raise_failure()  # the head (4) is pending: nothing to raise
+    futs[3].set_exception(KafkaError("broker gone"))
+    futs[4].set_result(None)
+    await asyncio.sleep(0)
+    assert ship.acked == [1, 2, 3]
+    with pytest.raises(KafkaError, match="broker gone"):
+        window.raise_failure()
+    window.close()
+    assert not window.pending
+    other = _InFlight(ship)
+    late = loop.create_future()
+    other.add(9, late)
+    other.close()  # the send loop ended: an ack arriving now changes nothing
+    late.set_result(None)
+    await asyncio.sleep(0)
+    assert ship.acked == [1, 2, 3]
