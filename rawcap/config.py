@@ -209,7 +209,7 @@ KEYS: tuple[Key, ...] = (
     Key("capture.snaplen", 0, _int, "bytes kept per packet (0: whole packet)"),
     Key("capture.ring.blockSize", "4Mi", parse_size, "TPACKET_V3 block size"),
     Key("capture.ring.blockCount", 8, _positive_int, "TPACKET_V3 block count"),
-    Key("capture.ring.blockTimeout", "100ms", parse_duration, "retire a partial block after"),
+    Key("capture.ring.blockTimeout", "250ms", parse_duration, "retire a partial block after"),
     Key("capture.batch.maxBytes", "4Mi", parse_size, "close a batch at this body size"),
     Key("capture.batch.maxDelay", "1s", parse_duration, "close a batch after this long"),
     Key("capture.zstdLevel", -3, _zstd_level, "zstd level of batch bodies"),
