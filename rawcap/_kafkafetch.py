@@ -18,10 +18,12 @@ at all). Both fetch one partition one request ahead, with the same ``start`` / `
 
 from __future__ import annotations
 
-import asyncio
 import os
 import struct
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = (
     "FetchedRecord",
@@ -271,6 +273,8 @@ class PartitionFetcher:
 
     def start(self, offset: int) -> None:
         """Send the fetch for ``offset`` (the first one; :meth:`next` sends the others)."""
+        import asyncio  # here: the decoder above is imported before the event loop is (_kafkawire)
+
         self._task = asyncio.ensure_future(self._fetch(offset))
 
     async def next(self, stop: int) -> tuple[list[FetchedRecord], int]:

@@ -169,6 +169,10 @@ def _fix_time_args(argv: Sequence[str]) -> list[str]:
     return out
 
 
+#: How long :func:`_exit_now` waits for other non-daemon threads to end.
+_THREADS_GRACE = 0.2
+
+
 def _exit_now(code: int) -> None:
     """End the process with ``code`` without the interpreter's teardown, when that is safe.
 
@@ -177,18 +181,25 @@ def _exit_now(code: int) -> None:
     finalization is freeing every object and module one by one, ~40-60 ms after an export of
     1M packets (its heap of fetch buffers and the imported modules) that changes nothing
     outside the process. So: flush what Python still buffers (stdout, stderr, logging
-    handlers) and ``os._exit``. Skipped, i.e. a normal exit follows, while any non-daemon
-    thread other than this one runs (normal finalization would wait for it), when stdout
+    handlers) and ``os._exit``. Other non-daemon threads are waited for, as finalization
+    would, but for ``_THREADS_GRACE`` seconds only (AnyIO's idle workers are told to stop
+    when the event loop closes and end right after it); one still running then means work
+    this function knows nothing about, and the normal exit follows. So it does when stdout
     cannot be flushed (the normal exit then reports it as before; a reader that went away
     raises ``BrokenPipeError`` for the caller's handler), and with ``RAWCAP_NO_FAST_EXIT=1``.
     """
     import threading
+    import time
 
     main = threading.main_thread()
-    if os.environ.get("RAWCAP_NO_FAST_EXIT") or threading.current_thread() is not main or any(
-        t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()
-    ):
+    if os.environ.get("RAWCAP_NO_FAST_EXIT") or threading.current_thread() is not main:
         return
+    deadline = time.monotonic() + _THREADS_GRACE
+    for t in threading.enumerate():
+        if t is not main and not t.daemon:
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                return
     try:
         sys.stdout.flush()
     except BrokenPipeError:
@@ -224,6 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(getattr(args, "config", None) or os.environ.get("RAWCAP_CONFIG"),
                           overrides)
         setup_logging(cfg.get("log.level"), cfg.get("log.format"))
+        prepare = getattr(args, "prepare", None)
+        if prepare is not None:
+            # What a command starts before the event loop and its own modules are imported
+            # (set_defaults(prepare=...)): pcap export's Kafka lookups run in a thread
+            # meanwhile, so the broker answers while this process is still setting up.
+            prepare(args, cfg)
         func = args.func
         if _is_async(func):
             import anyio

@@ -224,31 +224,60 @@ def kafka_client_kwargs(cfg: Config, kind: str, **extra: Any) -> dict[str, Any]:
 
 def node_partition(node: str, partitions: int) -> int:
     """The partition the default (murmur2) partitioner gives a node's key."""
-    from aiokafka.partitioner import murmur2
+    from ._kafkawire import node_partition as partition_of
 
-    return (murmur2(node.encode()) & 0x7FFFFFFF) % partitions
+    return partition_of(node, partitions)
+
+
+def start_kafka_lookup(cfg: Config, lo_ns: int, nodes: Iterable[str] | None) -> Any:
+    """The Kafka side of opening a bounded read of ``[lo_ns, ...)`` started in a thread
+    (:class:`rawcap._kafkawire.WindowLookup`), for ``WindowReader(kafka_lookup=...)``; None
+    when the plaintext client does not serve ``cfg``. Started early, the broker answers while
+    the caller is still importing and setting up (``rawcap pcap export``)."""
+    from ._kafkawire import start_lookup
+
+    return start_lookup(cfg, _lookup_ms(lo_ns), nodes)
+
+
+def _lookup_ms(lo_ns: int) -> int:
+    """The time ``offsets_for_times`` is asked for: the window start minus the margin."""
+    return max(0, (lo_ns - MARGIN_NS) // 1_000_000)
+
+
+class _TP(NamedTuple):
+    """A topic partition (aiokafka's ``TopicPartition`` has the same fields)."""
+
+    topic: str
+    partition: int
 
 
 class _KafkaLane:
-    """One partition between two offsets. A bounded read goes through
-    :class:`rawcap._kafkafetch.PartitionFetcher` (values as views into the fetch response, one
-    request ahead); a follow read, or one that meets anything that fetcher leaves to
-    aiokafka, drains what aiokafka's consumer holds for the partition (at most one fetch
-    response), so its fetcher asks the broker for the next one at once. Either way the
-    network overlaps with our decoding (which runs in worker threads)."""
+    """One partition between two offsets. A bounded read goes through a fetcher that hands
+    record values on as views into the fetch response, one request ahead: the plaintext
+    client's (:class:`rawcap._kafkawire.WireFetcher`, no aiokafka) or, on aiokafka's
+    connection, :class:`rawcap._kafkafetch.PartitionFetcher`. A follow read, or one that
+    meets anything its fetcher leaves to aiokafka, drains what aiokafka's consumer holds for
+    the partition (at most one fetch response), so its fetcher asks the broker for the next
+    one at once. Either way the network overlaps with our decoding (which runs in worker
+    threads)."""
 
-    def __init__(self, consumer: Any, tp: Any, start: int, stop: float, reader: WindowReader) -> None:
-        from ._kafkafetch import PartitionFetcher
-
+    def __init__(self, reader: WindowReader, tp: Any, start: int, stop: float, fetcher: Any) -> None:
         self.name = f"{tp.topic}[{tp.partition}]"
-        self._c, self._tp, self._pos, self._stop = consumer, tp, start, stop
+        self._tp, self._pos, self._stop = tp, start, stop
         self._reader = reader
         self._buf: deque[tuple[bytes | memoryview, dict[str, Any]]] = deque()
-        self._fast = None if math.isinf(stop) else PartitionFetcher.create(consumer, tp)
-        if self._fast is not None and start < stop:
-            self._fast.start(start)
-        else:
-            consumer.resume(tp)
+        self._fast = fetcher  # started already (None: aiokafka's consumer reads)
+        self._c: Any = None  # aiokafka's consumer, once this lane reads through it
+
+    async def _consumer(self) -> Any:
+        """aiokafka's consumer, reading this partition from the lane's position."""
+        if self._c is None:
+            self._c = await self._reader._kafka_consumer()
+            tp = self._reader._aiokafka_tp(self._tp)
+            self._c.seek(tp, self._pos)
+            self._c.resume(tp)
+            self._tp = tp
+        return self._c
 
     async def next_values(self) -> list[tuple[bytes | memoryview, dict[str, Any]]] | None:
         if not self._buf:
@@ -275,9 +304,9 @@ class _KafkaLane:
                 recs, nxt = await self._fast.next(int(self._stop))
             except Unsupported as exc:
                 log.debug("%s: aiokafka's consumer reads on from offset %d: %s", self.name, self._pos, exc)
+                self._fast.cancel()
                 self._fast = None
-                self._c.seek(self._tp, self._pos)
-                self._c.resume(self._tp)
+                await self._consumer()
                 return False
             part, buf = self._tp.partition, self._buf
             for r in recs:
@@ -298,9 +327,10 @@ class _KafkaLane:
                 )
 
     async def _drain(self) -> None:
+        consumer = await self._consumer()
         deadline = time.monotonic() + (1.0 if math.isinf(self._stop) else 30.0)
         while True:
-            got = await self._c.getmany(self._tp, timeout_ms=500, max_records=100_000)
+            got = await consumer.getmany(self._tp, timeout_ms=500, max_records=100_000)
             recs = got.get(self._tp, [])
             if recs:
                 for r in recs:
@@ -398,6 +428,7 @@ class WindowReader:
         lanes: list[Any] | None = None,
         follow: bool = False,
         dlq: bool = True,
+        kafka_lookup: Any = None,
     ) -> None:
         if lo_ns > hi_ns:
             raise ConfigError(f"--from ({format_ns(lo_ns)}) is after --to ({format_ns(hi_ns)})")
@@ -419,6 +450,10 @@ class WindowReader:
         #: node asked for by name -> index of the (Kafka) lane it is in, when lanes are shared
         self._node_lanes: dict[str, int] = {}
         self._recycled_partitions: set[int] = set()
+        #: the plaintext client's lookup (``start_kafka_lookup``), started early by the caller
+        #: or by :meth:`_open_kafka`; it owns the fetch connections and threads until closed
+        self._lookup = kafka_lookup
+        self._kafka_open = False
 
     async def __aenter__(self) -> WindowReader:
         try:
@@ -452,6 +487,9 @@ class WindowReader:
             if self._producer is not None:
                 producer, self._producer = self._producer, None
                 await producer.stop()
+            if self._lookup is not None:
+                lookup, self._lookup = self._lookup, None
+                lookup.close()  # its fetch threads end at once: their sockets are shut down
 
     # -- sources ---------------------------------------------------------------------------
     def _archive_lanes(self) -> list[Any]:
@@ -463,7 +501,32 @@ class WindowReader:
         return [ValueLane("archive", iter_window(self.cfg, self.lo, self.hi, nodes=nodes))]
 
     async def _open_kafka(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        """Partitions, their offsets and a lane each: through the plaintext client's lookup
+        (the one given, or one started here) when it can, else through aiokafka."""
+        lookup, self._lookup = self._lookup, None
+        if lookup is not None and (
+            self.follow or lookup.lo_ms != _lookup_ms(self.lo) or lookup.nodes != self.nodes
+        ):
+            lookup.close()  # started for another read: not ours to use
+            lookup = None
+        if lookup is None and not self.follow:
+            lookup = start_kafka_lookup(self.cfg, self.lo, self.nodes)
+        if lookup is not None:
+            done = await anyio.to_thread.run_sync(lookup.result)
+            if done is not None:
+                self._lookup = done
+                self._plan_lanes(
+                    done.partition_count,
+                    done.partitions,
+                    lambda pw: _TP(done.topic, pw.partition),
+                    lambda pw: done.fetcher(pw.partition),
+                )
+                return
+        await self._open_aiokafka()
+
+    async def _start_consumer(self) -> Any:
+        """A started group-less aiokafka consumer that knows the topic's partitions."""
+        from aiokafka import AIOKafkaConsumer
         from aiokafka.errors import KafkaError
 
         from ._kafkaio import install
@@ -483,21 +546,44 @@ class WindowReader:
                 f"cannot reach Kafka at {kwargs.get('bootstrap_servers')}: {exc!r}"
             ) from None
         self._consumer = consumer
-        parts = consumer.partitions_for_topic(topics.PACKETS)
-        if not parts:
+        if not consumer.partitions_for_topic(topics.PACKETS):
             # A fresh client knows no topic yet: ask for this one's metadata explicitly.
             try:
                 await consumer._client._wait_on_metadata(topics.PACKETS)
             except KafkaError:
                 pass
-            parts = consumer.partitions_for_topic(topics.PACKETS)
-        if not parts:
+        if not consumer.partitions_for_topic(topics.PACKETS):
             raise ConfigError(f"topic {topics.PACKETS} does not exist on {kwargs.get('bootstrap_servers')}")
-        n = self._partition_count = len(parts)
+        return consumer
+
+    async def _kafka_consumer(self) -> Any:
+        """aiokafka's consumer, started on first use when the plaintext client opened the read
+        (a lane falls back to it, a node is looked for): every lane's partition assigned and
+        paused, as :meth:`_open_aiokafka` leaves it."""
+        if self._consumer is None:
+            consumer = await self._start_consumer()
+            tps = [self._aiokafka_tp(lane._tp) for lane in self._lanes if isinstance(lane, _KafkaLane)]
+            consumer.assign(tps)
+            consumer.pause(*tps)
+        return self._consumer
+
+    @staticmethod
+    def _aiokafka_tp(tp: Any) -> Any:
+        from aiokafka import TopicPartition
+
+        return tp if isinstance(tp, TopicPartition) else TopicPartition(tp.topic, tp.partition)
+
+    async def _open_aiokafka(self) -> None:
+        from aiokafka import TopicPartition
+
+        from ._kafkafetch import PartitionFetcher
+        from ._kafkawire import PartitionWindow
+
+        consumer = await self._start_consumer()
+        parts = consumer.partitions_for_topic(topics.PACKETS)
+        n = len(parts)
         if self.nodes is not None:
-            for node in sorted(self.nodes):
-                self._partitions_of_nodes.setdefault(node_partition(node, n), []).append(node)
-            wanted = sorted(self._partitions_of_nodes)
+            wanted = sorted({node_partition(node, n) for node in self.nodes})
         else:
             wanted = sorted(parts)
         tps = [TopicPartition(topics.PACKETS, p) for p in wanted]
@@ -507,27 +593,53 @@ class WindowReader:
         consumer.pause(*tps)
         begin = await consumer.beginning_offsets(tps)
         end = await consumer.end_offsets(tps)
-        lo_ms = max(0, (self.lo - MARGIN_NS) // 1_000_000)
-        starts = await consumer.offsets_for_times({tp: lo_ms for tp in tps})
+        starts = await consumer.offsets_for_times({tp: _lookup_ms(self.lo) for tp in tps})
+        windows = []
         for tp in tps:
             s = starts.get(tp)
-            start = s.offset if s is not None else end[tp]
-            if s is not None and start == begin[tp] and begin[tp] > 0 and s.timestamp * 1_000_000 > self.lo:
-                self._recycled_partitions.add(tp.partition)
+            found = (s.offset, s.timestamp) if s is not None else None
+            windows.append(PartitionWindow(tp.partition, begin[tp], end[tp], found))
+
+        def fetcher(pw: PartitionWindow) -> Any:
+            tp = TopicPartition(topics.PACKETS, pw.partition)
+            consumer.seek(tp, pw.start)
+            fast = None if self.follow else PartitionFetcher.create(consumer, tp)
+            if fast is not None and pw.start < pw.end:
+                fast.start(pw.start)
+                return fast
+            return None
+
+        self._plan_lanes(n, windows, lambda pw: TopicPartition(topics.PACKETS, pw.partition), fetcher)
+        for lane in self._lanes:
+            if isinstance(lane, _KafkaLane) and lane._fast is None:
+                await lane._consumer()  # aiokafka's fetcher starts reading it now
+
+    def _plan_lanes(self, n: int, windows: list[Any], tp_of: Callable[[Any], Any],
+                    fetcher_of: Callable[[Any], Any]) -> None:
+        """One lane per partition window (``rawcap._kafkawire.PartitionWindow``), the notes on
+        recycled history, and which lane each requested node is in."""
+        self._partition_count = n
+        self._kafka_open = True
+        for node in sorted(self.nodes or ()):
+            self._partitions_of_nodes.setdefault(node_partition(node, n), []).append(node)
+        for pw in windows:
+            start = pw.start
+            at_ns = None if pw.found is None else pw.found[1] * 1_000_000
+            if at_ns is not None and start == pw.begin and pw.begin > 0 and at_ns > self.lo:
+                self._recycled_partitions.add(pw.partition)
                 self.stats.recycled.append(
-                    f"partition {tp.partition}: offsets before {begin[tp]} were recycled by retention; "
-                    f"data before {format_ns(s.timestamp * 1_000_000)} is gone"
+                    f"partition {pw.partition}: offsets before {pw.begin} were recycled by retention; "
+                    f"data before {format_ns(at_ns)} is gone"
                 )
             # Read to the end offset as of now, not to offsets_for_times(to): timestamps in a
             # partition are not monotonic (an imported capture, a FIFO replayed after a broker
             # outage, nodes sharing a partition), and a batch of the window may follow a newer
             # one. Out-of-window batches cost a header decode, never a decompression.
-            stop: float = math.inf if self.follow else end[tp]
-            consumer.seek(tp, start)
+            stop: float = math.inf if self.follow else pw.end
             for node in self.nodes or ():
-                if node_partition(node, n) == tp.partition:
+                if node_partition(node, n) == pw.partition:
                     self._node_lanes[node] = len(self._lanes)
-            self._lanes.append(_KafkaLane(consumer, tp, start, stop, self))
+            self._lanes.append(_KafkaLane(self, tp_of(pw), start, stop, fetcher_of(pw)))
 
     async def check_nodes(self) -> None:
         """Raise for a requested node that never wrote to its partition (a typo, usually)."""
@@ -536,7 +648,7 @@ class WindowReader:
         missing = [n for n in self.nodes if n not in self.stats.nodes]
         if not missing:
             return
-        if self.source != "kafka" or self._consumer is None:
+        if self.source != "kafka" or not self._kafka_open:
             return
         seen = await self._recent_keys()
         for node in sorted(missing):
@@ -557,7 +669,7 @@ class WindowReader:
         """Keys at the start and end of every partition (a cheap existence check)."""
         from aiokafka import TopicPartition
 
-        c = self._consumer
+        c = await self._kafka_consumer()
         parts = sorted(c.partitions_for_topic(topics.PACKETS) or ())
         tps = [TopicPartition(topics.PACKETS, p) for p in parts]
         c.assign(tps)

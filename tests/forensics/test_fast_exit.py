@@ -75,17 +75,31 @@ def test_exit_now_keeps_code_and_buffered_output() -> None:
     assert b"not reached" not in p.stderr
 
 
-def test_exit_now_waits_for_a_running_thread() -> None:
-    """A non-daemon thread still running: no os._exit (a normal exit joins the thread)."""
+def test_exit_now_leaves_a_running_thread_to_the_normal_exit() -> None:
+    """A non-daemon thread still running after the grace: no os._exit (the normal exit
+    joins the thread)."""
     p = _run(
         "import threading, time\n"
         "from rawcap.cli import _exit_now\n"
-        "t = threading.Thread(target=lambda: (time.sleep(0.3), print('thread done')))\n"
+        "t = threading.Thread(target=lambda: (time.sleep(1.5), print('thread done')))\n"
         "t.start()\n"
         "_exit_now(0)\n"
         "print('returned')\n"
     )
     assert p.returncode == 0 and p.stdout.splitlines() == [b"returned", b"thread done"]
+
+
+def test_exit_now_waits_for_a_thread_that_is_ending() -> None:
+    """A thread that ends within the grace (AnyIO's workers after the loop) is waited for."""
+    p = _run(
+        "import threading, time\n"
+        "from rawcap.cli import _exit_now\n"
+        "t = threading.Thread(target=lambda: (time.sleep(0.02), print('thread done')))\n"
+        "t.start()\n"
+        "_exit_now(5)\n"
+        "print('returned')\n"
+    )
+    assert p.returncode == 5 and p.stdout.splitlines() == [b"thread done"]
 
 
 def test_in_process_main_returns(

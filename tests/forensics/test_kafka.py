@@ -623,13 +623,16 @@ async def _read_in_process(bootstrap: str, node: str, lo: int, hi: int) -> list[
 
 
 @pytest.mark.parametrize("fail_at", [None, 0, 2])
+@pytest.mark.parametrize("client", ["wire", "aiokafka"])
 async def test_zero_copy_fetch_and_its_fallback_read_the_same_packets(
-    node_name: str, stack: Any, monkeypatch: pytest.MonkeyPatch, fail_at: int | None
+    node_name: str, stack: Any, monkeypatch: pytest.MonkeyPatch, fail_at: int | None, client: str
 ) -> None:
-    """rawcap._kafkafetch.PartitionFetcher reads the window; when it meets something it leaves to
-    aiokafka (here: from the start, or after two responses) the consumer reads on from the
-    same offset. Kafka-compressed batches (gzip here) take aiokafka's path by themselves."""
-    from rawcap import _kafkafetch
+    """The zero-copy fetcher reads the window: rawcap._kafkawire.WireFetcher (its own plaintext
+    connection, no aiokafka) or, with RAWCAP_NO_KAFKA_WIRE=1, rawcap._kafkafetch.PartitionFetcher
+    (aiokafka's connection). When it meets something it leaves to aiokafka (here: a failed
+    fetch from the start, or after two responses) aiokafka's consumer reads on from the same
+    offset. Kafka-compressed batches (gzip here) take aiokafka's path by themselves."""
+    from rawcap import _kafkafetch, _kafkawire
 
     now = time_ns()
     t0 = now - 20 * 60 * 10**9
@@ -648,14 +651,8 @@ async def test_zero_copy_fetch_and_its_fallback_read_the_same_packets(
         await gz.stop()
     want = [t0 + i * 2_000_000 for i in range(30 * 40)] + [t1 + i * 1_000 for i in range(30)]
     calls = {"fetch": 0, "fallback": 0, "compressed": 0}
-    real_fetch, real_parse = _kafkafetch.PartitionFetcher._fetch, _kafkafetch.parse_record_batches
-
-    async def fetch(self: Any, offset: int) -> Any:
-        calls["fetch"] += 1
-        if fail_at is not None and calls["fetch"] > fail_at:
-            calls["fallback"] += 1
-            raise _kafkafetch.Unsupported("test")
-        return await real_fetch(self, offset)
+    module: Any = _kafkawire if client == "wire" else _kafkafetch
+    real_parse = module.parse_record_batches
 
     def parse(records: Any, offset: int) -> Any:
         try:
@@ -664,10 +661,33 @@ async def test_zero_copy_fetch_and_its_fallback_read_the_same_packets(
             calls["compressed"] += "compressed" in str(exc)
             raise
 
-    monkeypatch.setattr(_kafkafetch, "parse_record_batches", parse)
-    monkeypatch.setattr(_kafkafetch.PartitionFetcher, "_fetch", fetch)
+    def failing() -> None:
+        calls["fetch"] += 1
+        if fail_at is not None and calls["fetch"] > fail_at:
+            calls["fallback"] += 1
+            raise _kafkafetch.Unsupported("test")
+
+    if client == "wire":
+        real_exchange = _kafkawire.WireFetcher._exchange
+
+        def exchange(self: Any, offset: int) -> Any:  # in the fetch thread, as a broken connection
+            failing()
+            return real_exchange(self, offset)
+
+        monkeypatch.setattr(_kafkawire.WireFetcher, "_exchange", exchange)
+    else:
+        monkeypatch.setenv("RAWCAP_NO_KAFKA_WIRE", "1")
+        real_fetch = _kafkafetch.PartitionFetcher._fetch
+
+        async def fetch(self: Any, offset: int) -> Any:
+            failing()
+            return await real_fetch(self, offset)
+
+        monkeypatch.setattr(_kafkafetch.PartitionFetcher, "_fetch", fetch)
+    monkeypatch.setattr(module, "parse_record_batches", parse)
     got = await _read_in_process(stack.bootstrap, node_name, t0 - 10**9, now)
     assert [t for t, _ in got] == want
+    assert calls["fetch"] > 0  # the fetcher under test did read
     assert calls["fallback"] == (0 if fail_at is None else 1)
     assert calls["compressed"] == (1 if fail_at is None else 0)  # else aiokafka had it already
     monkeypatch.setenv("RAWCAP_NO_FAST_KAFKA_READER", "1")  # aiokafka's path alone

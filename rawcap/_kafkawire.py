@@ -1,0 +1,590 @@
+"""A small plaintext Kafka client for bounded reads of one topic, with no aiokafka.
+
+Why: a bounded read (``rawcap pcap export``, ``consume --from --to``) needs four kinds of
+request, Metadata, ListOffsets, Fetch and ApiVersions, and aiokafka costs it ~40-55 ms of
+imports (its producer, admin client, record builders, ``ssl``...) plus a consumer start with
+its own round trips, before the first byte is fetched: ~5% of a 1M-packet export. Here:
+
+- :class:`WindowLookup` runs the whole Kafka side of opening a window in a thread: connect,
+  ApiVersions, Metadata of the topic, the three ListOffsets of each partition leader
+  (earliest, latest, first offset at a time) pipelined into one round trip, and then the first
+  Fetch of every partition. ``rawcap pcap export`` starts it before the event loop and the
+  rest of the command are even imported (``forensics.cli``), so the broker answers while the
+  process sets itself up.
+- :class:`WireFetcher` fetches one partition, one request ahead, over a blocking socket of its
+  own: the whole response (8 MiB) is received by one ``recv(MSG_WAITALL)`` in a worker thread,
+  straight into the ``bytes`` object handed on (``rawcap._fastpcap.new_frame``), without the
+  GIL and without the event loop; it is decoded by ``rawcap._kafkafetch`` as aiokafka's
+  connection's responses are.
+
+What it does not do is aiokafka's: TLS and SASL (only ``kafka.securityProtocol: PLAINTEXT``
+takes this path), consumer groups, following a topic, retries after leader changes. Any error
+or anything unexpected (an error code, a version range it does not encode, a closed
+connection) makes the lookup give up, or the fetcher raise :class:`Unsupported`, and the
+caller reads with aiokafka's consumer instead, from the same offset, so the errors users see
+are still aiokafka's (``rawcap.window``). ``RAWCAP_NO_KAFKA_WIRE=1`` (or
+``RAWCAP_NO_FAST_KAFKA_READER=1``) turns it off.
+
+Only versions without tagged fields are spoken (Fetch v4-v11, ListOffsets v1-v5, Metadata
+v1-v8, ApiVersions v0); every broker since Kafka 2.1 has them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+from schemas.topics import PACKETS, TOPIC_CONFIGS
+
+from ._kafkafetch import FetchedRecord, Unsupported, parse_fetch_response, parse_record_batches
+
+__all__ = (
+    "PartitionWindow",
+    "WindowLookup",
+    "WireFetcher",
+    "murmur2",
+    "node_partition",
+    "start_lookup",
+)
+
+log = logging.getLogger("rawcap.kafka.wire")
+
+API_FETCH, API_LIST_OFFSETS, API_METADATA, API_VERSIONS = 1, 2, 3, 18
+#: The versions encoded and decoded here (none of them has tagged fields).
+VERSIONS = {API_FETCH: (4, 11), API_LIST_OFFSETS: (1, 5), API_METADATA: (1, 8)}
+EARLIEST, LATEST = -2, -1
+#: As aiokafka's consumer is set up for rawcap (``rawcap.kafka.consumer_kwargs``): a fetch
+#: returns up to one largest batch of the topic per partition, answers within 500 ms.
+PARTITION_FETCH_BYTES = int(TOPIC_CONFIGS[PACKETS]["max.message.bytes"]) + 64 * 1024
+FETCH_MAX_BYTES = 4 * PARTITION_FETCH_BYTES
+FETCH_MAX_WAIT_MS = 500
+#: Connecting is sub-millisecond on a LAN; a broker that does not accept within this goes to
+#: aiokafka (which then reports it), and the connect is not what a slow broker makes slow.
+CONNECT_TIMEOUT = 5.0
+#: Any one send or receive (a fetch waits at most FETCH_MAX_WAIT_MS on the broker).
+IO_TIMEOUT = 30.0
+#: Responses from this size on are received into the bytes object handed on.
+_IN_PLACE_MIN = 64 * 1024
+
+_I8, _I16, _I32, _I64 = struct.Struct(">b"), struct.Struct(">h"), struct.Struct(">i"), struct.Struct(">q")
+
+_new_frame: Any = None
+try:
+    _new_frame = importlib.import_module("rawcap._fastpcap").new_frame
+except (ImportError, AttributeError):  # not built: a frame is received into a bytearray, then copied
+    pass
+
+
+def enabled(cfg: Any) -> bool:
+    """Whether this client may serve ``cfg``: plaintext only, and not turned off."""
+    if os.environ.get("RAWCAP_NO_KAFKA_WIRE") or os.environ.get("RAWCAP_NO_FAST_KAFKA_READER"):
+        return False
+    return cfg.get("kafka.securityProtocol") == "PLAINTEXT" and bool(cfg.get("kafka.bootstrap"))
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``, aiokafka's
+    ``partitioner.murmur2``), as a signed 32-bit int: what the default partitioner hashes
+    record keys with."""
+    m, length = 0x5BD1E995, len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = (int.from_bytes(data[i : i + 4], "little") * m) & 0xFFFFFFFF
+        k = ((k ^ (k >> 24)) * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    tail = length % 4
+    if tail:
+        h ^= int.from_bytes(data[length - tail :], "little")
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def node_partition(node: str, partitions: int) -> int:
+    """The partition the default (murmur2) partitioner gives a node's key."""
+    return (murmur2(node.encode()) & 0x7FFFFFFF) % partitions
+
+
+# -- encoding --------------------------------------------------------------------------------
+def _string(s: str) -> bytes:
+    b = s.encode()
+    return _I16.pack(len(b)) + b
+
+
+def metadata_request(version: int, topic: str) -> bytes:
+    """Metadata v1-v8 of one topic, no auto-creation, no authorized operations."""
+    body = _I32.pack(1) + _string(topic)
+    if version >= 4:
+        body += b"\0"  # allow_auto_topic_creation
+    if version >= 8:
+        body += b"\0\0"  # include cluster / topic authorized operations
+    return body
+
+
+def list_offsets_request(version: int, topic: str, partitions: Iterable[int], timestamp: int) -> bytes:
+    """ListOffsets v1-v5: the offset at ``timestamp`` (or EARLIEST / LATEST) of each partition,
+    read_uncommitted (what aiokafka's consumer asks for by default)."""
+    parts = list(partitions)
+    body = _I32.pack(-1)  # replica_id
+    if version >= 2:
+        body += _I8.pack(0)  # isolation_level: read_uncommitted
+    body += _I32.pack(1) + _string(topic) + _I32.pack(len(parts))
+    for p in parts:
+        body += _I32.pack(p)
+        if version >= 4:
+            body += _I32.pack(-1)  # current_leader_epoch: unknown
+        body += _I64.pack(timestamp)
+    return body
+
+
+def fetch_request(version: int, topic: str, partition: int, offset: int) -> bytes:
+    """Fetch v4-v11 of one partition from ``offset``, sessionless (as aiokafka sends it)."""
+    body = struct.pack(">iiiib", -1, FETCH_MAX_WAIT_MS, 1, FETCH_MAX_BYTES, 0)
+    if version >= 7:
+        body += struct.pack(">ii", 0, -1)  # session_id, session_epoch: no fetch session
+    body += _I32.pack(1) + _string(topic) + _I32.pack(1) + _I32.pack(partition)
+    if version >= 9:
+        body += _I32.pack(-1)  # current_leader_epoch: unknown
+    body += _I64.pack(offset)
+    if version >= 5:
+        body += _I64.pack(-1)  # log_start_offset: a consumer's
+    body += _I32.pack(PARTITION_FETCH_BYTES)
+    if version >= 7:
+        body += _I32.pack(0)  # forgotten_topics_data
+    if version >= 11:
+        body += _string("")  # rack_id
+    return body
+
+
+# -- decoding --------------------------------------------------------------------------------
+class _Reader:
+    """Big-endian fields of a response, in order."""
+
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: bytes | memoryview, pos: int) -> None:
+        self.buf, self.pos = buf, pos
+
+    def _take(self, s: struct.Struct) -> int:
+        (v,) = s.unpack_from(self.buf, self.pos)
+        self.pos += s.size
+        return int(v)
+
+    def i8(self) -> int:
+        return self._take(_I8)
+
+    def i16(self) -> int:
+        return self._take(_I16)
+
+    def i32(self) -> int:
+        return self._take(_I32)
+
+    def i64(self) -> int:
+        return self._take(_I64)
+
+    def string(self) -> str | None:
+        n = self.i16()
+        if n < 0:
+            return None
+        if self.pos + n > len(self.buf):
+            raise struct.error("string runs past the end")
+        s = bytes(self.buf[self.pos : self.pos + n]).decode()
+        self.pos += n
+        return s
+
+    def skip_int32_array(self) -> None:
+        n = self.i32()
+        self.pos += 4 * max(n, 0)
+
+
+class Broker(NamedTuple):
+    host: str
+    port: int
+
+
+class TopicMetadata(NamedTuple):
+    brokers: dict[int, Broker]
+    #: partition -> leader broker id
+    leaders: dict[int, int]
+
+
+def parse_metadata(version: int, buf: bytes | memoryview, pos: int, topic: str) -> TopicMetadata:
+    """The brokers and the partition leaders of ``topic`` from a Metadata v1-v8 response;
+    Unsupported for a topic or partition error (no such topic, no leader right now)."""
+    r = _Reader(buf, pos)
+    try:
+        if version >= 3:
+            r.i32()  # throttle_time_ms
+        brokers: dict[int, Broker] = {}
+        for _ in range(r.i32()):
+            node, host, port = r.i32(), r.string(), r.i32()
+            r.string()  # rack
+            brokers[node] = Broker(host or "", port)
+        if version >= 2:
+            r.string()  # cluster_id
+        r.i32()  # controller_id
+        leaders: dict[int, int] | None = None
+        for _ in range(r.i32()):
+            err, name = r.i16(), r.string()
+            r.i8()  # is_internal
+            parts: dict[int, int] = {}
+            for _ in range(r.i32()):
+                perr, index, leader = r.i16(), r.i32(), r.i32()
+                if version >= 7:
+                    r.i32()  # leader_epoch
+                r.skip_int32_array()  # replicas
+                r.skip_int32_array()  # isr
+                if version >= 5:
+                    r.skip_int32_array()  # offline_replicas
+                if name == topic and (perr or leader not in brokers):
+                    raise Unsupported(f"{topic}[{index}]: error code {perr}, leader {leader}")
+                parts[index] = leader
+            if version >= 8:
+                r.i32()  # topic_authorized_operations
+            if name == topic:
+                if err:
+                    raise Unsupported(f"metadata of {topic}: error code {err}")
+                leaders = parts
+    except struct.error:
+        raise Unsupported("truncated metadata response") from None
+    if not leaders:
+        raise Unsupported(f"no partitions of {topic} in the metadata")
+    return TopicMetadata(brokers, leaders)
+
+
+def parse_list_offsets(
+    version: int, buf: bytes | memoryview, pos: int, topic: str
+) -> dict[int, tuple[int, int]]:
+    """partition -> (timestamp, offset) from a ListOffsets v1-v5 response (-1, -1: no record at
+    or after the timestamp asked for); Unsupported for an error code."""
+    r = _Reader(buf, pos)
+    out: dict[int, tuple[int, int]] = {}
+    try:
+        if version >= 2:
+            r.i32()  # throttle_time_ms
+        for _ in range(r.i32()):
+            name = r.string()
+            for _ in range(r.i32()):
+                index, err, ts, offset = r.i32(), r.i16(), r.i64(), r.i64()
+                if version >= 4:
+                    r.i32()  # leader_epoch
+                if name != topic:
+                    continue
+                if err:
+                    raise Unsupported(f"{topic}[{index}]: offset lookup error code {err}")
+                out[index] = (ts, offset)
+    except struct.error:
+        raise Unsupported("truncated offsets response") from None
+    return out
+
+
+# -- connection ------------------------------------------------------------------------------
+class Connection:
+    """One blocking socket to one broker; requests are answered in the order they were sent,
+    so several may be in flight (:meth:`send` them, then :meth:`receive` each)."""
+
+    def __init__(self, broker: Broker, client_id: str, versions: dict[int, int] | None = None) -> None:
+        self.broker = broker
+        sock = socket.create_connection(broker, timeout=CONNECT_TIMEOUT)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Blocking mode, bounded by the kernel's timeouts: with a Python-level timeout the
+            # socket would be non-blocking and MSG_WAITALL would return whatever has arrived.
+            sock.settimeout(None)
+            tv = struct.pack("ll", int(IO_TIMEOUT), 0)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._client = _string(client_id)
+        self._corr = 0
+        self._waiting: list[int] = []  # correlation ids sent, not received yet
+        self.versions = versions if versions is not None else self._negotiate()
+
+    def _negotiate(self) -> dict[int, int]:
+        """ApiVersions v0: the highest version both sides speak of each API used here."""
+        self.send(API_VERSIONS, 0, b"")
+        buf, pos = self.receive()
+        r = _Reader(buf, pos)
+        try:
+            err = r.i16()
+            if err:
+                raise Unsupported(f"ApiVersions error code {err}")
+            ranges = {}
+            for _ in range(r.i32()):
+                key, lo, hi = r.i16(), r.i16(), r.i16()
+                ranges[key] = (lo, hi)
+        except struct.error:
+            raise Unsupported("truncated ApiVersions response") from None
+        out = {}
+        for key, (ours_lo, ours_hi) in VERSIONS.items():
+            lo, hi = ranges.get(key, (0, -1))
+            v = min(hi, ours_hi)
+            if v < max(lo, ours_lo):
+                raise Unsupported(f"the broker speaks API {key} v{lo}-v{hi}, this client "
+                                  f"v{ours_lo}-v{ours_hi}")
+            out[key] = v
+        return out
+
+    def send(self, api: int, version: int, body: bytes) -> None:
+        self._corr += 1
+        header = struct.pack(">hhi", api, version, self._corr) + self._client
+        self._sock.sendall(_I32.pack(len(header) + len(body)) + header + body)
+        self._waiting.append(self._corr)
+
+    def receive(self) -> tuple[bytes, int]:
+        """The next response: (frame, where its body starts)."""
+        size = _I32.unpack(self._recv(4))[0]
+        frame = self._recv(size)
+        corr = _I32.unpack_from(frame)[0] if size >= 4 else None
+        if not self._waiting or corr != self._waiting.pop(0):
+            raise Unsupported(f"response {corr} out of order")
+        return frame, 4
+
+    def request(self, api: int, version: int, body: bytes) -> tuple[bytes, int]:
+        self.send(api, version, body)
+        return self.receive()
+
+    def _recv(self, n: int) -> bytes:
+        """Exactly ``n`` bytes: one ``recv(MSG_WAITALL)`` (GIL released) unless a signal or
+        the kernel's timeout cuts it."""
+        if n >= _IN_PLACE_MIN and _new_frame is not None:
+            frame, view = _new_frame(n)
+        else:
+            frame = bytearray(n)
+            view = memoryview(frame)
+        try:
+            got = 0
+            while got < n:
+                k = self._sock.recv_into(view[got:], n - got, socket.MSG_WAITALL)
+                if k == 0:
+                    raise Unsupported("the broker closed the connection")
+                got += k
+        finally:
+            view.release()
+        return frame if isinstance(frame, bytes) else bytes(frame)
+
+    def close(self) -> None:
+        """Close; a receive blocked in another thread returns at once (and fails)."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+
+# -- window lookup ---------------------------------------------------------------------------
+class PartitionWindow(NamedTuple):
+    """One partition of a bounded read: its offsets now and where the read starts."""
+
+    partition: int
+    begin: int
+    end: int
+    #: (offset, timestamp ms) of the first record at or after the lookup's time; None: none
+    found: tuple[int, int] | None
+
+    @property
+    def start(self) -> int:
+        return self.found[0] if self.found is not None else self.end
+
+
+class WindowLookup:
+    """The Kafka side of opening a bounded read of ``topic``, in a thread of its own:
+    partitions (those of ``nodes``, or all), their offsets, and the first fetch of each
+    already sent. :meth:`result` waits for it; None there means: read with aiokafka."""
+
+    def __init__(self, cfg: Any, lo_ms: int, nodes: Iterable[str] | None, topic: str = PACKETS) -> None:
+        self.lo_ms = lo_ms
+        self.nodes = frozenset(nodes) if nodes else None
+        self.topic = topic
+        self._servers = [s.strip() for s in str(cfg.get("kafka.bootstrap")).split(",") if s.strip()]
+        self._client_id = cfg.get("kafka.clientId") or "rawcap"
+        self.partition_count = 0
+        self.partitions: list[PartitionWindow] = []
+        self._fetchers: dict[int, WireFetcher] = {}
+        self._conns: list[Connection] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="rawcap-kafka-lookup", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._lookup()
+        except Exception as exc:  # whatever it is, aiokafka's consumer reads instead
+            self._error = exc
+            self._release()
+
+    def _bootstrap(self) -> Connection:
+        last: Exception | None = None
+        for server in self._servers:
+            host, _, port = server.rpartition(":")
+            try:
+                return Connection(Broker(host.strip("[]") or server, int(port or 9092)), self._client_id)
+            except (OSError, ValueError) as exc:
+                last = exc
+        raise Unsupported(f"no bootstrap server answered: {last!r}")
+
+    def _connect(self, broker: Broker, versions: dict[int, int] | None = None) -> Connection:
+        conn = Connection(broker, self._client_id, versions)
+        with self._lock:
+            self._conns.append(conn)
+            closed = self._closed
+        if closed:
+            raise Unsupported("closed")
+        return conn
+
+    def _lookup(self) -> None:
+        boot = self._bootstrap()
+        with self._lock:
+            self._conns.append(boot)
+        v = boot.versions
+        buf, pos = boot.request(API_METADATA, v[API_METADATA], metadata_request(v[API_METADATA], self.topic))
+        meta = parse_metadata(v[API_METADATA], buf, pos, self.topic)
+        n = self.partition_count = len(meta.leaders)
+        if sorted(meta.leaders) != list(range(n)):
+            raise Unsupported(f"partitions of {self.topic} are not 0..{n - 1}")
+        wanted = sorted({node_partition(x, n) for x in self.nodes}) if self.nodes else list(range(n))
+        by_leader: dict[int, list[int]] = {}
+        for p in wanted:
+            by_leader.setdefault(meta.leaders[p], []).append(p)
+        # Each partition is fetched over a connection of its own (one blocking request at a
+        # time); the lookups go to each leader over the first of them.
+        conns: dict[int, Connection] = {}
+        versions: dict[Broker, dict[int, int]] = {boot.broker: boot.versions}
+        for leader, parts in by_leader.items():
+            broker = meta.brokers[leader]
+            for p in parts:
+                if p == parts[0] and broker == boot.broker and boot not in conns.values():
+                    conns[p] = boot
+                else:
+                    conns[p] = self._connect(broker, versions.get(broker))
+                    versions[broker] = conns[p].versions
+        if boot not in conns.values():
+            boot.close()
+        found: dict[int, dict[int, tuple[int, int]]] = {}
+        for parts in by_leader.values():
+            conn = conns[parts[0]]
+            lv = conn.versions[API_LIST_OFFSETS]
+            asks = (EARLIEST, LATEST, self.lo_ms)
+            for ts in asks:  # pipelined: three lookups, one round trip
+                conn.send(API_LIST_OFFSETS, lv, list_offsets_request(lv, self.topic, parts, ts))
+            for ts in asks:
+                buf, pos = conn.receive()
+                got = parse_list_offsets(lv, buf, pos, self.topic)
+                if set(got) != set(parts):
+                    raise Unsupported("the offsets response misses a partition")
+                found[ts] = {**found.get(ts, {}), **got}
+        pool = ThreadPoolExecutor(max_workers=max(1, len(wanted)), thread_name_prefix="rawcap-kafka-fetch")
+        with self._lock:
+            self._pool = pool
+            if self._closed:
+                raise Unsupported("closed")
+        for p in wanted:
+            at_time = found[self.lo_ms][p]
+            pw = PartitionWindow(p, found[EARLIEST][p][1], found[LATEST][p][1],
+                                 (at_time[1], at_time[0]) if at_time[1] >= 0 else None)
+            self.partitions.append(pw)
+            fetcher = WireFetcher(conns[p], self.topic, p, pool)
+            self._fetchers[p] = fetcher
+            if pw.start < pw.end:
+                fetcher.start(pw.start)  # the broker reads it while the caller is still setting up
+
+    def result(self, timeout: float = IO_TIMEOUT + CONNECT_TIMEOUT) -> WindowLookup | None:
+        """Wait for the lookup: self when it worked, None (and nothing left open) otherwise."""
+        self._thread.join(timeout)
+        if self._thread.is_alive() or self._error is not None:
+            log.debug("Kafka lookup left to aiokafka: %r", self._error or "timed out")
+            self.close()
+            return None
+        return self
+
+    def fetcher(self, partition: int) -> WireFetcher:
+        """The partition's fetcher, its first fetch in flight when there is anything to read."""
+        return self._fetchers[partition]
+
+    def _release(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns, self._conns = self._conns, []
+            pool, self._pool = self._pool, None
+        for conn in conns:
+            conn.close()
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def close(self) -> None:
+        """Close every connection and stop the fetch threads (idempotent)."""
+        self._release()
+
+
+def start_lookup(cfg: Any, lo_ms: int, nodes: Iterable[str] | None) -> WindowLookup | None:
+    """A :class:`WindowLookup` under way, or None when this client does not serve ``cfg``."""
+    return WindowLookup(cfg, lo_ms, nodes) if enabled(cfg) else None
+
+
+# -- fetch -----------------------------------------------------------------------------------
+class WireFetcher:
+    """One partition over its own connection, one request ahead (``rawcap._kafkafetch.Fetcher``):
+    the request is sent and its response received in a worker thread (one ``recv`` of the whole
+    frame, GIL released) while the event loop decodes the previous one."""
+
+    def __init__(self, conn: Connection, topic: str, partition: int, pool: ThreadPoolExecutor) -> None:
+        self._conn, self._topic, self._partition, self._pool = conn, topic, partition, pool
+        self._version = conn.versions[API_FETCH]
+        self._job: Future[tuple[bytes, int]] | None = None
+        self._offset = 0
+
+    def _exchange(self, offset: int) -> tuple[bytes, int]:
+        return self._conn.request(API_FETCH, self._version,
+                                  fetch_request(self._version, self._topic, self._partition, offset))
+
+    def start(self, offset: int) -> None:
+        """Send the fetch for ``offset`` (the first one; :meth:`next` sends the others)."""
+        self._offset = offset
+        self._job = self._pool.submit(self._exchange, offset)
+
+    async def next(self, stop: int) -> tuple[list[FetchedRecord], int]:
+        """The records of the fetch in flight and the next offset; fetches on from there
+        unless it reached ``stop``. Raises Unsupported (then nothing is in flight)."""
+        import asyncio  # here, not at the top: the lookup starts before asyncio is imported
+
+        assert self._job is not None, "start() first"
+        job, self._job = self._job, None
+        try:
+            buf, pos = await asyncio.wrap_future(job)
+        except OSError as exc:
+            raise Unsupported(f"fetch failed: {exc!r}") from None
+        recs: list[FetchedRecord]
+        for topic, partition, err, records in parse_fetch_response(buf, pos, self._version):
+            if topic == self._topic and partition == self._partition:
+                if err:
+                    raise Unsupported(f"partition error code {err}")
+                if records is None:
+                    recs, nxt = [], self._offset
+                else:
+                    recs, nxt = parse_record_batches(records, self._offset)
+                break
+        else:
+            raise Unsupported("the response does not hold the partition")
+        if nxt < stop:
+            self.start(nxt)
+        return recs, nxt
+
+    def cancel(self) -> None:
+        """Done with this partition: the connection closes (a response still in flight with it)."""
+        self._job = None
+        self._conn.close()
