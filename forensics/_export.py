@@ -18,6 +18,7 @@ tshark -r -``. A write error (disk full) ends the export with a one-line error.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import gc
 import os
@@ -30,8 +31,6 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
-
-import anyio
 
 from forensics._fastexport import FAST as _FAST
 from forensics._fastexport import FAST_ZSTD as _FAST_ZSTD
@@ -192,6 +191,84 @@ async def _convert(
 _Result = tuple[Any, int, int, int, "BatchError | None", bool]
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _wake_soon(waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None) -> None:
+    """From a worker thread: resolve the future the event loop waits on (if it still runs)."""
+    if waiter is not None:
+        loop, fut = waiter
+        try:
+            loop.call_soon_threadsafe(_wake, fut)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+
+class _LoopQueue(queue.Queue[Any]):
+    """A bounded queue from the event loop to a worker thread. When it is full, :meth:`aput`
+    waits on a future that the worker resolves as it takes the next item, where
+    ``anyio.to_thread.run_sync(q.put, item)`` sent a pool thread to block in ``put``: one
+    thread hop and two wake-ups per full queue, hundreds per export (the converter is the
+    slower side, so the queue is full most of the time)."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        item = super().get(block, timeout)
+        waiter, self._waiter = self._waiter, None
+        _wake_soon(waiter)
+        return item
+
+    async def aput(self, item: Any) -> None:
+        """``put`` for the event loop (one producer): waits without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                self.put_nowait(item)
+                return
+            except queue.Full:
+                pass
+            fut = loop.create_future()
+            self._waiter = (loop, fut)
+            try:
+                # The worker may have taken an item between the first try and the line above
+                # (and seen no waiter): try once more before waiting.
+                self.put_nowait(item)
+                return
+            except queue.Full:
+                await fut
+            finally:
+                self._waiter = None
+
+
+class _Finished:
+    """Set once by a worker thread as it ends; awaited by the event loop (no thread joins)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+
+    def set(self) -> None:
+        with self._lock:
+            self._set = True
+            waiter, self._waiter = self._waiter, None
+        _wake_soon(waiter)
+
+    async def wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._set:
+                return
+            fut = loop.create_future()
+            self._waiter = (loop, fut)
+        await fut
+
+
 class _Converter:
     """One thread that takes the reader's items in order: decompresses whole batches and
     builds their blocks (``sink.batch``; the compiled path runs without the GIL), formats
@@ -210,11 +287,12 @@ class _Converter:
         header = sink.header()
         self._parts: list[Any] = [header]
         self._size = len(header)
-        self._jobs: queue.Queue[list[WPacket] | RawBatch | None] = queue.Queue(maxsize=_AHEAD)
+        self._jobs = _LoopQueue(maxsize=_AHEAD)  # of list[WPacket] | RawBatch | None
         self._done: deque[_Result] = deque()
         self._exc: BaseException | None = None
         self._aborted = False
         self.cpu = 0.0  # seconds of CPU the thread used (RAWCAP_EXPORT_STATS)
+        self._finished = _Finished()
         self._t = threading.Thread(target=self._run, name="rawcap-pcap-convert", daemon=True)
         self._t.start()
 
@@ -223,6 +301,7 @@ class _Converter:
             self._loop()
         finally:
             self.cpu = time.thread_time()
+            self._finished.set()
 
     def _loop(self) -> None:
         while True:
@@ -280,10 +359,7 @@ class _Converter:
         """Queue an item (``None``: the end); waits while ``_AHEAD`` items are queued."""
         if self._exc is not None:
             raise self._exc
-        try:
-            self._jobs.put_nowait(item)
-        except queue.Full:
-            await anyio.to_thread.run_sync(self._jobs.put, item)
+        await self._jobs.aput(item)
 
     def results(self) -> list[_Result]:
         """The items finished since the last call, in order."""
@@ -295,7 +371,7 @@ class _Converter:
     async def close(self) -> None:
         """Finish every queued item and hand the last chunk to the writer; re-raise an error."""
         await self.put(None)
-        await anyio.to_thread.run_sync(self._t.join)
+        await self._finished.wait()
         if self._exc is not None:
             raise self._exc
 
@@ -312,10 +388,11 @@ class _BackgroundWriter:
     pipe (disk full, I/O error) becomes a one-line :class:`RawcapError`."""
 
     def __init__(self, out: BinaryIO) -> None:
-        self._q: queue.Queue[list[Any] | None] = queue.Queue(maxsize=3)
+        self._q = _LoopQueue(maxsize=3)  # of list[Any] | None
         self._exc: BaseException | None = None
         self._aborted = False
         self.cpu = 0.0  # seconds of CPU the thread used (RAWCAP_EXPORT_STATS)
+        self._finished = _Finished()
         self._t = threading.Thread(target=self._run, args=(out,), name="rawcap-pcap-writer", daemon=True)
         self._t.start()
 
@@ -324,6 +401,7 @@ class _BackgroundWriter:
             self._loop(out)
         finally:
             self.cpu = time.thread_time()
+            self._finished.set()
 
     def _loop(self, out: BinaryIO) -> None:
         while True:
@@ -351,8 +429,8 @@ class _BackgroundWriter:
 
     async def close(self) -> None:
         """Wait for every chunk to be written; re-raise a write error (disk full, EPIPE)."""
-        await anyio.to_thread.run_sync(self._q.put, None)
-        await anyio.to_thread.run_sync(self._t.join)
+        await self._q.aput(None)
+        await self._finished.wait()
         if self._exc is not None:
             raise self._exc
 

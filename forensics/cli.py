@@ -483,8 +483,10 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     _window_args(e)
     _export_args(e)
     add_filter_arguments(e)
-    # fast_exit: on success the process ends without interpreter teardown (rawcap.cli._exit_now).
-    e.set_defaults(func=_cmd_export, prepare=_prepare_export, fast_exit=True)
+    # prepare: the Kafka lookups start before the event loop is imported; fast_exit: on
+    # success the process ends without interpreter teardown; plain_asyncio: asyncio.run, not
+    # anyio.run (rawcap.cli).
+    e.set_defaults(func=_cmd_export, prepare=_prepare_export, fast_exit=True, plain_asyncio=True)
     i = psub.add_parser(
         "import",
         parents=[parent],
@@ -521,7 +523,7 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     _window_args(se, source=False)
     _export_args(se)
     add_filter_arguments(se)
-    se.set_defaults(func=_cmd_snap_export, fast_exit=True)
+    se.set_defaults(func=_cmd_snap_export, fast_exit=True, plain_asyncio=True)
     sv = ssub.add_parser("verify", parents=[parent], help="check every object against the manifest")
     sv.add_argument("id")
     sv.set_defaults(func=_cmd_snap_verify)

@@ -503,6 +503,10 @@ class WindowLookup:
             if pw.start < pw.end:
                 fetcher.start(pw.start)  # the broker reads it while the caller is still setting up
 
+    def finished(self) -> bool:
+        """Whether :meth:`result` would return at once."""
+        return not self._thread.is_alive()
+
     def result(self, timeout: float = IO_TIMEOUT + CONNECT_TIMEOUT) -> WindowLookup | None:
         """Wait for the lookup: self when it worked, None (and nothing left open) otherwise."""
         self._thread.join(timeout)

@@ -242,7 +242,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             # meanwhile, so the broker answers while this process is still setting up.
             prepare(args, cfg)
         func = args.func
-        if _is_async(func):
+        if _is_async(func) and getattr(args, "plain_asyncio", False):
+            # A command that needs nothing of anyio's runner (set_defaults(plain_asyncio=True):
+            # pcap export) runs on asyncio's own: anyio.run imports anyio's asyncio backend,
+            # ~25 ms of start-up. anyio still works inside it, where a fallback path uses it.
+            import asyncio
+
+            code = asyncio.run(func(args, cfg))
+        elif _is_async(func):
             import anyio
 
             code = anyio.run(func, args, cfg)

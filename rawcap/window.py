@@ -354,9 +354,13 @@ class _KafkaLane:
                     f"{int(self._stop)} (broker unreachable?)"
                 )
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
+        """Drop the fetch in flight (synchronous: nothing here needs awaiting)."""
         if self._fast is not None:
             self._fast.cancel()
+
+    async def aclose(self) -> None:
+        self.close()
 
 
 #: Compressed batches the merge may hold while it reads a shared partition on for a node
@@ -478,8 +482,24 @@ class WindowReader:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the lanes and clients. What closes synchronously (Kafka lanes, the plaintext
+        client's connections and threads) is closed first; what must be awaited (other
+        lanes, aiokafka's clients) runs shielded from cancellation, only when there is any:
+        the shield alone imports anyio's asyncio backend (~25 ms), which a bounded export
+        through the plaintext client has no other use for."""
+        rest: list[Any] = []
+        for lane in self._lanes:
+            if isinstance(lane, _KafkaLane):
+                lane.close()
+            else:
+                rest.append(lane)
+        if self._lookup is not None:
+            lookup, self._lookup = self._lookup, None
+            lookup.close()  # its fetch threads end at once: their sockets are shut down
+        if not rest and self._consumer is None and self._producer is None:
+            return
         with anyio.CancelScope(shield=True):
-            for lane in self._lanes:
+            for lane in rest:
                 await lane.aclose()
             if self._consumer is not None:
                 consumer, self._consumer = self._consumer, None
@@ -487,9 +507,6 @@ class WindowReader:
             if self._producer is not None:
                 producer, self._producer = self._producer, None
                 await producer.stop()
-            if self._lookup is not None:
-                lookup, self._lookup = self._lookup, None
-                lookup.close()  # its fetch threads end at once: their sockets are shut down
 
     # -- sources ---------------------------------------------------------------------------
     def _archive_lanes(self) -> list[Any]:
@@ -503,6 +520,10 @@ class WindowReader:
     async def _open_kafka(self) -> None:
         """Partitions, their offsets and a lane each: through the plaintext client's lookup
         (the one given, or one started here) when it can, else through aiokafka."""
+        # Imported here, not at the top: pcap export imports this module to start its lookup
+        # before the event loop (asyncio: ~25 ms) is imported.
+        import asyncio
+
         lookup, self._lookup = self._lookup, None
         if lookup is not None and (
             self.follow or lookup.lo_ms != _lookup_ms(self.lo) or lookup.nodes != self.nodes
@@ -512,7 +533,9 @@ class WindowReader:
         if lookup is None and not self.follow:
             lookup = start_kafka_lookup(self.cfg, self.lo, self.nodes)
         if lookup is not None:
-            done = await anyio.to_thread.run_sync(lookup.result)
+            # Usually finished already (it was started early); else waited for in a thread
+            # (asyncio's, not anyio's: importing anyio's backend costs ~25 ms of start-up).
+            done = lookup.result() if lookup.finished() else await asyncio.to_thread(lookup.result)
             if done is not None:
                 self._lookup = done
                 self._plan_lanes(
