@@ -235,6 +235,14 @@ def test_export_without_aiokafka_equals_aiokafkas(
     p = rawcap("pcap", "export", *window, "-o", str(classic), env={**kenv, "RAWCAP_NO_KAFKA_WIRE": "1"})
     assert p.returncode == 0, p.stderr.decode()
     assert wired.read_bytes() == classic.read_bytes() and len(wired.read_bytes()) > 40 * 50 * 600
+    # Every node of the window (one lane and one connection per partition) the same way too.
+    every = ["--from", str(t0 // 10**9 - 1), "--to", str(now // 10**9 + 1)]
+    p = rawcap("pcap", "export", *every, "-o", str(tmp_path / "all-wire.pcapng"), env=kenv)
+    assert p.returncode == 0, p.stderr.decode()
+    p = rawcap("pcap", "export", *every, "-o", str(tmp_path / "all-aiokafka.pcapng"),
+               env={**kenv, "RAWCAP_NO_KAFKA_WIRE": "1"})
+    assert p.returncode == 0, p.stderr.decode()
+    assert (tmp_path / "all-wire.pcapng").read_bytes() == (tmp_path / "all-aiokafka.pcapng").read_bytes()
     # The process itself (the rawcap script, fast exit and all) writes the same file.
     again = tmp_path / "again.pcapng"
     p = subprocess.run([*RAWCAP, "pcap", "export", *window, "-o", str(again)], capture_output=True,
