@@ -145,10 +145,12 @@ async def write_capture(
         if gc_was_enabled:
             gc.enable()
     if os.environ.get("RAWCAP_EXPORT_STATS"):
+        loop, process = time.thread_time(), time.process_time()
         print(
             f"rawcap: export stats: {time.perf_counter() - t0:.2f} s in write_capture; CPU s: "
-            f"event loop {time.thread_time():.2f} (start-up included), converter {conv.cpu:.2f}, "
-            f"writer {writer.cpu:.2f}, process {time.process_time():.2f}",
+            f"event loop {loop:.2f} (start-up included), converter {conv.cpu:.2f}, "
+            f"writer {writer.cpu:.2f}, other threads (Kafka fetch) "
+            f"{max(0.0, process - loop - conv.cpu - writer.cpu):.2f}, process {process:.2f}",
             file=sys.stderr,
         )
     return total
