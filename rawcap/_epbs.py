@@ -145,6 +145,10 @@ def _bind_zstd() -> bool:
 
     import zstandard
 
+    zstd_open = getattr(_c, "zstd_open", None)
+    if zstd_open is None:  # an extension built before zstd_open: no C inflation until rebuilt
+        return False
+
     major, minor, patch = zstandard.ZSTD_VERSION[:3]
     version = major * 10000 + minor * 100 + patch
     paths = []
@@ -155,7 +159,7 @@ def _bind_zstd() -> bool:
     if spec is not None and spec.origin:
         paths.append(spec.origin)
     paths.append("libzstd.so.1")
-    return any(_c.zstd_open(path, version) for path in paths)
+    return any(zstd_open(path, version) for path in paths)
 
 
 FAST: Final = _c is not None and not os.environ.get("RAWCAP_NO_FASTPCAP")
