@@ -170,7 +170,8 @@ class Archiver:
                 await consumer.start()
         except (KafkaError, TimeoutError, OSError) as exc:
             await consumer.stop()
-            raise TransportError(f"cannot reach Kafka at {kw['bootstrap_servers']}: {exc!r}") from None
+            where = ",".join(kw["bootstrap_servers"])
+            raise TransportError(f"cannot reach Kafka at {where}: {exc!r}") from None
         port = self.cfg.get("metrics.port")
         if port:
             self.metrics.serve(port)

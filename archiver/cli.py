@@ -58,7 +58,7 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
                    help="consumer group session timeout (default 10)")
     p.add_argument("--shutdown-timeout", metavar="SECONDS", type=float, default=60.0,
                    help="on SIGTERM, wait this long for the final uploads (default 60)")
-    p.set_defaults(func=run_archive)
+    p.set_defaults(func=run_archive, service=True)
     asub = p.add_subparsers(dest="archive_command", metavar="ACTION")
     ls = asub.add_parser(
         "ls",

@@ -44,7 +44,7 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
                         "Kafka and /metrics stay in the agent's own")
     p.add_argument("--procs", action=argparse.BooleanOptionalAction, default=None,
                    help="publish process context to rawcap.procs (default: on when Kafka is used)")
-    p.set_defaults(func=run_capture)
+    p.set_defaults(func=run_capture, service=True)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -138,7 +138,7 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
                    help="name each call's workloads (pod/service/node and namespace, as of "
                         "the request time) from rawcap.k8s; default: on for Kafka sources "
                         "(an unreachable topic is a warning), off for --pcap")
-    p.set_defaults(func=_dissect)
+    p.set_defaults(func=_dissect, service=True)
 
     c = sub.add_parser("calls", parents=[parent], help="query the local calls store",
                        description="List dissected calls from the local store.")

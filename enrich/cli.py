@@ -32,13 +32,13 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     w.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig (default: k8s.kubeconfig, "
                    "in-cluster, then ~/.kube/config)")
     w.add_argument("--no-filters", action="store_true", help="do not publish capture filters")
-    w.set_defaults(func=_k8s_watch)
+    w.set_defaults(func=_k8s_watch, service=True)
 
     e = sub.add_parser(
         "enrich", parents=[parent], help="enrichment consumer (rawcap.packets -> rawcap.flows)",
         description="Consumer group rawcap-enrich: join rawcap.packets, rawcap.k8s and rawcap.procs "
                     "into one rawcap.flows record per flow and enrich.flowInterval.")
-    e.set_defaults(func=_enrich)
+    e.set_defaults(func=_enrich, service=True)
 
     f = sub.add_parser(
         "flows", parents=[parent], help="list enriched flows from rawcap.flows",

@@ -234,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "log.format": getattr(args, "log_format", None)}
         cfg = load_config(getattr(args, "config", None) or os.environ.get("RAWCAP_CONFIG"),
                           overrides)
-        setup_logging(cfg.get("log.level"), cfg.get("log.format"))
+        setup_logging(cfg.get("log.level"), cfg.get("log.format"),
+                      service=getattr(args, "service", False))
         prepare = getattr(args, "prepare", None)
         if prepare is not None:
             # What a command starts before the event loop and its own modules are imported

@@ -43,7 +43,12 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str = "info", fmt: str = "text") -> None:
+def setup_logging(level: str = "info", fmt: str = "text", *, service: bool = True) -> None:
+    """Log to stderr. ``service=False`` is for one-shot commands (export, consume, snapshot):
+    they report a failure as one ``rawcap: error:`` line with its context, so the Kafka
+    client's own error lines (``Unable connect to ...``), which would come first and say the
+    same, are kept out unless the level is ``debug``. A service (capture, enrich, archive,
+    ...) keeps them: while aiokafka retries through an outage they are the live signal."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
@@ -52,3 +57,5 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     # Client libraries are chatty at info; their warnings still come through.
     for noisy in ("aiokafka", "kafka", "kubernetes_asyncio", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not service and level.lower() != "debug":
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

@@ -566,7 +566,7 @@ class WindowReader:
         except (KafkaError, TimeoutError, OSError) as exc:
             await consumer.stop()
             raise TransportError(
-                f"cannot reach Kafka at {kwargs.get('bootstrap_servers')}: {exc!r}"
+                f"cannot reach Kafka at {','.join(kwargs.get('bootstrap_servers') or ())}: {exc!r}"
             ) from None
         self._consumer = consumer
         if not consumer.partitions_for_topic(topics.PACKETS):
