@@ -37,6 +37,18 @@ def _pick(port: int | None, remembered: Any, default: int) -> int:
     return default or _proc.free_port()
 
 
+
+def _gone(alive: Callable[[], bool]) -> bool:
+    """True when the server is not running, seen twice half a second apart. "Alive" means
+    "a live process with our marker in its command line", and a launcher that re-executes
+    itself (the java one can) has no command line for an instant. That is the likely cause
+    of one suite run where a broker spawned a moment before was reported as exited (its log
+    shows it never started) and the failed start then stopped it."""
+    if alive():
+        return False
+    time.sleep(0.5)
+    return not alive()
+
 class Stack:
     """A local Kafka broker and MinIO server whose state lives in ``data_dir``.
 
@@ -149,7 +161,7 @@ class Stack:
               timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not answers():
-            if not alive():
+            if _gone(alive):
                 raise TransportError(f"{what} exited while starting; see {log()}")
             if time.monotonic() >= deadline:
                 raise TransportError(f"{what} did not answer within {timeout:.0f} s; see {log()}")
