@@ -42,8 +42,9 @@ def _gone(alive: Callable[[], bool]) -> bool:
     """True when the server is not running, seen twice half a second apart. "Alive" means
     "a live process with our marker in its command line", and a launcher that re-executes
     itself (the java one can) has no command line for an instant. That is the likely cause
-    of one suite run where a broker spawned a moment before was reported as exited (its log
-    shows it never started) and the failed start then stopped it."""
+    of one suite run where ``stack up`` reported a broker it had spawned a moment before as
+    exited: the broker was still starting (the suite's teardown stopped it a second later,
+    before it had logged a line)."""
     if alive():
         return False
     time.sleep(0.5)
