@@ -24,3 +24,30 @@ def kenv(stack: Any, tmp_path: Path) -> dict[str, str]:
 def node_name(request: pytest.FixtureRequest) -> str:
     """A node name no other test uses (Kafka data outlives a test)."""
     return f"f{uuid.uuid4().hex[:10]}"
+
+
+#: The one partition of rawcap.packets that tests write Kafka-compressed (gzip) batches to.
+#: A plaintext-client read leaves a partition holding such a batch to aiokafka (rawcap's own
+#: client decodes only uncompressed record batches), even when the batch is another node's,
+#: so a test that asserts the plaintext client did all the reading keeps off this partition.
+GZIP_PARTITION = 5
+
+
+def node_on_partition(partition: int, partitions: int = 6) -> str:
+    """A fresh node name whose key the default partitioner sends to ``partition``."""
+    from rawcap._kafkawire import node_partition
+
+    while True:
+        name = f"f{uuid.uuid4().hex[:10]}"
+        if node_partition(name, partitions) == partition:
+            return name
+
+
+def node_off_partition(partition: int, partitions: int = 6) -> str:
+    """A fresh node name whose key goes to any partition but ``partition``."""
+    from rawcap._kafkawire import node_partition
+
+    while True:
+        name = f"f{uuid.uuid4().hex[:10]}"
+        if node_partition(name, partitions) != partition:
+            return name

@@ -625,7 +625,7 @@ async def _read_in_process(bootstrap: str, node: str, lo: int, hi: int) -> list[
 @pytest.mark.parametrize("fail_at", [None, 0, 2])
 @pytest.mark.parametrize("client", ["wire", "aiokafka"])
 async def test_zero_copy_fetch_and_its_fallback_read_the_same_packets(
-    node_name: str, stack: Any, monkeypatch: pytest.MonkeyPatch, fail_at: int | None, client: str
+    stack: Any, monkeypatch: pytest.MonkeyPatch, fail_at: int | None, client: str
 ) -> None:
     """The zero-copy fetcher reads the window: rawcap._kafkawire.WireFetcher (its own plaintext
     connection, no aiokafka) or, with RAWCAP_NO_KAFKA_WIRE=1, rawcap._kafkafetch.PartitionFetcher
@@ -634,6 +634,9 @@ async def test_zero_copy_fetch_and_its_fallback_read_the_same_packets(
     offset. Kafka-compressed batches (gzip here) take aiokafka's path by themselves."""
     from rawcap import _kafkafetch, _kafkawire
 
+    from .conftest import GZIP_PARTITION, node_on_partition
+
+    node_name = node_on_partition(GZIP_PARTITION)  # its gzip batches stay on that partition
     now = time_ns()
     t0 = now - 20 * 60 * 10**9
     # 30 x 40 packets of 28 kB: ~34 MB, several 8 MiB fetch responses
