@@ -33,21 +33,12 @@ def node_name(request: pytest.FixtureRequest) -> str:
 GZIP_PARTITION = 5
 
 
-def node_on_partition(partition: int, partitions: int = 6) -> str:
-    """A fresh node name whose key the default partitioner sends to ``partition``."""
-    from rawcap._kafkawire import node_partition
+def node_on_partition(partition: int, partitions: int = 6, *, on: bool = True) -> str:
+    """A fresh node name whose key the default partitioner sends to ``partition`` (with
+    ``on=False``: to any partition but that one)."""
+    from rawcap.window import node_partition
 
     while True:
         name = f"f{uuid.uuid4().hex[:10]}"
-        if node_partition(name, partitions) == partition:
-            return name
-
-
-def node_off_partition(partition: int, partitions: int = 6) -> str:
-    """A fresh node name whose key goes to any partition but ``partition``."""
-    from rawcap._kafkawire import node_partition
-
-    while True:
-        name = f"f{uuid.uuid4().hex[:10]}"
-        if node_partition(name, partitions) != partition:
+        if (node_partition(name, partitions) == partition) is on:
             return name

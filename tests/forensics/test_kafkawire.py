@@ -221,9 +221,9 @@ def test_export_without_aiokafka_equals_aiokafkas(kenv: dict[str, str], tmp_path
     """``pcap export`` of a window starts its Kafka lookups before the event loop, never
     imports aiokafka, leaves no thread behind (so the fast exit holds) and writes the bytes
     that aiokafka's path writes."""
-    from .conftest import GZIP_PARTITION, node_off_partition
+    from .conftest import GZIP_PARTITION, node_on_partition
 
-    node_name = node_off_partition(GZIP_PARTITION)  # no gzip batch of another test in its reads
+    node_name = node_on_partition(GZIP_PARTITION, on=False)  # no gzip batch of another test in its reads
     now = time_ns()
     t0 = now - 5 * 60 * 10**9
     anyio.run(_produce, kenv["RAWCAP_BOOTSTRAP"], _batches(node_name, t0, 1_000_000, 40, 50, 600), node_name)
