@@ -43,6 +43,8 @@ class Metrics:
         self.ship_lag_batches = g("rawcap_capture_ship_lag_batches", "batches written but not acknowledged")
         self.ship_lag_seconds = g("rawcap_capture_ship_lag_seconds", "age of the oldest unacknowledged batch")
         self.procs_events = c("rawcap_capture_procs_events", "process-context records published")
+        self.procs_dropped = c("rawcap_capture_procs_dropped",
+                               "process-context records dropped: the publisher was behind")
         self.filter_version = g("rawcap_capture_filter_version", "version of the applied capture filter")
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:

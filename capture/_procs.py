@@ -3,13 +3,15 @@
 A worker thread polls the bcc ring buffer (a blocking call) and turns each event into a
 :class:`schemas.procs.ProcRecord`, resolving the cgroup path (``/proc/<pid>/cgroup``, else
 the cgroup v2 inode walk) and the container id. Records pass to the publisher task through
-a bounded memory object stream; when Kafka is slow the stream fills and records are
-dropped and counted rather than slowing capture. Process context is an enrichment, so a
+a bounded memory object stream (handed over on the loop, see :meth:`ProcsTracer._poll`);
+when Kafka is slow the stream fills and records are dropped and counted
+(``rawcap_capture_procs_dropped``) rather than slowing capture. Process context is an enrichment, so a
 machine without tracefs or tracepoints logs one warning and captures without it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -123,7 +125,6 @@ class ProcsTracer:
                                     f"{str(exc).splitlines()[0] if str(exc) else exc!r}") from None
         self.cfg, self.node, self.metrics = cfg, node, metrics
         self.cgroups = _Cgroups()
-        self.dropped = 0
         self._stop = threading.Event()
         self._mono_to_wall = time.time_ns() - time.monotonic_ns()
         self._send: anyio.abc.ObjectSendStream[ProcRecord] | None = None
@@ -147,19 +148,33 @@ class ProcsTracer:
         )
         self._portal_items.append(rec)
 
-    def _poll(self, send: MemoryObjectSendStream[ProcRecord]) -> None:
-        """Worker thread: poll the ring buffer, hand records to the publisher."""
+    def _poll(self, loop: asyncio.AbstractEventLoop, send: MemoryObjectSendStream[ProcRecord]) -> None:
+        """Worker thread: poll the ring buffer, hand each poll's records to the event loop.
+
+        The hand-off is ``call_soon_threadsafe``: a stream fed from this thread directly
+        does not wake an idle loop, and the records would wait for whatever woke it next
+        (seconds later), after enrich had published the flows they belong to.
+        """
         self._bpf[b"events"].open_ring_buffer(self._event)
         while not self._stop.is_set():
             self._bpf.ring_buffer_poll(200)
             items, self._portal_items = self._portal_items, []
-            for rec in items:
+            if items:
                 try:
-                    send.send_nowait(rec)
-                except anyio.WouldBlock:
-                    self.dropped += 1
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    loop.call_soon_threadsafe(self._hand_off, send, items)
+                except RuntimeError:  # the event loop is closed
                     return
+
+    def _hand_off(self, send: MemoryObjectSendStream[ProcRecord], items: list[ProcRecord]) -> None:
+        """In the event loop: queue ``items`` for the publisher, counting what does not fit."""
+        for rec in items:
+            try:
+                send.send_nowait(rec)
+            except anyio.WouldBlock:
+                self.metrics.procs_dropped.inc()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._stop.set()
+                return
 
     async def run(self) -> None:
         send, recv = anyio.create_memory_object_stream[ProcRecord](4096)
@@ -167,7 +182,8 @@ class ProcsTracer:
             tg.start_soon(self._publish, recv)
             try:
                 async with send:
-                    await anyio.to_thread.run_sync(self._poll, send, abandon_on_cancel=True)
+                    await anyio.to_thread.run_sync(self._poll, asyncio.get_running_loop(), send,
+                                                   abandon_on_cancel=True)
             finally:
                 self._stop.set()
 

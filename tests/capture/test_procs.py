@@ -6,15 +6,20 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from capture._procs import cgroup_v2_root
+from capture._metrics import Metrics
+from capture._procs import ProcsTracer, cgroup_v2_root
+from rawcap.config import Config
 from rawcap.stack import Stack
 from schemas.procs import ProcRecord, decode_proc
 from schemas.topics import PROCS
@@ -96,3 +101,42 @@ def test_flows_carry_pid_comm_cgroup_container(stack: Stack, tmp_path: Path) -> 
     t = tcp[0]
     assert t.proto == 6 and t.saddr == net.b.ip and t.sport > 0
     assert udp[0].proto == 17
+
+
+def test_records_leave_an_otherwise_idle_agent_at_once(make_config: Callable[..., Config]) -> None:
+    """The poll thread hands records to the event loop. With nothing else to wake that loop
+    (no packets, no timer due for minutes) a record must still be published within a second,
+    not whenever something unrelated wakes the loop: enrich joins flows to these records
+    within its grace period (a CI run once saw a flow go out without its process)."""
+    cfg = make_config()
+    node = f"procs-idle-{uuid.uuid4().hex[:6]}"
+    metrics = Metrics(node)
+    tracer = ProcsTracer(cfg, node, metrics)
+
+    def send_then_read() -> list[ProcRecord]:
+        """In a worker thread, so that the event loop is idle when the datagram goes out and
+        stays idle (this thread touches no loop) until the one read, a second later."""
+        time.sleep(0.5)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"x", ("127.0.0.1", 9))  # a "udp" record for this process
+        time.sleep(1.0)
+        return asyncio.run(_procs(cfg.get("kafka.bootstrap"), node))
+
+    async def scenario() -> list[ProcRecord]:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tracer.run)
+            await anyio.sleep(3)  # the publisher's producer has connected
+            recs = await anyio.to_thread.run_sync(send_then_read)
+            tg.cancel_scope.cancel()
+        return recs
+
+    try:
+        recs = anyio.run(scenario)
+    finally:
+        tracer.close()
+    mine = [r for r in recs if r.pid == os.getpid() and r.kind == "udp"]
+    assert mine, f"1 s after the datagram, rawcap.procs has no udp record of it ({len(recs)} others)"
+    assert mine[0].daddr == "127.0.0.1" and mine[0].dport == 9
+    sample = metrics.registry.get_sample_value
+    assert (sample("rawcap_capture_procs_events_total", {"node": node}) or 0) >= len(recs)
+    assert sample("rawcap_capture_procs_dropped_total", {"node": node}) == 0
