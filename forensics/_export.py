@@ -140,6 +140,9 @@ async def write_capture(
         total = await _convert(reader, conv, match, progress)
         await writer.close()
     finally:
+        # After an error or a cancel (SIGTERM, Ctrl-C). The writer's queue is emptied first,
+        # so that a converter blocked on it goes on and ends.
+        writer.abort(wait=0)
         conv.abort()
         writer.abort()
         if gc_was_enabled:
@@ -381,7 +384,8 @@ class _Converter:
         """Stop the thread without converting what is still queued (after an error)."""
         if self._t.is_alive():
             self._aborted = True
-            _drop_queued_and_join(self._jobs, self._t)
+            _drop_queued(self._jobs)
+            self._t.join(10)  # CPU-bound: ends within the item in hand
 
 
 class _BackgroundWriter:
@@ -436,23 +440,31 @@ class _BackgroundWriter:
         if self._exc is not None:
             raise self._exc
 
-    def abort(self) -> None:
-        """Stop the thread without writing what is still queued (after an error)."""
+    def abort(self, wait: float = 1.0) -> None:
+        """Stop the thread without writing what is still queued (after an error); wait at
+        most ``wait`` s for the write in progress. A write into a pipe nobody reads never
+        returns, and nothing can interrupt it: the (daemon) thread is then left behind, so
+        that Ctrl-C or SIGTERM still ends ``export -o - | stalled-reader`` at once."""
         if self._t.is_alive():
             self._aborted = True
-            _drop_queued_and_join(self._q, self._t)
+            _drop_queued(self._q)
+            self._t.join(wait)
 
 
-def _drop_queued_and_join(q: queue.Queue[Any], t: threading.Thread) -> None:
-    """Empty a worker's queue, send it the ``None`` that ends it, and wait for it (the
-    worker sees its owner's ``_aborted`` flag and skips whatever it is holding)."""
+def _drop_queued(q: queue.Queue[Any]) -> None:
+    """Empty a worker's queue and send it the ``None`` that ends it (the worker sees its
+    owner's ``_aborted`` flag and skips whatever it is holding)."""
     while True:
+        while True:
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                break
         try:
-            q.get_nowait()
-        except queue.Empty:
-            break
-    q.put(None)
-    t.join(10)
+            q.put_nowait(None)
+            return
+        except queue.Full:  # refilled meanwhile by a converter that is itself ending
+            continue
 
 
 class _PcapngSink:

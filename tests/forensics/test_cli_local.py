@@ -3,10 +3,15 @@ judged by tshark/capinfos, snapshots (local store) with verify, and every bad in
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import os
+import signal
+import struct
 import subprocess
+import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -181,6 +186,41 @@ def test_disk_full_is_one_line(buf: dict[str, str]) -> None:
     err = p.stderr.decode().strip()
     assert p.returncode == 2, err
     assert err == "rawcap: error: cannot write the capture: No space left on device", err
+
+
+def test_sigterm_ends_an_export_into_a_stalled_pipe(tmp_path: Path) -> None:
+    """SIGTERM while nobody reads ``-o -`` (a ``| less`` left open): the writer thread is stuck
+    in a write() that never returns, and the export must still end at once, exit 130."""
+    recs = records(DATA / "small.pcap")
+    w, step = PcapWriter(), recs[-1].ts_ns - recs[0].ts_ns + 1000
+    big = tmp_path / "big.pcap"  # ~8 MB: far more than a pipe holds
+    big.write_bytes(w.header() + b"".join(
+        b"".join(w.packets([(r.ts_ns + k * step, r.caplen, r.origlen, r.data) for r in recs]))
+        for k in range(500)))
+    write_buffer(tmp_path / "buf", "node-s", big, segments=4)
+    read_end, write_end = os.pipe()
+    capacity = fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ)
+    env = {**os.environ, "RAWCAP_CAPTURE_BUFFER_DIR": str(tmp_path / "buf")}
+    p = subprocess.Popen([*RAWCAP, "pcap", "export", "--source", "local", "--from", FROM, "-o", "-"],
+                         stdout=write_end, stderr=subprocess.PIPE, env=env)
+    os.close(write_end)
+    try:
+        deadline = time.monotonic() + 60
+        while struct.unpack("i", fcntl.ioctl(read_end, termios.FIONREAD, b"\0" * 4))[0] < capacity:
+            assert p.poll() is None and time.monotonic() < deadline, "the export never filled the pipe"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the writer is now blocked in write()
+        p.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        rc = p.wait(30)
+        took = time.monotonic() - sent
+    finally:
+        p.kill()
+        os.close(read_end)
+    err = p.stderr.read().decode() if p.stderr else ""
+    assert rc == 130, err
+    assert took < 5, f"the export took {took:.1f} s to end after SIGTERM"
+    assert "Fatal Python error" not in err and "Traceback" not in err, err
 
 
 def test_snapshot_lifecycle_local_store(buf: dict[str, str], tmp_path: Path) -> None:
