@@ -3,10 +3,11 @@
 A worker thread polls the bcc ring buffer (a blocking call) and turns each event into a
 :class:`schemas.procs.ProcRecord`, resolving the cgroup path (``/proc/<pid>/cgroup``, else
 the cgroup v2 inode walk) and the container id. Records pass to the publisher task through
-a bounded memory object stream (handed over on the loop, see :meth:`ProcsTracer._poll`);
-when Kafka is slow the stream fills and records are dropped and counted
-(``rawcap_capture_procs_dropped``) rather than slowing capture. Process context is an enrichment, so a
-machine without tracefs or tracepoints logs one warning and captures without it.
+a bounded memory object stream (fed on the loop, see :meth:`ProcsTracer._poll`); when
+Kafka is slow the stream fills and records are dropped and counted
+(``rawcap_capture_procs_dropped``) rather than slowing capture. Process context is an
+enrichment, so a machine without tracefs or tracepoints logs one warning and captures
+without it.
 """
 
 from __future__ import annotations
@@ -127,8 +128,7 @@ class ProcsTracer:
         self.cgroups = _Cgroups()
         self._stop = threading.Event()
         self._mono_to_wall = time.time_ns() - time.monotonic_ns()
-        self._send: anyio.abc.ObjectSendStream[ProcRecord] | None = None
-        self._portal_items: list[ProcRecord] = []
+        self._polled: list[ProcRecord] = []  # by _event, during one ring_buffer_poll
 
     def _event(self, _ctx: Any, data: Any, _size: int) -> None:
         e = self._bpf[b"events"].event(data)
@@ -146,7 +146,7 @@ class ProcsTracer:
             pod_uid=pod, proto=int(e.proto), saddr=_addr(family, bytes(e.saddr)),
             sport=int(e.sport), daddr=_addr(family, bytes(e.daddr)), dport=int(e.dport),
         )
-        self._portal_items.append(rec)
+        self._polled.append(rec)
 
     def _poll(self, loop: asyncio.AbstractEventLoop, send: MemoryObjectSendStream[ProcRecord]) -> None:
         """Worker thread: poll the ring buffer, hand each poll's records to the event loop.
@@ -158,7 +158,7 @@ class ProcsTracer:
         self._bpf[b"events"].open_ring_buffer(self._event)
         while not self._stop.is_set():
             self._bpf.ring_buffer_poll(200)
-            items, self._portal_items = self._portal_items, []
+            items, self._polled = self._polled, []
             if items:
                 try:
                     loop.call_soon_threadsafe(self._hand_off, send, items)
