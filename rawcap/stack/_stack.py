@@ -37,7 +37,6 @@ def _pick(port: int | None, remembered: Any, default: int) -> int:
     return default or _proc.free_port()
 
 
-
 def _gone(alive: Callable[[], bool]) -> bool:
     """True when the server is not running, seen twice half a second apart. "Alive" means
     "a live process with our marker in its command line", and a launcher that re-executes
@@ -49,6 +48,7 @@ def _gone(alive: Callable[[], bool]) -> bool:
         return False
     time.sleep(0.5)
     return not alive()
+
 
 class Stack:
     """A local Kafka broker and MinIO server whose state lives in ``data_dir``.
