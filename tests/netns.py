@@ -108,6 +108,8 @@ class VethPair:
 
     def __init__(self, prefix: str, subnet: int | None = None, *, mtu: int = 1500,
                  vlan: int | None = None) -> None:
+        # RAWCAP_TEST_NETNS_TAG keeps two pytest sessions on one machine off each other's names.
+        prefix = os.environ.get("RAWCAP_TEST_NETNS_TAG", "") + prefix
         if len(prefix) > 12:
             raise ValueError("prefix must be at most 12 characters (interface names are 15)")
         n = subnet if subnet is not None else 16 + zlib.crc32(prefix.encode()) % 200
@@ -173,5 +175,5 @@ class VethPair:
 def veth_pair(request: pytest.FixtureRequest) -> Iterator[VethPair]:
     """A fresh :class:`VethPair` named after the test (use in a conftest by importing it)."""
     prefix = "t" + format(zlib.crc32(request.node.nodeid.encode()) & 0xFFFFFF, "x")
-    with VethPair(prefix[:12]) as pair:
+    with VethPair(prefix[:10]) as pair:
         yield pair
