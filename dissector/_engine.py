@@ -29,6 +29,8 @@ _DETECT_LIMIT: Final = 16384
 #: Ethernet + IPv4 (no options) + the first 14 bytes of TCP, in one unpack.
 _FAST = struct.Struct("!12xHBxH2xH1xB2x4s4sHHI4xBB").unpack_from
 _SWEEP_EVERY: Final = 65536
+_PCAP_LE: Final = struct.Struct("<IIII").unpack_from
+_PCAP_BE: Final = struct.Struct(">IIII").unpack_from
 
 
 class _Flow:
@@ -307,25 +309,39 @@ class Dissector:
     def run_pcap_records(self, buf: Any, off: int, big_endian: bool, ns_mul: int,
                          ) -> tuple[int, int]:
         """Walk classic-pcap records in ``buf`` from ``off``; return (packets, end offset):
-        an end offset short of ``len(buf)`` means the last record was cut off.
+        an end offset short of ``len(buf)`` means the last record was cut off."""
+        return self._walk(buf, off, _PCAP_BE if big_endian else _PCAP_LE, 16,
+                          1_000_000_000, ns_mul)
+
+    def run_records(self, body: bytes) -> tuple[int, int]:
+        """Walk a batch body of layout ``rec`` (``schemas/FORMAT.md``: ``ts_ns`` u64,
+        ``caplen``, ``origlen``, ``ifindex``, ``pkttype``, 3 zero bytes, then the frame);
+        return (packets, end offset), as :meth:`run_pcap_records`."""
+        # ts_ns is read as two u32 (low, high): the pcap walk's (seconds, fraction) shape
+        return self._walk(body, 0, _PCAP_LE, 24, 1, 1 << 32)
+
+    def _walk(self, buf: Any, off: int, rec: Callable[[Any, int], tuple[int, ...]],
+              hsize: int, mul_a: int, mul_b: int) -> tuple[int, int]:
+        """Records of ``hsize`` bytes whose first 16 are (a, b, caplen, _) u32, each followed by
+        its frame; the frame's time is ``a * mul_a + b * mul_b``.
 
         The same work as calling :meth:`packet` per record, with the TCP/IPv4 fast path
         inlined: a file of millions of packets is where per-call overhead shows.
         """
-        rec = struct.Struct((">" if big_endian else "<") + "IIII").unpack_from
         fast = _FAST
         flows = self.flows
         packet = self.packet
         dns_ports = DNS_PORTS
         n = len(buf)
         count = 0
-        while off + 16 <= n:
-            sec, frac, caplen, _orig = rec(buf, off)
-            off += 16
+        while off + hsize <= n:
+            a, b, caplen, _orig = rec(buf, off)
+            off += hsize
             end = off + caplen
             if end > n:
+                off -= hsize
                 break
-            ts = sec * 1_000_000_000 + frac * ns_mul
+            ts = a * mul_a + b * mul_b
             count += 1
             if caplen >= 54 and (count & 0xFFFF):
                 (etype, vihl, total, frag, proto, src, dst, sport, dport, seq, doff,
