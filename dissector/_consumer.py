@@ -32,6 +32,7 @@ import anyio
 from rawcap.config import Config, parse_duration
 from rawcap.timeparse import parse_window
 from schemas import BODY_RECORDS, decode_batch, iter_packets, topics
+from schemas.calls import CALLS_RECORD_BYTES, encode_calls
 from schemas.control import DISSECTION_KEY, DissectionSwitch, decode_control
 from schemas.errors import BatchError, ConfigError, RecordOverrun, TransportError
 
@@ -83,61 +84,47 @@ class _Nodes:
 
 
 class _Publisher:
-    """Produces call records to ``rawcap.calls`` (one record per call, key = node, format
-    unchanged) through aiokafka's batch builder: the records of a flush go out as a few
-    record batches instead of one ``send()`` coroutine per call (~30 us each)."""
+    """Produces calls to ``rawcap.calls`` as version-2 records (``schemas.calls``): the rows
+    of one flush, per node (the key), in records of at most ``CALLS_RECORD_BYTES``; sends
+    are not awaited one by one, at most ``MAX_PENDING`` wait for their acknowledgement."""
 
-    #: bytes per record batch (the producer default is 16 KiB: ~25 calls)
-    BATCH_BYTES = 512 * 1024
+    MAX_PENDING = 16
 
     def __init__(self, producer: Any) -> None:
-        from aiokafka.partitioner import DefaultPartitioner
-
         self.producer = producer
-        self._partitioner = DefaultPartitioner()
-        self._parts: list[int] | None = None
-        self._part_of: dict[str, tuple[int, bytes]] = {}
         self._futures: list[Any] = []
 
     async def publish(self, flushed: Flushed) -> None:
-        """Queue the flushed calls' records; raises what an earlier batch's delivery raised."""
-        calls, records = flushed
+        """Queue the flushed calls; raises what an earlier record's delivery raised."""
+        calls, rows = flushed
         if not calls:
             return
-        assert records is not None, "CallOutput(encode=True) when publishing"
-        producer = self.producer
-        if self._parts is None:
-            self._parts = sorted(await producer.partitions_for(topics.CALLS))
-        builders: dict[int, Any] = {}
-        for c, rec in zip(calls, records, strict=True):
-            dest = self._part_of.get(c.node)
-            if dest is None:
-                key = c.node.encode()
-                dest = self._part_of[c.node] = (self._partitioner(key, self._parts, self._parts),
-                                                key)
-            part, key = dest
-            b = builders.get(part)
-            if b is None:
-                b = builders[part] = producer.create_batch()
-            if b.append(timestamp=None, key=key, value=rec) is None:
-                await self._send(b, part)
-                b = builders[part] = producer.create_batch()
-                if b.append(timestamp=None, key=key, value=rec) is None:
-                    raise TransportError(f"a call record of {len(rec)} bytes does not fit a "
-                                         f"Kafka batch")
-        for part, b in builders.items():
-            await self._send(b, part)
+        assert rows is not None, "CallOutput(publish=True) when publishing"
+        by_node: dict[str, list[bytes]] = {}
+        for c, row in zip(calls, rows, strict=True):
+            by_node.setdefault(c.node, []).append(row)
+        for node, node_rows in by_node.items():
+            key = node.encode()
+            part: list[bytes] = []
+            size = 0
+            for row in node_rows:
+                if part and size + len(row) > CALLS_RECORD_BYTES:
+                    await self._send(key, part)
+                    part, size = [], 0
+                part.append(row)
+                size += len(row)
+            await self._send(key, part)
 
-    async def _send(self, batch: Any, part: int) -> None:
-        batch.close()
-        self._futures.append(await self.producer.send_batch(batch, topics.CALLS, partition=part))
-        if len(self._futures) > 64:  # bounded: wait for the oldest deliveries
-            done, self._futures = self._futures[:32], self._futures[32:]
+    async def _send(self, key: bytes, rows: list[bytes]) -> None:
+        self._futures.append(await self.producer.send(topics.CALLS, encode_calls(rows), key=key))
+        if len(self._futures) > self.MAX_PENDING:
+            done, self._futures = self._futures[:-self.MAX_PENDING // 2], \
+                self._futures[-self.MAX_PENDING // 2:]
             for f in done:
                 await f
 
     async def wait(self) -> None:
-        """Wait until every queued batch is delivered (or raise why it was not)."""
+        """Wait until every queued record is delivered (or raise why it was not)."""
         futures, self._futures = self._futures, []
         for f in futures:
             await f
@@ -146,7 +133,7 @@ class _Publisher:
 async def _publisher(cfg: Config) -> Any:
     from rawcap.kafka import make_producer
 
-    producer = make_producer(cfg, max_batch_size=_Publisher.BATCH_BYTES)
+    producer = make_producer(cfg)
     try:
         with anyio.fail_after(30):
             await producer.start()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 from rawcap.config import Config
 from rawcap.pcapfile import LINKTYPE_ETHERNET, TruncatedCapture, read_capture
-from schemas.calls import Call, encode_call
+from schemas.calls import Call, call_rows
 from schemas.errors import ConfigError
 
 from ._engine import Dissector
@@ -75,7 +75,8 @@ def format_call(c: Call) -> str:
 
 class Flushed(NamedTuple):
     """What one :meth:`CallOutput.flush` let go: the calls and, when they are stored or
-    published, their ``rawcap.calls`` records (encoded once for both)."""
+    published, their ``rawcap.calls`` rows (``schemas.calls.call_rows``: encoded once for
+    both)."""
 
     calls: list[Call]
     records: list[bytes] | None
@@ -134,7 +135,7 @@ class CallOutput:
     def flush(self) -> Flushed:
         buf, self.buf = self.buf, []
         self._print(buf)
-        records = [encode_call(c) for c in buf] if buf and self.encode else None
+        records = call_rows(buf) if buf and self.encode else None
         if buf and self.writer is not None:
             self.writer.put(buf, records)
         for f in self.extra:

@@ -1,7 +1,8 @@
 """The local calls store: sqlite, bounded by ``tap.capture.dbMaxSize``, oldest evicted.
 
-One row per call: the columns ``rawcap calls`` filters on, plus the call's ``rawcap.calls``
-record (msgpack, the bytes that are published). Identity: the unique index
+One row per call: the columns ``rawcap calls`` filters on, plus the call itself as a
+``rawcap.calls`` version-2 row (``schemas.calls.call_rows``: the msgpack array of its values,
+the same bytes that are published). Identity: the unique index
 ``(ts_ns, ident)``, where ``ident`` is a 64-bit hash (BLAKE2b) of what makes a call itself
 (node, transport, both ends, request and response times, protocol, HTTP/2 stream id, method,
 path, status and sizes), so replaying a range twice adds no row, and a call is one index
@@ -29,7 +30,7 @@ from hashlib import blake2b
 from pathlib import Path
 from typing import cast
 
-from schemas.calls import Call, decode_call, encode_call
+from schemas.calls import Call, call_rows, decode_call, decode_row
 
 __all__ = ("CallStore", "StoreWriter", "call_ident")
 
@@ -65,10 +66,10 @@ def call_ident(c: Call) -> int:
 
 
 def rows_of(calls: Sequence[Call], records: Sequence[bytes] | None = None) -> list[Row]:
-    """Store rows of ``calls``; ``records`` are their ``encode_call`` bytes when the caller
+    """Store rows of ``calls``; ``records`` are their ``call_rows`` bytes when the caller
     has them already (they are published too)."""
     if records is None:
-        records = [encode_call(c) for c in calls]
+        records = call_rows(calls)
     return [(c.req_ts_ns or c.resp_ts_ns, call_ident(c), c.node, c.proto, c.src_ip, c.src_port,
              c.dst_ip, c.dst_port, rec) for c, rec in zip(calls, records, strict=True)]
 
@@ -113,8 +114,7 @@ class CallStore:
                 recs = [r[0] for r in cur.fetchmany(5000)]
                 if not recs:
                     break
-                calls = [decode_call(r) for r in recs]
-                self.db.executemany(_INSERT, rows_of(calls, recs))
+                self.db.executemany(_INSERT, rows_of([decode_call(r) for r in recs]))
             self.db.execute("DROP TABLE calls_v1")
 
     def close(self) -> None:
@@ -194,7 +194,7 @@ class CallStore:
             args.append(limit)
         n = 0
         for (rec,) in self.db.execute(sql, args):
-            c = decode_call(rec)
+            c = decode_row(rec)
             if match is not None:
                 if not match(c):
                     continue

@@ -20,7 +20,7 @@ from rawcap.config import Config
 from rawcap.kafka import ensure_topics
 from rawcap.timeparse import format_ns
 from schemas import Packet, encode_batch, topics
-from schemas.calls import decode_call
+from schemas.calls import decode_calls
 
 from .test_engine import dissect, frames
 
@@ -90,7 +90,8 @@ def test_range_replay_from_kafka(real_pcap: Path, make_config: Callable[..., Con
             for _ in range(10):
                 got = await c.getmany(timeout_ms=1000, max_records=1000)
                 for recs in got.values():
-                    out += [decode_call(r.value) for r in recs if r.key == node.encode()]
+                    out += [c for r in recs if r.key == node.encode()
+                            for c in decode_calls(r.value)]
             return out
         finally:
             await c.stop()

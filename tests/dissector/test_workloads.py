@@ -30,7 +30,7 @@ from rawcap.pcapfile import PcapWriter
 from rawcap.timeparse import format_ns
 from rawcap.workloads import Workloads
 from schemas import topics
-from schemas.calls import Call, decode_call
+from schemas.calls import Call, decode_calls
 from schemas.errors import ConfigError
 from schemas.k8s import K8sRecord, PodRecord, ServiceRecord, encode_k8s
 
@@ -164,8 +164,8 @@ def test_range_replay_names_calls_as_of_their_time(replay: Any) -> None:
             with anyio.move_on_after(30):
                 while len(out) < 5:
                     got = await consumer.getmany(timeout_ms=1000, max_records=1000)
-                    out += [decode_call(r.value) for recs in got.values() for r in recs
-                            if r.key == k.node.encode()]
+                    out += [c for recs in got.values() for r in recs
+                            if r.key == k.node.encode() for c in decode_calls(r.value)]
             return out
         finally:
             await consumer.stop()

@@ -1,4 +1,6 @@
-"""``rawcap.calls`` records: the fast encoder writes the bytes of the reference encoding."""
+"""``rawcap.calls`` records: version 2 (many calls per record) built from packed rows equals
+msgpack's encoding of the documented map, and reads back; version 1 (one call per record)
+is still written byte for byte as first specified and read by ``decode_calls``."""
 
 from __future__ import annotations
 
@@ -8,7 +10,17 @@ from typing import Any
 import msgpack
 import pytest
 
-from schemas.calls import CALLS_VERSION, Call, decode_call, encode_call
+from schemas.calls import (
+    CALLS_VERSION,
+    FIELDS,
+    Call,
+    call_rows,
+    decode_call,
+    decode_calls,
+    decode_row,
+    encode_call,
+    encode_calls,
+)
 
 
 def reference(call: Call) -> bytes:
@@ -16,7 +28,7 @@ def reference(call: Call) -> bytes:
     d: dict[str, Any] = dataclasses.asdict(call)
     d["req_headers"] = [list(h) for h in call.req_headers]
     d["resp_headers"] = [list(h) for h in call.resp_headers]
-    d["v"] = CALLS_VERSION
+    d["v"] = 1
     return msgpack.packb(d, use_bin_type=True)
 
 
@@ -42,6 +54,45 @@ CALLS = [
 def test_encode_call_bytes_equal_the_reference_encoding(call: Call) -> None:
     assert encode_call(call) == reference(call)
     assert decode_call(encode_call(call)) == call
+    assert decode_calls(encode_call(call)) == [call]  # version 1 is still read
+
+
+def values(c: Call) -> list[Any]:
+    d = c.as_dict()
+    return [d[f] for f in FIELDS]
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 65535, 65536])
+def test_version_2_record_is_the_documented_map(n: int) -> None:
+    calls = [CALLS[i % len(CALLS)] for i in range(n)]
+    value = encode_calls(call_rows(calls))
+    assert CALLS_VERSION == 2
+    assert value == msgpack.packb({"v": 2, "fields": list(FIELDS),
+                                   "calls": [values(c) for c in calls]}, use_bin_type=True)
+    assert decode_calls(value) == calls
+
+
+def test_rows_read_back_alone_and_by_field_names() -> None:
+    rows = call_rows(CALLS)
+    assert [decode_row(r) for r in rows] == CALLS
+    # a writer with other fields (one added, one unknown here, one missing, another order)
+    names = ["node", "proto", "brand_new", "status"]
+    value = msgpack.packb({"v": 2, "fields": names, "calls": [["n1", "http1", 42, 204]]})
+    assert decode_calls(value) == [Call("http1", node="n1", status=204)]
+
+
+def test_decode_rejects_bad_records() -> None:
+    for value, what in [(msgpack.packb({"v": 3}), "version 3"),
+                        (msgpack.packb({"v": 2, "calls": []}), "fields/calls"),
+                        (msgpack.packb({"v": 2, "fields": list(FIELDS), "calls": [1]}),
+                         "not an array"),
+                        (msgpack.packb({"v": 2, "fields": ["proto"], "calls": [[""]]}),
+                         "without protocol"),
+                        (msgpack.packb([1]), "not a map"), (b"\xc1", "not msgpack")]:
+        with pytest.raises(ValueError, match=what):
+            decode_calls(value)
+    with pytest.raises(ValueError, match="decode_calls"):
+        decode_call(encode_calls(call_rows(CALLS[:1])))
 
 
 @pytest.mark.parametrize("call", CALLS, ids=lambda c: c.proto)
@@ -57,8 +108,8 @@ def test_as_dict_equals_asdict_with_header_lists(call: Call) -> None:
 
 def test_decode_rejects_other_versions_and_garbage() -> None:
     d = msgpack.unpackb(encode_call(CALLS[0]))
-    d["v"] = 2
-    with pytest.raises(ValueError, match="version 2"):
+    d["v"] = 3
+    with pytest.raises(ValueError, match="version 3"):
         decode_call(msgpack.packb(d))
     with pytest.raises(ValueError, match="not msgpack"):
         decode_call(b"\xc1")
