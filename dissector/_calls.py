@@ -23,6 +23,7 @@ from .http1 import (
     SERVER,
     EndOfMessage,
     HTTP1Reader,
+    PyHTTP1Reader,
     Request,
     Response,
     Resync,
@@ -209,12 +210,14 @@ class HTTP1Session(_Session):
         self.pending: deque[list[Any]] = deque()  # [Request, req_bytes]
         self.resp: Response | None = None
         self.cur_req: list[Any] | None = None
+        #: the pure-Python reader (the compiled one does the mid-body case in feed() itself)
+        self.py = type(client) is PyHTTP1Reader
 
     def on_data(self, direction: int, data: bytes, ts_ns: int) -> None:
         if self.dead:
             return
         r = self.readers[direction]
-        if r.state is _BODY and len(data) < r.remaining and not r.buf:
+        if self.py and r.state is _BODY and len(data) < r.remaining and not r.buf:
             # Mid-body segment (most packets of a download): count it, nothing to parse.
             r.ts = ts_ns
             r.remaining -= len(data)

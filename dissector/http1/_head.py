@@ -15,7 +15,7 @@ Transfer-Encoding decides ``chunked`` (its last coding); a request line is three
 space-separated parts with a known method and ``HTTP/1.<digit>``; a status line starts with
 ``HTTP/1.<digit> `` and three ASCII digits ≥ 100.
 
-``parse_head`` is ``dissector.http1._chead.parse_head`` (C, built by ``make setup``) when it
+``parse_head`` is ``dissector.http1._chttp1.parse_head`` (C, built by ``make setup``) when it
 imports, else :func:`py_parse_head`; ``tests/dissector/test_http1_head.py`` holds the two to
 the same results on real, mutated and random heads. ``RAWCAP_PURE_PYTHON=1`` picks the
 reference.
@@ -110,7 +110,7 @@ parse_head: Callable[[bytes | bytearray, int, bool], Any]
 try:
     if os.environ.get("RAWCAP_PURE_PYTHON"):
         raise ImportError("RAWCAP_PURE_PYTHON is set")
-    from ._chead import parse_head as _c_parse_head
+    from ._chttp1 import parse_head as _c_parse_head
 except ImportError:
     COMPILED: bool = False
     parse_head = py_parse_head

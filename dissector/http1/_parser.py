@@ -7,22 +7,26 @@ them and stays in sync; anywhere else it scans for the next start line. Keep-ali
 pipelining fall out of the loop: after a message the parser is ``IDLE`` again. A response
 reader must be told each request's method (``expect(method)``) to frame HEAD/CONNECT
 replies.
+
+``PyHTTP1Reader`` is the reference; ``HTTP1Reader`` is its compiled twin
+(``dissector/http1/_chttp1.c``: same events, state, errors and attributes) when it is built,
+else the reference itself (``RAWCAP_PURE_PYTHON=1`` picks the reference too).
 """
 
 from __future__ import annotations
 
 import re
 from collections import deque
-from typing import Final
+from typing import Final, cast
 
 from .._errors import Malformed, Truncated
 from .._sentinel import NEED_DATA, NeedData
 from ._events import EndOfMessage, Request, Response, Resync, new_end, new_request, new_response
-from ._head import parse_head
+from ._head import COMPILED, parse_head
 from ._state import TRANSITIONS as _T
 from ._state import State
 
-__all__ = ("CLIENT", "METHODS", "SERVER", "HTTP1Reader")
+__all__ = ("CLIENT", "METHODS", "SERVER", "HTTP1Reader", "PyHTTP1Reader")
 
 CLIENT: Final = "client"  # reads requests
 SERVER: Final = "server"  # reads responses
@@ -38,7 +42,7 @@ _RESP_START = re.compile(rb"HTTP/1\.[01] [1-9][0-9][0-9][ \r]")
 Event = Request | Response | EndOfMessage | Resync | NeedData
 
 
-class HTTP1Reader:
+class PyHTTP1Reader:
     __slots__ = (
         "_lost_pending",
         "body",
@@ -338,3 +342,16 @@ class HTTP1Reader:
         if self.eof:
             raise Truncated("flow ended inside a chunked body")
         return NEED_DATA
+
+
+def _compiled() -> type[PyHTTP1Reader] | None:
+    if not COMPILED:
+        return None
+    from . import _chttp1
+
+    _chttp1.setup(Request, Response, EndOfMessage, Resync, Malformed, Truncated, NEED_DATA,
+                  tuple(State), _REQ_START, _RESP_START, CLIENT, SERVER)
+    return cast(type[PyHTTP1Reader], _chttp1.HTTP1Reader)
+
+
+HTTP1Reader: type[PyHTTP1Reader] = _compiled() or PyHTTP1Reader

@@ -1,4 +1,4 @@
-"""The compiled HTTP/1 head parser (``dissector/http1/_chead.c``) against its pure-Python
+"""The compiled HTTP/1 head parser (``dissector/http1/_chttp1.c``) against its pure-Python
 reference (``_head.py:py_parse_head``): the same tuple or the same error text for real
 heads, heads built from the grammar's tokens, mutated ones and random bytes, as requests
 and as responses; and the reader gives the same events through either."""
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dissector.http1 import _head
-from dissector.http1._chead import parse_head as c_parse_head  # built by make setup
+from dissector.http1._chttp1 import parse_head as c_parse_head  # built by make setup
 from dissector.http1._head import py_parse_head
 
 from .test_fuzz import mutated
