@@ -202,7 +202,7 @@ async def run_dissect(args: argparse.Namespace, cfg: Config) -> int:
             for flushed in out.take():
                 await pub.publish(flushed)
             await pub.wait()
-        out.close()  # the store writer finishes what it holds
+        out.close()
     finally:
         if producer is not None:
             with anyio.CancelScope(shield=True):
@@ -431,9 +431,7 @@ async def _follow(args: argparse.Namespace, cfg: Config) -> int:
                         state["last_packet"] = time.monotonic()
                     await publish()
                     if got:
-                        # only after the calls are stored and produced
-                        await anyio.to_thread.run_sync(out.sync)
-                        await consumer.commit()
+                        await consumer.commit()  # only after calls are stored and produced
                     idle = time.monotonic() - state["last_packet"]
                     if state["stop_after"] and idle > state["stop_after"]:
                         log.info("no packets for stopAfter: stopping",

@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 from rawcap.config import Config
 from rawcap.pcapfile import LINKTYPE_ETHERNET, TruncatedCapture, read_capture
-from schemas.calls import Call, call_rows
+from schemas.calls import Call
 from schemas.errors import ConfigError
 
 from ._engine import Dissector
-from ._store import CallStore, StoreWriter
+from ._names import CallNamer
+from ._rows import rows as call_rows
+from ._store import CallStore
 
 if TYPE_CHECKING:
     from rawcap.workloads import Workloads
@@ -84,12 +86,11 @@ class Flushed(NamedTuple):
 
 class CallOutput:
     """Collects calls: names their workloads (when ``workloads`` is given), prints them (text
-    or JSON lines, written once per batch), encodes each once, and hands batches to the store
-    (written by a :class:`StoreWriter` thread) and to the caller (to publish).
+    or JSON lines, written once per batch), encodes each once (``schemas.calls.call_rows``),
+    and hands each batch to the store (one block) and to the caller (to publish).
 
     ``publish``: every flush (also those that ``batch`` triggers) is kept for the caller to
-    publish (:meth:`take`); ``close()`` flushes, waits for the store writer and closes the
-    store.
+    publish (:meth:`take`); ``close()`` flushes and closes the store.
     """
 
     def __init__(self, *, store: CallStore | None = None, out: TextIO | None = None,
@@ -97,8 +98,8 @@ class CallOutput:
                  workloads: Workloads | None = None, publish: bool = False) -> None:
         #: ``rawcap.k8s`` as loaded (range, pcap) or being followed (live); None: no names
         self.workloads = workloads
+        self.names = CallNamer(workloads) if workloads is not None else None
         self.store = store
-        self.writer = StoreWriter(store) if store is not None else None
         self.out = out
         self.as_json = as_json
         self.batch = batch
@@ -111,12 +112,12 @@ class CallOutput:
 
     def __call__(self, call: Call) -> None:
         self.count += 1
-        wl = self.workloads
-        if wl is not None and wl.records:
+        wl = self.names
+        if wl is not None and wl.wl.records:
             # as of the request (else response) time; the call is fresh from the dissector
             # and owned by us, so it is filled in place (a with_() copy costs ~6 us per call)
             (call.src_workload, call.src_namespace, call.dst_workload,
-             call.dst_namespace) = wl.call_names(call.src_ip, call.dst_ip, call.ts_ns)
+             call.dst_namespace) = wl(call.src_ip, call.dst_ip, call.req_ts_ns or call.resp_ts_ns)
         buf = self.buf
         buf.append(call)
         if len(buf) >= self.batch:
@@ -136,8 +137,8 @@ class CallOutput:
         buf, self.buf = self.buf, []
         self._print(buf)
         records = call_rows(buf) if buf and self.encode else None
-        if buf and self.writer is not None:
-            self.writer.put(buf, records)
+        if buf and self.store is not None:
+            self.store.add(buf, records)
         for f in self.extra:
             f(buf)
         flushed = Flushed(buf, records)
@@ -152,18 +153,13 @@ class CallOutput:
         out, self.unpublished = self.unpublished, []
         return out
 
-    def sync(self) -> None:
-        """Block until every call flushed so far is in the store (``--follow`` commits its
-        Kafka offsets only after that)."""
-        if self.writer is not None:
-            self.writer.sync()
-
     def close(self) -> None:
-        """Flush, write what the store writer holds, close the store; idempotent."""
+        """Flush and close the store; idempotent."""
         if self.buf:
             self.flush()
-        if self.writer is not None:
-            self.writer.close()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
 
 def dissect_pcap(path: str | Path, dissector: Dissector) -> int:

@@ -37,8 +37,9 @@ from typing import Any, Final
 
 import msgpack
 
-__all__ = ("CALLS_RECORD_BYTES", "CALLS_VERSION", "FIELDS", "REDACTED", "Call", "call_rows",
-           "decode_call", "decode_calls", "decode_row", "encode_call", "encode_calls")
+__all__ = ("CALLS_RECORD_BYTES", "CALLS_VERSION", "FIELDS", "REDACTED", "Call",
+           "call_from_row", "call_rows", "decode_call", "decode_calls", "decode_row",
+           "encode_call", "encode_calls", "record_rows")
 
 #: the version the dissector writes (2: many calls per record); 1 is still read
 CALLS_VERSION: Final = 2
@@ -196,6 +197,24 @@ def _from_row(row: Any, names: Sequence[str]) -> Call:
 def decode_row(row: bytes | memoryview) -> Call:
     """One version-2 row in ``FIELDS`` order (as the local store keeps them)."""
     return _from_row(_unpack(row), FIELDS)
+
+
+def record_rows(value: bytes | memoryview) -> tuple[Sequence[str], list[Any]]:
+    """The field names and the rows (arrays of values, not yet calls) of a version-2 value:
+    readers that filter on a few fields build calls only for the rows they keep
+    (:func:`call_from_row`). The names are ``FIELDS`` itself when the writer's are those."""
+    d = _unpack(value)
+    if not isinstance(d, dict) or d.get("v") != 2:
+        raise ValueError("not a version-2 call record")
+    names, rows = d.get("fields"), d.get("calls")
+    if not isinstance(names, list) or not isinstance(rows, list):
+        raise ValueError("version-2 call record without fields/calls arrays")
+    return (FIELDS if names == list(FIELDS) else [str(n) for n in names]), rows
+
+
+def call_from_row(row: Any, names: Sequence[str]) -> Call:
+    """One row of :func:`record_rows` (``names`` as it returned them) as a call."""
+    return _from_row(row, names)
 
 
 def decode_calls(value: bytes | memoryview) -> list[Call]:

@@ -31,7 +31,7 @@ RESPS = (b"HTTP/1.1 100 Continue\r\n\r\n"
 @pytest.fixture(params=[HTTP1Reader, PyHTTP1Reader], ids=["compiled", "reference"])
 def reader_cls(request: pytest.FixtureRequest) -> type[PyHTTP1Reader]:
     """Every test runs against the compiled twin and the pure-Python reference."""
-    return request.param  # type: ignore[no-any-return]
+    return request.param
 
 
 def test_requests_pipelined_every_split(reader_cls: type[PyHTTP1Reader]) -> None:

@@ -14,8 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dissector.http1 import _head
-from dissector.http1._chttp1 import parse_head as c_parse_head  # built by make setup
+from dissector.http1 import _chttp1, _head  # _chttp1: built by make setup
 from dissector.http1._head import py_parse_head
 
 from .test_fuzz import mutated
@@ -60,7 +59,7 @@ def built(draw: Any) -> bytes:
 def both(head: bytes) -> None:
     for is_request in (True, False):
         for buf in (head, bytearray(head + b"\r\n\r\nrest")):
-            assert c_parse_head(buf, len(head), is_request) == py_parse_head(buf, len(head),
+            assert _chttp1.parse_head(buf, len(head), is_request) == py_parse_head(buf, len(head),
                                                                              is_request), head
 
 
@@ -77,13 +76,13 @@ def test_fuzzed_heads_agree(head: bytes) -> None:
 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
-        c_parse_head(b"GET / HTTP/1.1", 99, True)
+        _chttp1.parse_head(b"GET / HTTP/1.1", 99, True)
     with pytest.raises(TypeError):
-        c_parse_head("GET / HTTP/1.1", 3, True)
+        _chttp1.parse_head("GET / HTTP/1.1", 3, True)
 
 
 def test_reader_uses_the_compiled_twin_and_the_reference_on_request() -> None:
-    assert _head.COMPILED and _head.parse_head is c_parse_head
+    assert _head.COMPILED and _head.parse_head is _chttp1.parse_head
     code = ("from dissector.http1 import _head; import sys; "
             "sys.exit(0 if not _head.COMPILED and _head.parse_head is _head.py_parse_head else 1)")
     env = {**os.environ, "RAWCAP_PURE_PYTHON": "1"}

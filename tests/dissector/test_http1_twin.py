@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dissector._errors import ParseError
 from dissector._sentinel import NEED_DATA
-from dissector.http1 import CLIENT, SERVER, HTTP1Reader, PyHTTP1Reader
+from dissector.http1 import CLIENT, SERVER, HTTP1Reader, PyHTTP1Reader, Request
 
 from .test_fuzz import mutated
 from .test_http1 import REQS, RESPS
@@ -95,4 +95,5 @@ def test_the_two_are_what_the_package_exports() -> None:
     assert HTTP1Reader is not PyHTTP1Reader and HTTP1Reader.__module__.endswith("_chttp1")
     r = HTTP1Reader(CLIENT)
     r.feed(b"GET / HTTP/1.1\r\n\r\n", ts_ns=7)
-    assert r.next_event().ts_ns == 7
+    ev = r.next_event()
+    assert isinstance(ev, Request) and ev.ts_ns == 7
