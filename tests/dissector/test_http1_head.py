@@ -78,7 +78,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         _chttp1.parse_head(b"GET / HTTP/1.1", 99, True)
     with pytest.raises(TypeError):
-        _chttp1.parse_head("GET / HTTP/1.1", 3, True)
+        _chttp1.parse_head("GET / HTTP/1.1", 3, True)  # type: ignore[arg-type]
 
 
 def test_reader_uses_the_compiled_twin_and_the_reference_on_request() -> None:
