@@ -203,9 +203,11 @@ podLogsDir: {r}/pod-logs
             # stop what containerd runs (the shims outlive containerd otherwise)
             tasks = subprocess.run([str(self.bin_dir / "ctr"), "--address", str(self.sock), "-n", "k8s.io",
                                     "tasks", "ls", "-q"], capture_output=True, text=True).stdout.split()
+            ctr = [str(self.bin_dir / "ctr"), "--address", str(self.sock), "-n", "k8s.io", "tasks"]
             for task in tasks:
-                subprocess.run([str(self.bin_dir / "ctr"), "--address", str(self.sock), "-n", "k8s.io",
-                                "tasks", "kill", "-s", "SIGKILL", task], capture_output=True)
+                subprocess.run([*ctr, "kill", "-s", "SIGKILL", task], capture_output=True)
+            for task in tasks:  # a deleted task's shim exits; a shim left alone outlives containerd
+                subprocess.run([*ctr, "delete", "--force", task], capture_output=True, timeout=60)
             p = self.procs.pop("containerd")
             p.send_signal(signal.SIGTERM)
             p.wait(30)
