@@ -20,6 +20,8 @@ from typing import Any
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from prometheus_client import CollectorRegistry
+
 from rawcap.config import Config
 from rawcap.kafka import (
     consumer_kwargs,
@@ -29,6 +31,7 @@ from rawcap.kafka import (
     read_topic_to_end,
     stop_client,
 )
+from rawcap.lag import GroupLag, serve_metrics
 from rawcap.packet import format_addr
 from schemas import topics
 from schemas.control import CaptureFilter, decode_control
@@ -188,10 +191,18 @@ async def run_enrich(cfg: Config, *, stop: anyio.Event | None = None,
                 log.warning("rawcap.procs not read to its end after 120 s; enriching meanwhile")
             log.info("context loaded", extra=index.stats())
             await consumer.start()
+            registry = CollectorRegistry()
+            lag = GroupLag(GROUP, registry)
+            port = cfg.get("metrics.port")
+            server = serve_metrics(registry, port) if port else None
+            tg.start_soon(lag.run, consumer)
             try:
                 await _enrich_loop(cfg, consumer, producer, enricher, stopping, on_flows)
             finally:
                 await stop_client(consumer)
+                if server is not None:
+                    server[0].shutdown()
+                    server[0].server_close()
             tg.cancel_scope.cancel()
     finally:
         await stop_client(producer)
