@@ -19,7 +19,6 @@ from typing import Any
 
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
 from prometheus_client import CollectorRegistry
 
 from rawcap.config import Config

@@ -219,7 +219,7 @@ def _exit_now(code: int) -> None:
 def _kafka_refusal(exc: BaseException, cfg: Config | None) -> str | None:
     """Why Kafka refused (a wrong password, an untrusted CA, a denied topic), in one line;
     None for any other error (rawcap/kafkadiag.py, imported only when Kafka was used)."""
-    if cfg is None or "aiokafka" not in sys.modules and "Kafka" not in str(exc):
+    if cfg is None or ("aiokafka" not in sys.modules and "Kafka" not in str(exc)):
         return None
     from .kafkadiag import kafka_cause
 

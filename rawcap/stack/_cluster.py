@@ -64,7 +64,7 @@ def broker_status(brokers: Sequence[KafkaServer]) -> list[dict[str, Any]]:
     return out
 
 
-async def wait_registered(cfg: Any, n: int, timeout: float) -> None:
+async def wait_registered(cfg: Any, n: int, wait_s: float) -> None:
     """Until the cluster's metadata lists ``n`` brokers (topics of replication 3 need all)."""
     import anyio
     from aiokafka.admin import AIOKafkaAdminClient
@@ -73,7 +73,7 @@ async def wait_registered(cfg: Any, n: int, timeout: float) -> None:
     from ..kafka import admin_kwargs
 
     seen = 0
-    with anyio.move_on_after(timeout):
+    with anyio.move_on_after(wait_s):
         while True:
             admin = AIOKafkaAdminClient(**admin_kwargs(cfg, request_timeout_ms=10_000))
             try:
@@ -86,7 +86,7 @@ async def wait_registered(cfg: Any, n: int, timeout: float) -> None:
             finally:
                 await admin.close()
             await anyio.sleep(0.5)
-    raise TransportError(f"only {seen} of {n} Kafka brokers registered within {timeout:.0f} s")
+    raise TransportError(f"only {seen} of {n} Kafka brokers registered within {wait_s:.0f} s")
 
 
 async def apply_acls(cfg: Any, security: Security) -> None:

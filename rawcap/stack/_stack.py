@@ -273,17 +273,17 @@ class Stack:
             "kafka.sasl.password": self.security.password(user),
             "kafka.tls.caFile": str(self.security.ca_file)})
 
-    async def _after_start(self, cfg: Config, timeout: float, topics: bool) -> None:
+    async def _after_start(self, cfg: Config, wait_s: float, topics: bool) -> None:
         from ..kafka import ensure_topics
 
         admin = self.config(cfg)
         if self.n_brokers > 1:
-            await wait_registered(admin, self.n_brokers, timeout)
+            await wait_registered(admin, self.n_brokers, wait_s)
         if self.security is not None:
             await apply_acls(admin, self.security)
             write_client_files(self.data_dir, self.bootstrap, self.security)
         if topics:
-            await ensure_topics(admin, timeout)
+            await ensure_topics(admin, wait_s)
 
     def up(self, cfg: Config | None = None, timeout: float = DEFAULT_TIMEOUT,
            topics: bool = True) -> dict[str, Any]:
