@@ -23,7 +23,7 @@ from schemas.errors import ConfigError
 
 from .config import Config
 
-__all__ = ("kafka_cause", "probe")
+__all__ = ("kafka_cause", "probe", "scram_client_final")
 
 _AUTHZ = {29: "topic", 30: "consumer group", 31: "cluster", 53: "transactional id"}
 _UNSUPPORTED_MECHANISM, _AUTH_FAILED, _ILLEGAL_STATE = 33, 58, 34
@@ -133,24 +133,31 @@ def _authenticate(conn: _Conn, payload: bytes) -> tuple[int, str | None, bytes]:
     return code, message, resp[pos + 4:pos + 4 + max(0, n)]
 
 
-def _scram(conn: _Conn, mechanism: str, user: str, password: str) -> tuple[int, str | None]:
+def scram_client_final(mechanism: str, password: str, client_first_bare: str,
+                       server_first: str) -> str:
+    """The SCRAM client-final message (RFC 5802) for ``server_first``: channel binding none,
+    the combined nonce and the client proof."""
     algo = hashlib.sha512 if mechanism.endswith("512") else hashlib.sha256
+    fields = dict(p.split("=", 1) for p in server_first.split(",") if "=" in p)
+    salted = hashlib.pbkdf2_hmac(algo().name, password.encode(), base64.b64decode(fields["s"]),
+                                 int(fields["i"]))
+    client_key = hmac.new(salted, b"Client Key", algo).digest()
+    final_bare = f"c=biws,r={fields['r']}"
+    auth = f"{client_first_bare},{server_first},{final_bare}".encode()
+    signature = hmac.new(algo(client_key).digest(), auth, algo).digest()
+    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+    return f"{final_bare},p={base64.b64encode(proof).decode()}"
+
+
+def _scram(conn: _Conn, mechanism: str, user: str, password: str) -> tuple[int, str | None]:
     nonce = base64.b64encode(secrets.token_bytes(18)).decode()
     name = user.replace("=", "=3D").replace(",", "=2C")
     first_bare = f"n={name},r={nonce}"
     code, message, server_first = _authenticate(conn, f"n,,{first_bare}".encode())
     if code:
         return code, message
-    fields = dict(p.split("=", 1) for p in server_first.decode().split(",") if "=" in p)
-    salted = hashlib.pbkdf2_hmac(algo().name, password.encode(), base64.b64decode(fields["s"]),
-                                 int(fields["i"]))
-    client_key = hmac.new(salted, b"Client Key", algo).digest()
-    final_bare = f"c=biws,r={fields['r']}"
-    auth = f"{first_bare},{server_first.decode()},{final_bare}".encode()
-    signature = hmac.new(algo(client_key).digest(), auth, algo).digest()
-    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
-    code, message, _ = _authenticate(conn, f"{final_bare},p={base64.b64encode(proof).decode()}"
-                                     .encode())
+    final = scram_client_final(mechanism, password, first_bare, server_first.decode())
+    code, message, _ = _authenticate(conn, final.encode())
     return code, message
 
 

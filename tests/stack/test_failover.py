@@ -1,19 +1,26 @@
 """A broker dies mid-flight: ``kill -9`` of the leader of the partition a capturing node writes
 to, while it ships 50k packets/s, on the session's 3-broker secured cluster.
 
-Real everything: trafgen sends UDP frames over a veth pair, ``rawcap capture`` (as the capture
-user) ships them, ``rawcap archive`` (as the archive user) archives them into a file:// bucket
-at the same time; the leader is killed with SIGKILL three seconds into the traffic and
-restarted once the traffic is over. Every batch must arrive in Kafka exactly once (per-node
-sequence numbers 1..N, no gap, no repeat), the capture must have kept taking packets through
-the failover (no pause between batches), its metrics must show the leader move, the archive
-must hold every batch exactly once, and the restarted broker must catch up (back in the ISR).
+Real everything: trafgen sends UDP frames over a veth pair and an HTTP client makes requests
+beside it; ``rawcap capture`` (as the capture user) ships them while ``rawcap archive``,
+``rawcap dissect --follow`` and ``rawcap enrich`` (each as its own user) consume; the leader
+is killed with SIGKILL three seconds into the traffic and restarted once the traffic is over.
+
+- Every batch arrives in Kafka exactly once (per-node sequence numbers 1..N, no gap, no
+  repeat); the capture kept taking packets through the failover (no pause between batches);
+  its metrics show the leader move (``rawcap_capture_ship_leader*``).
+- The archive holds every batch exactly once (data objects and index).
+- ``dissect --follow`` stores every HTTP call (the local store ignores a repeat, so exactly
+  the requests made); ``enrich`` publishes a flow for every connection (at least once: a
+  flow may be published twice, docs/capacity.md) and its lag gauge comes back to 0.
+- The restarted broker catches up: back in the partition's ISR.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import json
 import re
 import subprocess
 import sys
@@ -35,12 +42,19 @@ from rawcap.stack._proc import free_port
 from schemas import decode_header
 from schemas.topics import PACKETS
 from tests.archiver.helpers import Contents
-from tests.capture.helpers import RAWCAP, Proc
+from tests.capture.helpers import PY, RAWCAP, Proc
 from tests.netns import VethPair
 
 pytestmark = pytest.mark.integration
 
 RATE, SECONDS, FRAME = 50_000, 10, 200
+HTTP_PORT, REQUESTS = 8090, 30
+_CLIENT = (
+    "import sys, time, urllib.request\n"
+    "for i in range(int(sys.argv[2])):\n"
+    f"    urllib.request.urlopen(f'http://{{sys.argv[1]}}:{HTTP_PORT}/?i={{i}}', timeout=30).read()\n"
+    "    time.sleep(0.3)\n"
+)
 
 
 async def _partition_state(stack: Stack, partition: int) -> tuple[int, list[int]]:
@@ -82,6 +96,26 @@ def _metric(port: int, name: str) -> float:
     return float(m.group(1))
 
 
+def _live_calls(db: Path, node: str) -> int:
+    if not db.exists():
+        return 0
+    got = subprocess.run([RAWCAP, "calls", "--db", str(db), "--node", node, "--json"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    return len(got.stdout.splitlines()) if got.returncode == 0 else 0
+
+
+def _flow_ports(stack: Stack, node: str) -> set[int]:
+    """Client ports of the HTTP connections that have a flow record of ``node``."""
+    got = subprocess.run([RAWCAP, "--config", str(stack.service_config("forensics")), "flows",
+                          "--node", node, "--port", str(HTTP_PORT), "--json"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    out = set()
+    for line in got.stdout.splitlines():
+        f = json.loads(line)
+        out.add(f["sport"] if f["dport"] == HTTP_PORT else f["dport"])
+    return out
+
+
 def _trafgen_conf(net: VethPair) -> str:
     mac_a = net.a.run("cat", f"/sys/class/net/{net.a.iface}/address").stdout.strip()
     mac_b = net.b.run("cat", f"/sys/class/net/{net.b.iface}/address").stdout.strip()
@@ -104,7 +138,8 @@ async def test_leader_killed_mid_flight_loses_and_repeats_nothing(cluster: Stack
     leader, isr = await _partition_state(cluster, partition)
     assert leader in (1, 2, 3) and isr == [1, 2, 3]
 
-    metrics_port = free_port()
+    metrics_port, enrich_port = free_port(), free_port()
+    live_db = tmp_path / "live.db"
     archive = tmp_path / "archive"
     archive.mkdir()
     with VethPair("rcfo") as net:
@@ -120,9 +155,18 @@ async def test_leader_killed_mid_flight_loses_and_repeats_nothing(cluster: Stack
                    env={"RAWCAP_CAPTURE_BATCH_MAX_DELAY": "0.2s", "RAWCAP_CAPTURE_RING_BLOCK_COUNT": "32"})
         arc = Proc([RAWCAP, "--config", str(cluster.service_config("archive")), "archive",
                     "--url", f"file://{archive}", "--flush-interval", "2s", "--object-size", "4Mi"])
+        dis = Proc([RAWCAP, "--config", str(cluster.service_config("dissect")), "dissect",
+                    "--follow", "--quiet", "--no-k8s", "--db", str(live_db)],
+                   env={"RAWCAP_TAP_CAPTURE_STOP_AFTER": "0"})
+        enr = Proc([RAWCAP, "--config", str(cluster.service_config("enrich")), "enrich"],
+                   env={"RAWCAP_ENRICH_FLOW_INTERVAL": "1s", "RAWCAP_ENRICH_GRACE": "500ms",
+                        "RAWCAP_METRICS_PORT": str(enrich_port)})
+        srv = Proc([PY, "-m", "http.server", str(HTTP_PORT), "--bind", "0.0.0.0"], ns=net.a)
+        client: Proc | None = None
         try:
             await anyio.to_thread.run_sync(lambda: cap.wait_for("shipper connected", 120))
             await anyio.to_thread.run_sync(lambda: arc.wait_for("assigned partitions", 120))
+            client = Proc([PY, "-c", _CLIENT, net.a.ip, str(REQUESTS)], ns=net.b)
             gen_argv = net.a.cmd(["trafgen", "-o", net.a.iface, "-i", str(conf), "-n",
                                   str(RATE * SECONDS), "-P", "1", "-q", "-C", "-Q", "-b", f"{RATE}pps"])
             gen = subprocess.Popen(gen_argv, stdout=subprocess.DEVNULL,  # noqa: ASYNC220 (waited in a thread)
@@ -131,6 +175,7 @@ async def test_leader_killed_mid_flight_loses_and_repeats_nothing(cluster: Stack
             killed_at = time.time_ns()
             assert cluster.kill_broker(leader), f"broker {leader} was not running"
             assert await anyio.to_thread.run_sync(gen.wait, 120) == 0
+            assert await anyio.to_thread.run_sync(client.p.wait, 120) == 0, client.text
             sent = RATE * SECONDS
 
             # the capture drains its backlog to the new leader
@@ -140,23 +185,41 @@ async def test_leader_killed_mid_flight_loses_and_repeats_nothing(cluster: Stack
             new_leader = int(_metric(metrics_port, "rawcap_capture_ship_leader"))
             changes = _metric(metrics_port, "rawcap_capture_ship_leader_changes")
 
-            # the killed broker comes back and catches up
-            restarted_at = time.monotonic()
+            # the killed broker comes back (a JVM start) and catches up (back in the ISR)
             await anyio.to_thread.run_sync(cluster.start_kafka)
+            answered_at = time.monotonic()
             with anyio.fail_after(120):
                 while (await _partition_state(cluster, partition))[1] != [1, 2, 3]:  # noqa: ASYNC110
                     await anyio.sleep(1)
-            catch_up_s = time.monotonic() - restarted_at
+            catch_up_s = time.monotonic() - answered_at
+
+            # every call dissected, every connection's flow published, the group caught up
+            with anyio.fail_after(240):
+                while (calls := await anyio.to_thread.run_sync(_live_calls, live_db, node)) < REQUESTS:  # noqa: ASYNC110
+                    await anyio.sleep(1)
+            with anyio.fail_after(240):
+                while len(ports := await anyio.to_thread.run_sync(_flow_ports, cluster, node)) < REQUESTS:  # noqa: ASYNC110
+                    await anyio.sleep(1)
+            with anyio.fail_after(120):
+                while _metric(enrich_port, "rawcap_consumer_lag_total_records") > 0:  # noqa: ASYNC110
+                    await anyio.sleep(1)
         finally:
             cap_rc = cap.stop()
             sink.kill()
             sink.wait()
+            srv.stop()
+            if client is not None:
+                client.stop()
+            dis_rc, enr_rc = dis.stop(), enr.stop()
         await anyio.sleep(3)  # > the archive's flush interval
         arc_rc = arc.stop()
         await anyio.to_thread.run_sync(cluster.start_kafka)  # whatever happened above
 
     assert cap_rc == 0, cap.text
     assert arc_rc == 0, arc.text
+    assert (dis_rc, enr_rc) == (0, 0), dis.text + enr.text
+    assert calls == REQUESTS, "dissect --follow stored a call more or less than once"
+    assert len(ports) == REQUESTS, f"{len(ports)} connections have flows, {REQUESTS} were made"
     summary = cap.summary()
     batches = await _node_batches(cluster, partition, node)
     seqs = [b[0] for b in batches]
