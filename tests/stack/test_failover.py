@@ -211,9 +211,9 @@ async def test_leader_killed_mid_flight_loses_and_repeats_nothing(cluster: Stack
             if client is not None:
                 client.stop()
             dis_rc, enr_rc = dis.stop(), enr.stop()
-        await anyio.sleep(3)  # > the archive's flush interval
-        arc_rc = arc.stop()
-        await anyio.to_thread.run_sync(cluster.start_kafka)  # whatever happened above
+            await anyio.sleep(3)  # > the archive's flush interval
+            arc_rc = arc.stop()
+            await anyio.to_thread.run_sync(cluster.start_kafka)  # whatever happened above
 
     assert cap_rc == 0, cap.text
     assert arc_rc == 0, arc.text
