@@ -22,7 +22,9 @@ log = logging.getLogger("rawcap.lag")
 
 class GroupLag:
     """The lag gauges of one consumer group in ``registry``; :meth:`update` reads a started
-    aiokafka consumer's assignment, positions and high watermarks (no request of its own)."""
+    aiokafka consumer's assignment and positions and asks the leaders for the partitions'
+    end offsets (one ListOffsets round: the high watermark a fetch reports is unknown until
+    the first fetch of a partition returns, which would read as no lag)."""
 
     def __init__(self, group: str, registry: CollectorRegistry) -> None:
         self.group = group
@@ -41,8 +43,12 @@ class GroupLag:
         """Refresh from ``consumer``; returns the total lag (records)."""
         total, now = 0, set()
         assigned = list(consumer.assignment())
+        ends: dict[Any, int] = {}
+        if assigned:
+            with anyio.move_on_after(5):
+                ends = await consumer.end_offsets(assigned)
         for tp in assigned:
-            hw = consumer.highwater(tp)
+            hw = ends.get(tp)
             if hw is None:
                 continue
             with anyio.move_on_after(1):

@@ -28,6 +28,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -57,14 +58,19 @@ _CLIENT = (
 )
 
 
-async def _partition_state(stack: Stack, partition: int) -> tuple[int, list[int]]:
+async def _packets_partitions(stack: Stack) -> dict[int, dict[str, Any]]:
+    """rawcap.packets' partitions as the cluster describes them (leader, replicas, ISR)."""
     admin = AIOKafkaAdminClient(**admin_kwargs(stack.config()))
     await admin.start()
     try:
         (topic,) = await admin.describe_topics([PACKETS])
     finally:
         await admin.close()
-    part = next(p for p in topic["partitions"] if p["partition"] == partition)
+    return {p["partition"]: p for p in topic["partitions"]}
+
+
+async def _partition_state(stack: Stack, partition: int) -> tuple[int, list[int]]:
+    part = (await _packets_partitions(stack))[partition]
     return int(part["leader"]), sorted(part["isr"])
 
 
@@ -127,13 +133,7 @@ def _trafgen_conf(net: VethPair) -> str:
 @pytest.mark.timeout(600)
 async def test_leader_killed_mid_flight_loses_and_repeats_nothing(cluster: Stack, tmp_path: Path) -> None:
     node = f"failover-{uuid.uuid4().hex[:6]}"
-    admin = AIOKafkaAdminClient(**admin_kwargs(cluster.config()))
-    await admin.start()
-    try:
-        (topic,) = await admin.describe_topics([PACKETS])
-    finally:
-        await admin.close()
-    partitions = sorted(p["partition"] for p in topic["partitions"])
+    partitions = sorted(await _packets_partitions(cluster))
     partition = DefaultPartitioner()(node.encode(), partitions, partitions)
     leader, isr = await _partition_state(cluster, partition)
     assert leader in (1, 2, 3) and isr == [1, 2, 3]
