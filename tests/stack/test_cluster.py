@@ -152,6 +152,8 @@ COMMANDS = {
     "dissect": ("dissect", ["dissect", "--from", "-1h", "--no-store", "--no-k8s"]),
     "archive": ("archive", ["archive", "--url", "file://{tmp}/archive"]),
     "dissection": ("dissect", ["dissection", "status"]),
+    "capture": ("capture", ["capture", "--iface", "lo", "--duration", "5", "--buffer-dir",
+                            "{tmp}/buf", "--no-procs"]),
 }
 
 
@@ -167,7 +169,7 @@ def test_a_wrong_password_is_one_line(cluster: Stack, tmp_path: Path, name: str)
     assert not [s for s in secrets_of(cluster) if s in proc.stderr + proc.stdout]
 
 
-@pytest.mark.parametrize("name", ["consume", "pcap export", "archive"])
+@pytest.mark.parametrize("name", ["consume", "pcap export", "archive", "capture"])
 def test_an_unknown_ca_is_one_line(cluster: Stack, tmp_path: Path, name: str) -> None:
     service, argv = COMMANDS[name]
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
