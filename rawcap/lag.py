@@ -40,24 +40,32 @@ class GroupLag:
         self.last_total = 0
 
     async def update(self, consumer: Any) -> int:
-        """Refresh from ``consumer``; returns the total lag (records)."""
+        """Refresh from ``consumer``; returns the total lag (records). Never raises: a
+        partition revoked meanwhile (a rebalance) or a broker that does not answer leaves
+        that partition out until the next update."""
         total, now = 0, set()
         assigned = list(consumer.assignment())
         ends: dict[Any, int] = {}
         if assigned:
-            with anyio.move_on_after(5):
-                ends = await consumer.end_offsets(assigned)
+            try:
+                with anyio.move_on_after(5):
+                    ends = await consumer.end_offsets(assigned)
+            except Exception as exc:  # a metric never stops a consumer
+                log.debug("end offsets for the lag gauge: %r", exc)
         for tp in assigned:
             hw = ends.get(tp)
             if hw is None:
                 continue
-            with anyio.move_on_after(1):
-                pos = await consumer.position(tp)
-                lag = max(0, hw - pos)
-                key = (tp.topic, str(tp.partition))
-                self.records.labels(self.group, *key).set(lag)
-                now.add(key)
-                total += lag
+            try:
+                with anyio.move_on_after(1):
+                    pos = await consumer.position(tp)
+                    lag = max(0, hw - pos)
+                    key = (tp.topic, str(tp.partition))
+                    self.records.labels(self.group, *key).set(lag)
+                    now.add(key)
+                    total += lag
+            except Exception as exc:  # revoked by a rebalance since assignment() was read
+                log.debug("position of %s for the lag gauge: %r", tp, exc)
         for key in self._labels - now:
             try:
                 self.records.remove(self.group, *key)
@@ -72,10 +80,7 @@ class GroupLag:
     async def run(self, consumer: Any, every: float = 2.0) -> None:
         """:meth:`update` every ``every`` seconds until cancelled."""
         while True:
-            try:
-                await self.update(consumer)
-            except Exception as exc:  # a metric never stops a consumer (one being stopped)
-                log.debug("consumer lag not updated: %r", exc)
+            await self.update(consumer)
             await anyio.sleep(every)
 
 
