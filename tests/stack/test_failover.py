@@ -130,7 +130,7 @@ def _trafgen_conf(net: VethPair) -> str:
             f"udp(sport=40000, dport=5001), drnd({FRAME - 42}) }}\n")
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)
 async def test_leader_killed_mid_flight_loses_and_repeats_nothing(cluster: Stack, tmp_path: Path) -> None:
     node = f"failover-{uuid.uuid4().hex[:6]}"
     partitions = sorted(await _packets_partitions(cluster))
@@ -174,7 +174,8 @@ async def test_leader_killed_mid_flight_loses_and_repeats_nothing(cluster: Stack
             await anyio.sleep(3)
             killed_at = time.time_ns()
             assert cluster.kill_broker(leader), f"broker {leader} was not running"
-            assert await anyio.to_thread.run_sync(gen.wait, 120) == 0
+            # 10 s at 50k pps; far longer only on a machine whose cores are taken by others
+            assert await anyio.to_thread.run_sync(gen.wait, 400) == 0
             assert await anyio.to_thread.run_sync(client.p.wait, 120) == 0, client.text
             sent = RATE * SECONDS
 
