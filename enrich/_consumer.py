@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from rawcap.config import Config
@@ -101,6 +102,16 @@ class Enricher:
 
     def flush(self) -> list[FlowRecord]:
         return [self.record(f) for t in self.tables.values() for f in t.flush()]
+
+    def keep_partitions(self, owned: set[int]) -> None:
+        """Forget the flows of partitions this instance no longer owns (a rebalance moved
+        them): their next owner reads them again from the last commit, which is at or before
+        the first packet of every flow not yet published, so nothing is lost."""
+        for key in [k for k in self.tables if k[0] not in owned]:
+            del self.tables[key]
+            self._last_add.pop(key, None)
+        for partition in [p for p in self.next_offset if p not in owned]:
+            del self.next_offset[partition]
 
     def commit_offsets(self) -> dict[int, int]:
         """Per partition, the offset up to which every packet's flow has been handed out."""
@@ -258,9 +269,16 @@ async def _commit(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, enrich
         if on_flows is not None:
             await on_flows(records)
         log.debug("flows published", extra={"flows": len(records)})
+    # Only what this instance still owns: after a rebalance the others' are not ours to
+    # commit (aiokafka refuses them, and they would skip what the new owner has not read).
+    enricher.keep_partitions({tp.partition for tp in consumer.assignment()
+                              if tp.topic == topics.PACKETS})
     offsets = {TopicPartition(topics.PACKETS, p): o for p, o in enricher.commit_offsets().items()}
     if offsets:
-        await consumer.commit(offsets)
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:  # a rebalance under way: the next round commits again
+            log.warning("offset commit failed (retried with the next flows): %r", exc)
 
 
 # -- k8s-watch ------------------------------------------------------------------------------
