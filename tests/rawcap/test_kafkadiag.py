@@ -9,12 +9,12 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from rawcap.config import load_config
+from rawcap.config import Config, load_config
 from rawcap.kafkadiag import kafka_cause, probe, scram_client_final
 from schemas.errors import TransportError
 
 
-def cfg(**kw: str):  # type: ignore[no-untyped-def]
+def cfg(**kw: str) -> Config:
     return load_config(overrides={k.replace("__", "."): v for k, v in kw.items()}, env={})
 
 
