@@ -36,6 +36,7 @@ from rawcap.archive_store import (
     parse_object_name,
 )
 from rawcap.config import Config
+from rawcap.lag import GroupLag
 from schemas import decode_header, topics
 from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
 
@@ -123,6 +124,7 @@ class Archiver:
         self.shutdown_timeout = shutdown_timeout
         self.revoke_timeout = revoke_timeout
         self.metrics = metrics or Metrics()
+        self.group_lag = GroupLag(group, self.metrics.registry)  # rawcap_consumer_lag_*
         self.summary = Summary()
         self.plans: dict[int, PartitionPlan] = {}
         self.consumer: AIOKafkaConsumer | None = None
@@ -535,6 +537,7 @@ class Archiver:
                 if ts is not None:
                     oldest.append(ts)
             self.metrics.lag_seconds.set(max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0)
+            await self.group_lag.update(c)
             await anyio.sleep(2.0)
 
     async def _retention_loop(self) -> None:

@@ -46,6 +46,10 @@ class Metrics:
         self.procs_dropped = c("rawcap_capture_procs_dropped",
                                "process-context records dropped: the publisher was behind")
         self.filter_version = g("rawcap_capture_filter_version", "version of the applied capture filter")
+        self.ship_leader = g("rawcap_capture_ship_leader",
+                             "broker id leading the rawcap.packets partition this node writes to")
+        self.ship_leader_changes = c("rawcap_capture_ship_leader_changes",
+                                     "times that partition's leader moved while shipping (failovers)")
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose ``/metrics`` on ``port`` (a daemon thread of prometheus_client)."""

@@ -19,6 +19,8 @@ from typing import Any
 
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
 
 from rawcap.config import Config
 from rawcap.kafka import (
@@ -29,6 +31,7 @@ from rawcap.kafka import (
     read_topic_to_end,
     stop_client,
 )
+from rawcap.lag import GroupLag, serve_metrics
 from rawcap.packet import format_addr
 from schemas import topics
 from schemas.control import CaptureFilter, decode_control
@@ -99,6 +102,16 @@ class Enricher:
 
     def flush(self) -> list[FlowRecord]:
         return [self.record(f) for t in self.tables.values() for f in t.flush()]
+
+    def keep_partitions(self, owned: set[int]) -> None:
+        """Forget the flows of partitions this instance no longer owns (a rebalance moved
+        them): their next owner reads them again from the last commit, which is at or before
+        the first packet of every flow not yet published, so nothing is lost."""
+        for key in [k for k in self.tables if k[0] not in owned]:
+            del self.tables[key]
+            self._last_add.pop(key, None)
+        for partition in [p for p in self.next_offset if p not in owned]:
+            del self.next_offset[partition]
 
     def commit_offsets(self) -> dict[int, int]:
         """Per partition, the offset up to which every packet's flow has been handed out."""
@@ -188,10 +201,18 @@ async def run_enrich(cfg: Config, *, stop: anyio.Event | None = None,
                 log.warning("rawcap.procs not read to its end after 120 s; enriching meanwhile")
             log.info("context loaded", extra=index.stats())
             await consumer.start()
+            registry = CollectorRegistry()
+            lag = GroupLag(GROUP, registry)
+            port = cfg.get("metrics.port")
+            server = serve_metrics(registry, port) if port else None
+            tg.start_soon(lag.run, consumer)
             try:
                 await _enrich_loop(cfg, consumer, producer, enricher, stopping, on_flows)
             finally:
                 await stop_client(consumer)
+                if server is not None:
+                    server[0].shutdown()
+                    server[0].server_close()
             tg.cancel_scope.cancel()
     finally:
         await stop_client(producer)
@@ -248,9 +269,16 @@ async def _commit(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, enrich
         if on_flows is not None:
             await on_flows(records)
         log.debug("flows published", extra={"flows": len(records)})
+    # Only what this instance still owns: after a rebalance the others' are not ours to
+    # commit (aiokafka refuses them, and they would skip what the new owner has not read).
+    enricher.keep_partitions({tp.partition for tp in consumer.assignment()
+                              if tp.topic == topics.PACKETS})
     offsets = {TopicPartition(topics.PACKETS, p): o for p, o in enricher.commit_offsets().items()}
     if offsets:
-        await consumer.commit(offsets)
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:  # a rebalance under way: the next round commits again
+            log.warning("offset commit failed (retried with the next flows): %r", exc)
 
 
 # -- k8s-watch ------------------------------------------------------------------------------

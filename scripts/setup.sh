@@ -20,7 +20,7 @@ VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(python3-bpfcc bpfcc-tools tcpdump tshark kcat iproute2 libpcap0.8-dev netsniff-ng libdeflate0
               nginx-light wrk dnsmasq-base bind9-dnsutils
-              python3-venv openjdk-17-jdk-headless maven ca-certificates
+              python3-venv openjdk-17-jdk-headless maven ca-certificates openssl
               mmdebstrap umoci runc skopeo python3-dev gcc binutils)
 export DEBIAN_FRONTEND=noninteractive
 

@@ -2,8 +2,10 @@
 
 ``stack`` starts a PRIVATE local stack (Kafka KRaft broker + MinIO) through the same code
 as ``rawcap stack up``, on free ports in a temporary data directory, so that parallel test
-sessions and a developer's own ``rawcap stack up`` never collide. It never skips: a test
-that needs the stack and cannot get it fails (run ``make setup``).
+sessions and a developer's own ``rawcap stack up`` never collide. ``cluster`` does the same
+for ``rawcap stack up --brokers 3 --secure`` (three brokers, SASL_SSL, ACLs): the shape of a
+production cluster, started once for the tests of failover, security and scale-out. Neither
+ever skips: a test that needs a stack and cannot get it fails (run ``make setup``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     st = Stack(data_dir, kafka_port=0, s3_port=0, bucket="rawcap-test", kafka_heap="512m")
     try:
         st.up(load_config(env={}), timeout=240)
+        yield st
+    finally:
+        st.down()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A running private 3-broker secured stack (``rawcap stack up --brokers 3 --secure``):
+    ``.brokers``, ``.kill_broker(N)``, ``.start_kafka()``, ``.config(user=...)``,
+    ``.client_config`` (the operator's values file), ``.service_config(name)``."""
+    data_dir = tmp_path_factory.mktemp("cluster")
+    st = Stack(data_dir, kafka_port=0, s3_port=0, bucket="rawcap-test", brokers=3, secure=True)
+    try:
+        st.up(load_config(env={}), timeout=300)
         yield st
     finally:
         st.down()

@@ -14,7 +14,8 @@ __all__ = ("add_commands",)
 
 def _stack(args: argparse.Namespace, cfg: Config) -> Stack:
     return Stack.from_config(cfg, data_dir=args.data_dir, kafka_port=args.kafka_port,
-                             s3_port=args.s3_port)
+                             s3_port=args.s3_port, brokers=getattr(args, "brokers", None),
+                             secure=getattr(args, "secure", None))
 
 
 def _print(status: dict[str, Any], as_json: bool, data_dir: Any) -> None:
@@ -27,6 +28,14 @@ def _print(status: dict[str, Any], as_json: bool, data_dir: Any) -> None:
         return "up" if up else "down"
 
     print(f"kafka  {state(k['up']):<5} bootstrap  {k['bootstrap']}")
+    if len(k.get("brokers", ())) > 1:
+        for b in k["brokers"]:
+            print(f"       {state(b['up']):<5} node {b['id']}     {b['bootstrap']}  pid {b['pid']}")
+    sec = k.get("security")
+    if sec:
+        print(f"       {sec['protocol']} {sec['mechanism']}  user {sec['username']}  "
+              f"password {sec['password']}")
+        print(f"       ca {sec['ca_file']}  values file {sec['client_config']}")
     print(f"s3     {state(s['up']):<5} endpoint   {s['endpoint']}  bucket {s['bucket']}")
     print(f"                   access_key {s['access_key']}  secret_key {s['secret_key']}")
     print(f"data   {data_dir}")
@@ -78,6 +87,12 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
                             help="start (idempotent), wait until both answer, create bucket and topics")
     up.add_argument("--timeout", type=float, default=180.0, metavar="SECONDS",
                     help="give up waiting after this long (default 180)")
+    up.add_argument("--brokers", type=int, choices=(1, 3), default=None,
+                    help="Kafka brokers: 1, or a 3-node KRaft cluster (topics get replication 3 "
+                         "and min.insync.replicas 2); fixed when the data dir is first used")
+    up.add_argument("--secure", action="store_true", default=None,
+                    help="SASL_SSL only (SCRAM-SHA-512, a CA made on the spot), a user and ACLs "
+                         "per service; writes <data-dir>/client.yaml for --config")
     up.set_defaults(func=_up)
     actions.add_parser("down", parents=[parent, common],
                        help="stop both servers (data is kept)").set_defaults(func=_down)
