@@ -41,7 +41,6 @@ from ._sql import first_keyword, statement_spans
 __all__ = ("MAX_PENDING", "StatementPairer")
 
 MAX_PENDING: Final = 4096
-_RESULTS: Final = (CommandComplete, ErrorResponse, EmptyQuery, PortalSuspended)
 Result = CommandComplete | ErrorResponse | EmptyQuery | PortalSuspended
 Out = Callable[[dict[str, Any]], None]
 
@@ -112,9 +111,9 @@ class StatementPairer:
             self.startup = True
 
     def server(self, ev: Any) -> None:
-        if isinstance(ev, _RESULTS):
-            self._result(ev)
-        elif type(ev) is ReadyForQuery:
+        if type(ev) is not ReadyForQuery:
+            self._result(ev)  # CommandComplete, ErrorResponse, EmptyQuery, PortalSuspended
+        else:
             if self.startup:
                 self.startup = False
                 return

@@ -162,49 +162,46 @@ class PgReader:
                 user = params.get(b"user", b"").decode("utf-8", "replace")
                 db = params.get(b"database", b"").decode("utf-8", "replace")
                 return Startup(user, db or user, self.ts)
-            # typed messages
-            if self.skip:
-                return self._need()
-            if len(buf) < 5:
+            return self._typed(buf)
+
+    def _typed(self, buf: bytearray) -> Event:
+        """Typed messages until one makes an event (the hot loop: one pass per message)."""
+        client = self.client
+        types, skips = (_CLIENT_TYPES, _CLIENT_SKIP) if client else (_SERVER_TYPES, _SERVER_SKIP)
+        while True:
+            n = len(buf)
+            if self.skip or n < 5:
                 return self._need()
             t = buf[0]
             length = _I32(buf, 1)[0]
             if length < 4 or length > MAX_MESSAGE:
                 raise self._fail(f"PostgreSQL message length {length}")
-            client = self.client
-            if t not in (_CLIENT_TYPES if client else _SERVER_TYPES):
+            if t not in types:
                 raise self._fail(f"unknown PostgreSQL message type {t:#x}")
             size = length + 1
-            if t in (_CLIENT_SKIP if client else _SERVER_SKIP):
-                if client:
-                    if t in _EXTENDED or t == 0x64:  # ... or CopyData
-                        self.pending_bytes += size
-                    elif t == 0x53:  # S: Sync (no payload)
-                        self.pending_bytes = 0
-                        self._consume(size)
-                        return Sync(self.ts)
+            if t in skips:  # counted, then dropped: what is buffered now, the rest on arrival
+                if n >= size:
+                    del buf[:size]
                 else:
+                    self.skip = size - n
+                    buf.clear()
+                if not client:
                     self.pending_bytes += size
                     if t == 0x44:  # D: DataRow
                         self.pending_rows += 1
-                self._consume(size)
+                elif t in _EXTENDED or t == 0x64:  # ... or CopyData
+                    self.pending_bytes += size
+                elif t == 0x53:  # S: Sync (no payload)
+                    self.pending_bytes = 0
+                    return Sync(self.ts)
                 continue
-            if len(buf) < size:
+            if n < size:
                 return self._need()
             payload = bytes(buf[5:size])
             del buf[:size]
             ev = self._message(t, payload, size)
             if ev is not None:
                 return ev
-
-    def _consume(self, size: int) -> None:
-        """Drop one skipped message: what is buffered now, and the rest as it arrives."""
-        buf = self.buf
-        if len(buf) >= size:
-            del buf[:size]
-        else:
-            self.skip = size - len(buf)
-            buf.clear()
 
     def _need(self) -> NeedData:
         if self.eof and (self.buf or self.skip):
