@@ -4,7 +4,8 @@
 #
 #   1. apt: bcc (python3-bpfcc, bpfcc-tools), tcpdump, tshark, kcat, iproute2, libpcap,
 #      libdeflate, JDK + Maven (for the Kafka jars), the benchmarks' traffic sources
-#      (trafgen from netsniff-ng, nginx-light, wrk, dnsmasq-base, dig), and the newest
+#      (trafgen from netsniff-ng, nginx-light, wrk, dnsmasq-base, dig), PostgreSQL server +
+#      pgbench + psql (the PostgreSQL dissector's tests run a private cluster), and the newest
 #      linux-headers-6.12.*-cloud-amd64 (+ -common) with /lib/modules/$(uname -r)/{build,source}
 #      pointing at them; tracefs mounted (bcc tracepoints)
 #   2. .venv at the repo root with rawcap installed editable ('.[test]'), bcc importable
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(python3-bpfcc bpfcc-tools tcpdump tshark kcat iproute2 libpcap0.8-dev netsniff-ng libdeflate0
-              nginx-light wrk dnsmasq-base bind9-dnsutils
+              nginx-light wrk dnsmasq-base bind9-dnsutils postgresql postgresql-contrib
               python3-venv openjdk-17-jdk-headless maven ca-certificates openssl
               mmdebstrap umoci runc skopeo python3-dev gcc binutils)
 export DEBIAN_FRONTEND=noninteractive
