@@ -9,6 +9,9 @@
 #      pointing at them; tracefs mounted (bcc tracepoints)
 #   2. .venv at the repo root with rawcap installed editable ('.[test]'), bcc importable
 #   3. compose/install-stack.sh: Kafka broker jars + MinIO server for `rawcap stack`
+#   4. compose/install-k8s.sh: Kubernetes v1.36 (one multi-call binary: kube-apiserver,
+#      kube-controller-manager, kube-scheduler, kubelet, kubectl, etcd) and helm, built from
+#      the Go module proxy for `rawcap stack up --k8s` and the chart tests (~20 min cold)
 #
 # Environment: VENV (default .venv), PYTHON (default python3), RAWCAP_STACK_CACHE.
 set -euo pipefail
@@ -100,4 +103,5 @@ fi
 
 # --- 3. local stack binaries ----------------------------------------------------------
 bash compose/install-stack.sh
+bash compose/install-k8s.sh
 say "done"
