@@ -21,6 +21,7 @@ from schemas.errors import RawcapError, TransportError
 
 from ..config import Config, load_config
 from . import _proc
+from ._k8s import KubeCluster
 from ._kafka import KafkaServer
 from ._s3 import REGION, S3Server, create_bucket
 
@@ -81,6 +82,7 @@ class Stack:
             secret_key=state.get("secret_key") or secrets.token_hex(16),
         )
         self.bucket: str = bucket or state.get("bucket") or "rawcap"
+        self.k8s = KubeCluster(self.data_dir / "k8s")  # started by up(k8s=True) only
 
     @classmethod
     def from_config(cls, cfg: Config, *, data_dir: str | None = None,
@@ -133,6 +135,7 @@ class Stack:
             "s3": {"endpoint": self.s3_endpoint, "bucket": self.bucket,
                    "access_key": self.access_key, "secret_key": self.secret_key,
                    "up": self.s3.pid() is not None and self.s3.answers()},
+            **({"k8s": self.k8s.status()} if self.k8s.configured else {}),
         }
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -202,8 +205,9 @@ class Stack:
                                     "kafka.securityProtocol": "PLAINTEXT"})
 
     def up(self, cfg: Config | None = None, timeout: float = DEFAULT_TIMEOUT,
-           topics: bool = True) -> dict[str, Any]:
-        """Start what is not running, wait until both answer, create bucket and topics."""
+           topics: bool = True, k8s: bool = False) -> dict[str, Any]:
+        """Start what is not running, wait until both answer, create bucket and topics;
+        with ``k8s`` also etcd + kube-apiserver + kube-controller-manager (``self.k8s``)."""
         # Check both ports first so that a clash does not leave one server half started.
         for server, flag in ((self.kafka, "--kafka-port"), (self.s3, "--s3-port")):
             if server.pid() is None and _proc.port_open(server.port):
@@ -218,6 +222,8 @@ class Stack:
                 # set (pytest-asyncio's session loop, an async command).
                 with ThreadPoolExecutor(1, thread_name_prefix="rawcap-topics") as pool:
                     pool.submit(anyio.run, ensure_topics, self.config(cfg), timeout).result()
+            if k8s:
+                self.k8s.start(timeout)
         except RawcapError:
             raise
         except OSError as exc:
@@ -225,5 +231,7 @@ class Stack:
         return self.status()
 
     def down(self) -> dict[str, bool]:
-        """Stop both (SIGTERM, wait, SIGKILL after a timeout); True for each that was running."""
-        return {"kafka": self.stop_kafka(), "s3": self.stop_s3()}
+        """Stop both (SIGTERM, wait, SIGKILL after a timeout), and the Kubernetes control
+        plane if it was ever started; True for each that was running."""
+        k8s = {"k8s": self.k8s.stop()} if self.k8s.configured else {}
+        return {"kafka": self.stop_kafka(), "s3": self.stop_s3(), **k8s}
