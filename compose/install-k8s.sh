@@ -30,13 +30,22 @@ flock 9
 # --- rawcap-kube (multi-call) ---------------------------------------------------------
 KUBE="$CACHE/bin/rawcap-kube"
 STAMP="$CACHE/bin/.rawcap-kube.sum"
-want="$(cat "$HERE/k8s/go.mod" "$HERE/k8s/go.sum" "$HERE/k8s/main.go" | sha256sum | cut -d' ' -f1)"
+# The version the commands report (/version, --version): what Kubernetes' own build stamps in
+# with -X; without it they say v0.0.0-master, and helm refuses charts with a kubeVersion.
+K8S_VERSION="$(sed -n 's:^[[:space:]]*k8s.io/kubernetes \(v[0-9.]*\)$:\1:p' "$HERE/k8s/go.mod")"
+minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+LDFLAGS="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  LDFLAGS="$LDFLAGS -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+  LDFLAGS="$LDFLAGS -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+want="$( (cat "$HERE/k8s/go.mod" "$HERE/k8s/go.sum" "$HERE/k8s/main.go"; echo "$LDFLAGS") | sha256sum | cut -d' ' -f1)"
 if [ -x "$KUBE" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ]; then
   say "rawcap-kube present at $KUBE"
 else
-  say "building rawcap-kube (Kubernetes v1.36.3 + etcd; ~15-20 min cold on 2 cores, ~2 GB memory)"
+  say "building rawcap-kube (Kubernetes $K8S_VERSION + etcd; ~20 min cold on 2 idle cores, ~2 GB memory)"
   t0=$(date +%s)
-  (cd "$HERE/k8s" && go build -trimpath -ldflags='-s -w' -o "$KUBE.tmp" .)
+  (cd "$HERE/k8s" && go build -trimpath -ldflags="$LDFLAGS" -o "$KUBE.tmp" .)
   mv -f "$KUBE.tmp" "$KUBE"
   echo "$want" > "$STAMP"
   say "rawcap-kube built in $(( $(date +%s) - t0 )) s ($(du -h "$KUBE" | cut -f1))"

@@ -251,7 +251,8 @@ class KubeCluster:
                     f"--service-account-signing-key-file={pki / 'sa.key'}",
                     f"--service-cluster-ip-range={SERVICE_CIDR}",
                     "--authorization-mode=Node,RBAC", "--allow-privileged=true",
-                    "--profiling=false"]
+                    # the advertise address is loopback, which an Endpoints object may not hold
+                    "--endpoint-reconciler-type=none", "--profiling=false"]
         return [str(find_kube("kube-controller-manager")),
                 f"--kubeconfig={root / 'controller-manager.kubeconfig'}",
                 f"--authentication-kubeconfig={root / 'controller-manager.kubeconfig'}",

@@ -131,7 +131,8 @@ class Kube:
 
     def delete_pod(self, namespace: str, pod: str) -> None:
         # no kubelet confirms the shutdown: delete at once, as `kubectl delete --force` does
-        self.kubectl("delete", "pod", pod, "-n", namespace, "--grace-period=0", "--force", "--wait=true")
+        self.kubectl("delete", "pod", pod, "-n", namespace, "--grace-period=0", "--force", "--wait=true",
+                     "--ignore-not-found")
 
 
 def _template(app: str) -> dict[str, Any]:

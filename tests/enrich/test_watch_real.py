@@ -50,7 +50,7 @@ async def test_initial_list_builds_records(shop: tuple[Kube, str, str]) -> None:
     k, ns, node = shop
     pod_name = k.pods(ns, "web")[0]["metadata"]["name"]
     cluster_ip = k.get("service", "web", "-n", ns)["spec"]["clusterIP"]
-    async with run_watcher(k.kc) as watching:
+    async with run_watcher(k.kc, read_timeout=90) as watching:
         keys = {key for key, _alive in watching.keys()}
         assert {f"namespace/{ns}", f"node/{node}", f"pod/{ns}/{pod_name}", f"service/{ns}/web"} <= keys
         assert any(key.startswith(f"endpointslice/{ns}/web-") for key in keys)
@@ -74,7 +74,7 @@ async def test_pod_created_deleted_and_status_only_change(shop: tuple[Kube, str,
     async def sh(*args: str) -> None:
         await anyio.to_thread.run_sync(lambda: k.kubectl(*args))
 
-    async with run_watcher(k.kc) as watching:
+    async with run_watcher(k.kc, read_timeout=90) as watching:
         await anyio.to_thread.run_sync(lambda: k.statefulset(ns, "db"))
         await anyio.to_thread.run_sync(lambda: k.run_pod(ns, k.wait_pod(ns, "db"), node, "10.231.1.11"))
         ch = await watching.wait_for(lambda c: c.key == f"pod/{ns}/db-0" and c.record is not None
@@ -104,7 +104,7 @@ async def test_ip_reused_by_a_pod_of_another_namespace(shop: tuple[Kube, str, st
     billing = f"billing-{ns[-6:]}"
     k.namespace(billing)
     ip = pack_ip("10.231.1.12")
-    async with run_watcher(k.kc) as watching:
+    async with run_watcher(k.kc, read_timeout=90) as watching:
         await anyio.to_thread.run_sync(lambda: k.deployment(ns, "old"))
         old = await anyio.to_thread.run_sync(lambda: k.wait_pod(ns, "old"))
         await anyio.to_thread.run_sync(lambda: k.run_pod(ns, old, node, "10.231.1.12"))
@@ -142,7 +142,7 @@ async def test_in_cluster_service_account_over_tls(
     try:
         assert api.configuration.host == f"https://127.0.0.1:{k.cluster.api_port}"
         assert api.configuration.verify_ssl
-        watcher = Watcher(api, kinds=("pod",), watch_timeout=30, read_timeout=10)
+        watcher = Watcher(api, kinds=("pod",), watch_timeout=30, read_timeout=90)
         changes: list[Change] = []
         send, recv = anyio.create_memory_object_stream[Change](100)
 

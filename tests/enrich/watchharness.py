@@ -38,9 +38,11 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def run_watcher(kubeconfig: Path) -> AsyncIterator[Harness]:
+async def run_watcher(kubeconfig: Path, read_timeout: float = 10.0) -> AsyncIterator[Harness]:
+    """``read_timeout``: the fake server sends a bookmark every 0.2 s; a real one about once a
+    minute, so an idle watch on it needs a longer one."""
     api = await api_client(str(kubeconfig))
-    watcher = Watcher(api, watch_timeout=30, read_timeout=10)
+    watcher = Watcher(api, watch_timeout=30, read_timeout=read_timeout)
     h = Harness(watcher)
     send, recv = anyio.create_memory_object_stream[Change](100)
 
@@ -54,8 +56,12 @@ async def run_watcher(kubeconfig: Path) -> AsyncIterator[Harness]:
         async with anyio.create_task_group() as tg:
             tg.start_soon(watcher.run, send)
             tg.start_soon(drain)
-            with anyio.fail_after(10):
+            with anyio.fail_after(30):
                 await watcher.wait_synced()
+                # what the initial lists sent is in the stream: let the drain take all of it
+                while recv.statistics().current_buffer_used:  # noqa: ASYNC110 (polling a buffer)
+                    await anyio.sleep(0.01)
+                await anyio.sleep(0.05)
             yield h
             tg.cancel_scope.cancel()
     finally:
