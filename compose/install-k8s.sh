@@ -16,6 +16,9 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 CACHE="${RAWCAP_STACK_CACHE:-$HERE/.cache}"
 HELM_VERSION="${HELM_VERSION:-v3.21.4}"
+# The Kubernetes minor of helm's client-go (v0.36.x for v3.21.4): what `helm template` and
+# `helm lint` assume without a cluster (helm's Makefile stamps it in; unstamped it is 1.20).
+HELM_K8S_MINOR="${HELM_K8S_MINOR:-36}"
 COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl etcd)
 export PATH="$PATH:/usr/local/go/bin"
 export GOFLAGS="-buildvcs=false"
@@ -56,16 +59,22 @@ done
 
 # --- helm -----------------------------------------------------------------------------
 HELM="$CACHE/bin/helm"
+HELM_LDFLAGS="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+  HELM_LDFLAGS="$HELM_LDFLAGS -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$HELM_K8S_MINOR"
+done
+HELM_STAMP="$CACHE/bin/.helm.ldflags"  # go install records no -ldflags in the binary
 have_helm() {
-  [ -x "$HELM" ] && go version -m "$HELM" 2>/dev/null \
-    | grep -q "mod[[:space:]]*helm.sh/helm/v3[[:space:]]*$HELM_VERSION"
+  [ -x "$HELM" ] && [ "$(cat "$HELM_STAMP" 2>/dev/null)" = "$HELM_LDFLAGS" ] \
+    && go version -m "$HELM" 2>/dev/null | grep -q "mod[[:space:]]*helm.sh/helm/v3[[:space:]]*$HELM_VERSION"
 }
 if have_helm; then
   say "helm $HELM_VERSION present at $HELM"
 else
   say "building helm $HELM_VERSION from the Go module proxy (~4 min cold)"
   t0=$(date +%s)
-  GOBIN="$CACHE/bin" go install -trimpath -ldflags='-s -w' "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  GOBIN="$CACHE/bin" go install -trimpath -ldflags="$HELM_LDFLAGS" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  echo "$HELM_LDFLAGS" > "$HELM_STAMP"
   have_helm || { say "error: $HELM was not built"; exit 1; }
   say "helm built in $(( $(date +%s) - t0 )) s"
 fi

@@ -83,6 +83,7 @@ async def test_enrich_sigterm_flushes_and_dlq(make_config: Callable[..., Config]
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(600)  # a real control plane + Kafka on 2 shared cores
 async def test_k8s_watch_command_publishes_and_stops_on_sigterm(
     make_config: Callable[..., Config], kube: KubeCluster, tmp_path: Path
 ) -> None:

@@ -87,6 +87,7 @@ def _wait_holder(k: Kube, ns: str, want: str, timeout: float) -> float:
     raise AssertionError(f"Lease holder is {_holder(k, ns)!r}, not {want!r}, after {timeout} s")
 
 
+@pytest.mark.timeout(600)  # a real control plane + Kafka on 2 shared cores
 def test_two_watchers_one_leads_and_the_other_takes_over(
     kube: KubeCluster, ns: str, make_config: Callable[..., Config], tmp_path: Path
 ) -> None:

@@ -88,6 +88,7 @@ async def _send_packets(cfg: Config, node_name: str, seq: int, frames: list[byte
         await producer.stop()
 
 
+@pytest.mark.timeout(600)  # a real control plane + Kafka on 2 shared cores
 async def test_pod_ip_reuse_attributed_end_to_end(make_config: Callable[..., Config], kube: KubeCluster,
                                                   tmp_path: Path) -> None:
     cfg = make_config({"enrich.flowInterval": "1s", "enrich.grace": "500ms", "node.name": "enr-node-a"})
@@ -163,6 +164,7 @@ async def test_pod_ip_reuse_attributed_end_to_end(make_config: Callable[..., Con
     assert f"pod/{shop}/{web}" in text.stdout and "pid=4242 comm=curl" in text.stdout
 
 
+@pytest.mark.timeout(600)  # a real control plane + Kafka on 2 shared cores
 async def test_values_change_republishes_capture_filters(make_config: Callable[..., Config],
                                                          kube: KubeCluster) -> None:
     cfg = make_config()

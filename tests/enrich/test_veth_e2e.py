@@ -53,6 +53,7 @@ def _traffic(net: VethPair, rounds: int) -> None:
     c.stop()
 
 
+@pytest.mark.timeout(600)  # a real control plane + Kafka on 2 shared cores
 async def test_veth_flows_ip_reuse_and_namespace_exclusion(
     make_config: Callable[..., Config], kube: KubeCluster, tmp_path: Path
 ) -> None:
