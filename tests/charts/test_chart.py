@@ -153,7 +153,7 @@ def test_kubeshark_keys_are_honoured() -> None:
     assert enrich["resources"]["requests"] == {"cpu": "50m", "memory": "50Mi"}  # tap.resources.hub
     cfg = _load(one(docs, "ConfigMap", "rc-rawcap")["data"]["values.yaml"])
     assert cfg.get("log.level") == "warning"  # logLevel
-    assert cfg.get("tap.regex").pattern == "(catalo.*|front-end.*)"
+    assert cfg.get("tap.regex") == "(catalo.*|front-end.*)"
     assert cfg.get("tap.excludedNamespaces") == ["kube-system"]
     assert cfg.get("tap.capture.stopAfter") == 600.0 and cfg.get("tap.capture.dbMaxSize") == 200 * 2**20
     dissect = one(docs, "Deployment", "rc-rawcap-dissect")["spec"]["template"]["spec"]

@@ -65,11 +65,15 @@ def test_a_broken_value_is_refused_by_the_server(cluster: KubeCluster, sets: tup
                    input=rendered, check=False)
     assert proc.returncode != 0, proc.stdout
     assert message in proc.stderr, proc.stderr
-    # helm install refuses the same, and leaves nothing behind
-    inst = helm("install", "bad", str(CHART), "-n", ns, "-f", str(VALUES / "minimal.yaml"),
-                *[a for s in sets for a in ("--set", s)], kubeconfig=cluster.kubeconfig, check=False)
+    # helm install refuses the same and, atomic, leaves nothing behind (release names are
+    # unique per test: the ClusterRole is cluster-wide)
+    inst = helm("install", ns, str(CHART), "-n", ns, "-f", str(VALUES / "minimal.yaml"), "--atomic",
+                "--timeout", "60s", *[a for s in sets for a in ("--set", s)], kubeconfig=cluster.kubeconfig,
+                check=False)
     assert inst.returncode != 0 and message in inst.stderr, inst.stderr
-    assert not _get(cluster, "deployments", "-n", ns)["items"]
+    assert not _get(cluster, "deployments,daemonsets,configmaps", "-n", ns, "-l",
+                    f"app.kubernetes.io/instance={ns}")["items"]
+    assert kubectl(cluster.kubeconfig, "get", "clusterrole", f"{ns}-rawcap-k8s-watch", check=False).returncode
 
 
 def test_install_upgrade_uninstall(cluster: KubeCluster) -> None:
