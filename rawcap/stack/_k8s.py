@@ -31,7 +31,7 @@ from typing import Any
 from schemas.errors import RawcapError, TransportError
 
 from . import _proc
-from ._paths import cache_dir
+from ._paths import cache_dir, read_state
 
 __all__ = ("KubeCluster", "find_kube")
 
@@ -170,13 +170,7 @@ class KubeCluster:
 
     # --- files ---------------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:
-        try:
-            state = json.loads(self._state_file.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise RawcapError(f"{self._state_file} is unreadable ({exc}): fix or delete it") from None
-        return state if isinstance(state, dict) else {}
+        return read_state(self._state_file)
 
     def _save_state(self) -> None:
         state = {"api_port": self.api_port, "etcd_port": self.etcd_port,

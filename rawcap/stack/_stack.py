@@ -23,6 +23,7 @@ from ..config import Config, load_config
 from . import _proc
 from ._k8s import KubeCluster
 from ._kafka import KafkaServer
+from ._paths import read_state
 from ._s3 import REGION, S3Server, create_bucket
 
 __all__ = ("Stack",)
@@ -140,13 +141,7 @@ class Stack:
 
     # --- lifecycle ---------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:
-        try:
-            state = json.loads(self._state_file.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise RawcapError(f"{self._state_file} is unreadable ({exc}): fix or delete it") from None
-        return state if isinstance(state, dict) else {}
+        return read_state(self._state_file)
 
     def _save_state(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

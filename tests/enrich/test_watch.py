@@ -20,7 +20,7 @@ from schemas.errors import ConfigError
 from schemas.k8s import pack_ip
 
 from .fakekube import FakeKube, endpointslice, namespace, node, pod, service
-from .watchharness import Harness, run_watcher
+from .watchharness import Harness, drain_into, run_watcher
 
 
 def rfc3339(ns: int) -> str:
@@ -122,15 +122,11 @@ async def test_api_errors_back_off_then_recover(fake: FakeKube, tmp_path: Path) 
     changes: list[Change] = []
     send, recv = anyio.create_memory_object_stream[Change](100)
 
-    async def drain() -> None:
-        async with recv:
-            async for ch in recv:
-                changes.append(ch)
 
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(watcher.run, send)
-            tg.start_soon(drain)
+            tg.start_soon(drain_into, recv, changes)
             with anyio.fail_after(20):
                 await watcher.wait_synced()
             assert watcher.stats.errors == {"pod": 3} and watcher.stats.lists == {"pod": 1}

@@ -18,7 +18,7 @@ from rawcap.stack import KubeCluster
 from schemas.k8s import PodRecord, pack_ip
 
 from .realkube import Kube
-from .watchharness import run_watcher
+from .watchharness import drain_into, run_watcher
 
 pytestmark = pytest.mark.integration
 
@@ -146,14 +146,10 @@ async def test_in_cluster_service_account_over_tls(
         changes: list[Change] = []
         send, recv = anyio.create_memory_object_stream[Change](100)
 
-        async def drain() -> None:
-            async with recv:
-                async for ch in recv:
-                    changes.append(ch)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(watcher.run, send)
-            tg.start_soon(drain)
+            tg.start_soon(drain_into, recv, changes)
             with anyio.fail_after(20):
                 await watcher.wait_synced()
                 await anyio.to_thread.run_sync(lambda: k.deployment(ns, "late"))

@@ -14,7 +14,7 @@ from enrich._model import Change
 from enrich._watch import Watcher, api_client
 from schemas.k8s import WorkloadIndex
 
-__all__ = ("Harness", "run_watcher")
+__all__ = ("Harness", "drain_into", "run_watcher")
 
 
 class Harness:
@@ -66,3 +66,10 @@ async def run_watcher(kubeconfig: Path, read_timeout: float = 10.0) -> AsyncIter
             tg.cancel_scope.cancel()
     finally:
         await api.close()
+
+
+async def drain_into(recv: Any, changes: list[Change]) -> None:
+    """Append every change from ``recv`` to ``changes`` until the stream closes."""
+    async with recv:
+        async for ch in recv:
+            changes.append(ch)
