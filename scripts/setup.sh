@@ -10,7 +10,10 @@
 #      pointing at them; tracefs mounted (bcc tracepoints)
 #   2. .venv at the repo root with rawcap installed editable ('.[test]'), bcc importable
 #   3. compose/install-stack.sh: Kafka broker jars + MinIO server for `rawcap stack`
-#   4. compose/image/build.sh: the rawcap container image (OCI layout in the cache; mmdebstrap,
+#   4. compose/install-k8s.sh: Kubernetes v1.36 (one multi-call binary: kube-apiserver,
+#      kube-controller-manager, kube-scheduler, kubelet, kubectl, etcd) and helm, built from
+#      the Go module proxy for `rawcap stack up --k8s` and the chart tests (~20 min cold)
+#   5. compose/image/build.sh: the rawcap container image (OCI layout in the cache; mmdebstrap,
 #      umoci; tests/image runs it with runc). Cached: seconds when nothing changed, about a
 #      minute when a source file did, a few minutes on a fresh machine
 #
@@ -106,6 +109,9 @@ fi
 # --- 3. local stack binaries ----------------------------------------------------------
 bash compose/install-stack.sh
 
-# --- 4. container image ---------------------------------------------------------------
+# --- 4. Kubernetes binaries and helm --------------------------------------------------
+bash compose/install-k8s.sh
+
+# --- 5. container image ---------------------------------------------------------------
 bash compose/image/build.sh
 say "done"

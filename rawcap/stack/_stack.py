@@ -22,7 +22,9 @@ from schemas.errors import RawcapError, TransportError
 from ..config import Config, load_config
 from . import _proc
 from ._cluster import apply_acls, broker_status, make_brokers, wait_registered, write_client_files
+from ._k8s import KubeCluster
 from ._kafka import KafkaServer, new_cluster_id
+from ._paths import read_state
 from ._s3 import REGION, S3Server, create_bucket
 from ._security import ADMIN_USER, MECHANISM, Security
 
@@ -88,6 +90,7 @@ class Stack:
             secret_key=state.get("secret_key") or secrets.token_hex(16),
         )
         self.bucket: str = bucket or state.get("bucket") or "rawcap"
+        self.k8s = KubeCluster(self.data_dir / "k8s")  # started by up(k8s=True) only
 
     def _shape(self, state: dict[str, Any], brokers: int | None,
                secure: bool | None) -> tuple[int, bool]:
@@ -176,17 +179,12 @@ class Stack:
             "s3": {"endpoint": self.s3_endpoint, "bucket": self.bucket,
                    "access_key": self.access_key, "secret_key": self.secret_key,
                    "up": self.s3.pid() is not None and self.s3.answers()},
+            **({"k8s": self.k8s.status()} if self.k8s.configured else {}),
         }
 
     # --- lifecycle ---------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:
-        try:
-            state = json.loads(self._state_file.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise RawcapError(f"{self._state_file} is unreadable ({exc}): fix or delete it") from None
-        return state if isinstance(state, dict) else {}
+        return read_state(self._state_file)
 
     def _save_state(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -286,8 +284,9 @@ class Stack:
             await ensure_topics(admin, wait_s)
 
     def up(self, cfg: Config | None = None, timeout: float = DEFAULT_TIMEOUT,
-           topics: bool = True) -> dict[str, Any]:
-        """Start what is not running, wait until both answer, create bucket and topics."""
+           topics: bool = True, k8s: bool = False) -> dict[str, Any]:
+        """Start what is not running, wait until both answer, create bucket and topics;
+        with ``k8s`` also etcd + kube-apiserver + kube-controller-manager (``self.k8s``)."""
         # Check both ports first so that a clash does not leave one server half started.
         servers: list[Any] = [*((b, "--kafka-port") for b in self.brokers), (self.s3, "--s3-port")]
         for server, flag in servers:
@@ -301,6 +300,8 @@ class Stack:
             with ThreadPoolExecutor(1, thread_name_prefix="rawcap-topics") as pool:
                 pool.submit(anyio.run, self._after_start, cfg or load_config(env={}), timeout,
                             topics).result()
+            if k8s:
+                self.k8s.start(timeout)
         except RawcapError:
             raise
         except OSError as exc:
@@ -308,5 +309,7 @@ class Stack:
         return self.status()
 
     def down(self) -> dict[str, bool]:
-        """Stop both (SIGTERM, wait, SIGKILL after a timeout); True for each that was running."""
-        return {"kafka": self.stop_kafka(), "s3": self.stop_s3()}
+        """Stop both (SIGTERM, wait, SIGKILL after a timeout), and the Kubernetes control
+        plane if it was ever started; True for each that was running."""
+        k8s = {"k8s": self.k8s.stop()} if self.k8s.configured else {}
+        return {"kafka": self.stop_kafka(), "s3": self.stop_s3(), **k8s}

@@ -38,12 +38,16 @@ def _print(status: dict[str, Any], as_json: bool, data_dir: Any) -> None:
         print(f"       ca {sec['ca_file']}  values file {sec['client_config']}")
     print(f"s3     {state(s['up']):<5} endpoint   {s['endpoint']}  bucket {s['bucket']}")
     print(f"                   access_key {s['access_key']}  secret_key {s['secret_key']}")
+    if "k8s" in status:
+        k8s = status["k8s"]
+        print(f"k8s    {state(k8s['up']):<5} server     {k8s['server']}")
+        print(f"                   kubeconfig {k8s['kubeconfig']}")
     print(f"data   {data_dir}")
 
 
 def _up(args: argparse.Namespace, cfg: Config) -> int:
     stack = _stack(args, cfg)
-    status = stack.up(cfg, timeout=args.timeout)
+    status = stack.up(cfg, timeout=args.timeout, k8s=args.k8s)
     _print(status, args.json, stack.data_dir)
     return 0
 
@@ -63,7 +67,7 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
     stack = _stack(args, cfg)
     status = stack.status()
     _print(status, args.json, stack.data_dir)
-    return 0 if status["kafka"]["up"] and status["s3"]["up"] else 1
+    return 0 if all(part["up"] for part in status.values()) else 1
 
 
 def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
@@ -93,9 +97,12 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     up.add_argument("--secure", action="store_true", default=None,
                     help="SASL_SSL only (SCRAM-SHA-512, a CA made on the spot), a user and ACLs "
                          "per service; writes <data-dir>/client.yaml for --config")
+    up.add_argument("--k8s", action="store_true",
+                    help="also start etcd + kube-apiserver + kube-controller-manager "
+                         "(kubeconfig in `status --json`)")
     up.set_defaults(func=_up)
     actions.add_parser("down", parents=[parent, common],
                        help="stop both servers (data is kept)").set_defaults(func=_down)
     actions.add_parser("status", parents=[parent, common],
-                       help="show endpoints and credentials; exit 1 unless both are up"
+                       help="show endpoints and credentials; exit 1 unless all are up"
                        ).set_defaults(func=_status)
