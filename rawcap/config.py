@@ -229,6 +229,9 @@ KEYS: tuple[Key, ...] = (
     Key("archive.tables.flushInterval", "15m", parse_duration,
         "calls/flows Parquet objects: write one at the latest after this long"),
     Key("archive.tables.rowGroupRows", 131072, _positive_int, "rows per Parquet row group"),
+    # --- history (rawcap trends / anomalies) ---
+    Key("history.kafkaRecent", "2h", parse_duration,
+        "--source auto reads Kafka for ranges that start within this much of now"),
     # --- snapshots / forensics ---
     Key("snapshots.url", "", _str, "snapshot store URL (default ./.rawcap/snapshots)"),
     # --- dissector ---
