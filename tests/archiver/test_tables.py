@@ -140,12 +140,11 @@ def test_flows_and_bad_kinds(stack: Any, aenv: dict[str, str], run_id: str) -> N
     anyio.run(precommit_end, stack.bootstrap, f"{group}-flows", topics.FLOWS)
     rng = random.Random(3)
     t0 = time.time_ns() - 3 * 3_600_000_000_000
-    flows = [make_flow(t0 + i * 60_000_000_000, f"{run_id}-n", SERVERS[i % 3],
-                       ("shop", "web-1", "10.2.0.5"), 40000 + i, rng.randrange(100, 9000)) for i in range(200)]
+    flows = [make_flow(t0 + i * 60_000_000_000, f"{run_id}-n", SERVERS[i % 3], ("shop", "web-1", "10.2.0.5"),
+                       40000 + i, rng.randrange(100, 9000)) for i in range(200)]
 
     async def send() -> None:
         from schemas.flows import encode_flow
-
         from tests.history.helpers import produce_values
 
         await produce_values(stack.bootstrap, topics.FLOWS,
@@ -161,7 +160,8 @@ def test_flows_and_bad_kinds(stack: Any, aenv: dict[str, str], run_id: str) -> N
     assert df.columns == [c for c, _t, _d in FLOW_COLUMNS]
     assert len(df) == 200 and df["kafka_offset"].n_unique() == 200
     assert len({parse_table_key(k).hour for k in keys}) >= 3  # 200 minutes span 4 hours
-    assert df["bytes_fwd"].sum() + df["bytes_rev"].sum() == sum(f.bytes_fwd + f.bytes_rev for f in flows)
+    total = int(df["bytes_fwd"].sum()) + int(df["bytes_rev"].sum())
+    assert total == sum(f.bytes_fwd + f.bytes_rev for f in flows)
     assert set(df["src_owner"].to_list()) == {"Deployment/web"}
     assert set(df["dst_service"].to_list()) == {s.service for s in SERVERS}
 
@@ -183,7 +183,8 @@ def test_object_written_before_a_crash_is_kept_and_its_records_skipped(
     async def send() -> None:
         from tests.history.helpers import produce_values
 
-        await produce_values(stack.bootstrap, topics.CALLS, [(c.node, encode_call(c), c.ts_ns) for c in calls])
+        await produce_values(stack.bootstrap, topics.CALLS,
+                             [(c.node, encode_call(c), c.ts_ns) for c in calls])
 
     anyio.run(send)
     store = s3_store(stack, run_id)

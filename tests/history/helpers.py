@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,8 @@ def make_call(rng: random.Random, ts_ns: int, node: str, server: Server, client:
               fail: bool = False, latency_ms: float = 20.0, op: int | None = None) -> Call:
     ns, pod, ip = client
     lat = int(latency_ms * MS * rng.uniform(0.5, 1.5))
-    common = dict(node=node, src_ip=ip, src_port=40000 + rng.randrange(20000), dst_ip=server.ip,
+    common: dict[str, Any] = dict(node=node, src_ip=ip, src_port=40000 + rng.randrange(20000),
+                  dst_ip=server.ip,
                   dst_port=server.port, req_ts_ns=ts_ns, resp_ts_ns=ts_ns + lat, latency_ns=lat,
                   src_workload=pod, src_namespace=ns, dst_workload=f"service/{server.service}",
                   dst_namespace=server.namespace, req_bytes=rng.randrange(100, 900),
@@ -118,15 +119,26 @@ def quantile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+def _service(c: Call) -> str:
+    return c.dst_workload.removeprefix("service/")
+
+
+def _flow_service(f: FlowRecord) -> str:
+    return f.dst_workload.name if f.dst_workload else ""
+
+
 def reference_trends(calls: Iterable[Call], flows: Iterable[FlowRecord], lo_ns: int, hi_ns: int,
-                     every_ns: int) -> dict[tuple[int, str], dict[str, Any]]:
-    """(bucket start ns, service) -> metrics, in plain Python over the records themselves."""
+                     every_ns: int, call_group: Callable[[Call], str] = _service,
+                     flow_group: Callable[[FlowRecord], str] = _flow_service,
+                     ) -> dict[tuple[int, str], dict[str, Any]]:
+    """(bucket start ns, group) -> metrics, in plain Python over the records themselves
+    (group: the serving service unless told)."""
     acc: dict[tuple[int, str], dict[str, Any]] = defaultdict(
         lambda: {"requests": 0, "errors": 0, "lat": [], "bytes": 0, "flows": set()})
     for c in calls:
         if not lo_ns <= c.ts_ns < hi_ns:
             continue
-        a = acc[(c.ts_ns // every_ns * every_ns, c.dst_workload.removeprefix("service/"))]
+        a = acc[(c.ts_ns // every_ns * every_ns, call_group(c))]
         a["requests"] += 1
         a["errors"] += int(c.status >= 500 or bool(c.error))
         a["lat"].append(c.latency_ns / MS)
@@ -134,7 +146,7 @@ def reference_trends(calls: Iterable[Call], flows: Iterable[FlowRecord], lo_ns: 
         ts = max(f.interval_ns, f.first_ns)
         if not lo_ns <= ts < hi_ns:
             continue
-        a = acc[(ts // every_ns * every_ns, f.dst_workload.name if f.dst_workload else "")]
+        a = acc[(ts // every_ns * every_ns, flow_group(f))]
         a["bytes"] += f.bytes_fwd + f.bytes_rev
         a["flows"].add((f.src, f.sport, f.dst, f.dport, f.proto))
     out = {}
