@@ -103,8 +103,8 @@ def _workload_exprs(p: str, kind: str) -> Any:
         return pl.when(pl.col(name) == "").then(None).otherwise(pl.col(name))
 
     parts = [col(p + "service")]
-    if kind == "flows":
-        parts.append(col(p + "owner"))
+    if kind == "flows":  # Deployment/web -> web: the same name a call's pod gives
+        parts.append(col(p + "owner").str.replace(r"^[^/]*/", ""))
     parts += [col(p + "pod").str.replace(_POD_SUFFIX.pattern, ""), pl.col(p + "ip")]
     name = pl.coalesce(parts)
     ns = pl.col(p + "namespace")
