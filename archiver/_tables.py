@@ -61,11 +61,12 @@ class _Row:
     count: int
 
 
-def to_parquet(kind: str, cols: dict[str, list[Any]], row_group_rows: int) -> bytes:
-    """One Parquet object (zstd, column statistics) of ``kind``'s columns."""
+def to_parquet(df: Any, row_group_rows: int) -> bytes:
+    """One Parquet object (zstd, column statistics) of a frame of table rows
+    (:func:`schemas.tables.frame`)."""
     out = io.BytesIO()
-    frame(kind, cols).write_parquet(out, compression="zstd", compression_level=3, statistics=True,
-                                    row_group_size=row_group_rows)
+    df.write_parquet(out, compression="zstd", compression_level=3, statistics=True,
+                     row_group_size=row_group_rows)
     return out.getvalue()
 
 
@@ -137,7 +138,7 @@ class TableArchiver(Archiver):
         recs = [(plan.partition, off, _decode(self.kind, value)[1]) for off, value, _h in buf.batches]
         cols = call_rows(recs) if self.kind == "calls" else flow_rows(recs)
         key = table_key(self.kind, buf.hour, plan.topic, plan.partition, buf.first, buf.batches[-1][0])
-        return key, to_parquet(self.kind, cols, self.row_group_rows), len(recs)
+        return key, to_parquet(frame(self.kind, cols), self.row_group_rows), len(recs)
 
     async def _write(self, buf: Buffer) -> None:
         plan = buf.plan

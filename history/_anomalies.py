@@ -95,20 +95,37 @@ def _iso(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _workload_exprs(p: str, kind: str) -> Any:
-    """A row's workload name on side ``p`` ("src_"/"dst_"): service, owner, pod less suffix, IP."""
+def _side_keys(p: str, kind: str) -> list[Any]:
+    """Cheap per-row key columns of one side (``p``: "src_"/"dst_"): namespace, service,
+    owner (flows), pod, and the address only when the side has no name."""
+    import polars as pl
+
+    unnamed = (pl.col(p + "service") == "") & (pl.col(p + "pod") == "")
+    owner = pl.col(p + "owner") if kind == "flows" else pl.lit("")
+    return [pl.col(p + "namespace").alias(p + "ns"), pl.col(p + "service").alias(p + "svc"),
+            owner.alias(p + "own"), pl.col(p + "pod").alias(p + "pod"),
+            pl.when(unnamed).then(pl.col(p + "ip")).otherwise(pl.lit("")).alias(p + "addr")]
+
+
+def _name(p: str) -> Any:
+    """A side's workload name from its key columns: service, else owner name (Deployment/web
+    -> web, the name a call's pod gives), else pod less its generated suffixes, else address;
+    prefixed by the namespace. Applied to aggregated rows: a regex per record costs too much."""
     import polars as pl
 
     def col(name: str) -> Any:
         return pl.when(pl.col(name) == "").then(None).otherwise(pl.col(name))
 
-    parts = [col(p + "service")]
-    if kind == "flows":  # Deployment/web -> web: the same name a call's pod gives
-        parts.append(col(p + "owner").str.replace(r"^[^/]*/", ""))
-    parts += [col(p + "pod").str.replace(_POD_SUFFIX.pattern, ""), pl.col(p + "ip")]
-    name = pl.coalesce(parts)
-    ns = pl.col(p + "namespace")
+    name = pl.coalesce(col(p + "svc"), col(p + "own").str.replace(r"^[^/]*/", ""),
+                       col(p + "pod").str.replace(_POD_SUFFIX.pattern, ""), pl.col(p + "addr"))
+    ns = pl.col(p + "ns")
     return pl.when(ns == "").then(name).otherwise(ns + pl.lit("/") + name)
+
+
+def _nodes_union() -> Any:
+    import polars as pl
+
+    return pl.col("nodes").list.explode(keep_nulls=False, empty_as_null=False).unique().sort().head(3)
 
 
 def _edges(frames: dict[str, Any], lo_ns: int) -> Any:
@@ -116,20 +133,26 @@ def _edges(frames: dict[str, Any], lo_ns: int) -> Any:
     import polars as pl
 
     lo = pl.lit(lo_ns // 1000).cast(pl.Datetime("us", "UTC"))
+    keys = [f"{p}{k}" for p in ("src_", "dst_") for k in ("ns", "svc", "own", "pod", "addr")]
     out = []
     for kind, lf in frames.items():
         size = (pl.col("req_bytes") + pl.col("resp_bytes")) if kind == "calls" else \
             (pl.col("bytes_fwd") + pl.col("bytes_rev"))
         out.append(lf.select(
-            _workload_exprs("src_", kind).alias("client"), _workload_exprs("dst_", kind).alias("peer"),
-            pl.col("dst_port").alias("port"), (pl.col("ts") >= lo).alias("current"), pl.col("ts"),
-            pl.col("dst_ip"), pl.col("node"), size.alias("size"), pl.lit(kind).alias("kind"),
+            *_side_keys("src_", kind), *_side_keys("dst_", kind), pl.col("dst_port").alias("port"),
+            (pl.col("ts") >= lo).alias("current"), pl.col("ts"), pl.col("dst_ip"), pl.col("node"),
+            size.alias("size"), pl.lit(kind).alias("kind"),
+        ).group_by(*keys, "port", "current").agg(
+            pl.len().alias("rows"), pl.col("size").sum().alias("bytes"), pl.col("ts").min().alias("first"),
+            pl.col("ts").max().alias("last"), pl.col("dst_ip").first().alias("ip"),
+            pl.col("node").unique().head(3).alias("nodes"), pl.col("kind").first().alias("kinds"),
         ))
-    return pl.concat(out).group_by("client", "peer", "port", "current").agg(
-        pl.len().alias("rows"), pl.col("size").sum().alias("bytes"), pl.col("ts").min().alias("first"),
-        pl.col("ts").max().alias("last"), pl.col("dst_ip").first().alias("ip"),
-        pl.col("node").unique().sort().head(3).alias("nodes"), pl.col("kind").unique().sort().alias("kinds"),
-    ).collect()
+    agg = pl.concat(pl.collect_all(out))
+    return agg.with_columns(_name("src_").alias("client"), _name("dst_").alias("peer")).group_by(
+        "client", "peer", "port", "current").agg(
+        pl.col("rows").sum(), pl.col("bytes").sum(), pl.col("first").min(), pl.col("last").max(),
+        pl.col("ip").first(), _nodes_union(),
+        pl.col("kinds").unique().sort())
 
 
 def _new_peers(edges: Any) -> list[Finding]:
@@ -163,21 +186,36 @@ def _ns(t: Any) -> int:
 
 
 def _hourly(calls: Any) -> Any:
-    """Per (endpoint, workload, hour): calls, errors, p99, an address and port, nodes."""
+    """Per (endpoint, workload, hour): calls, errors, p99, an address and port, nodes.
+
+    Aggregated by what each call names (service, or pod) first; a workload reached by pod
+    name on several pods gets the largest of its pods' p99 (a call names a service when it
+    went through one, the usual case, and then the p99 is exact)."""
     import polars as pl
 
-    server = _workload_exprs("dst_", "calls")
-    return calls.with_columns(
-        server.alias("server"),
-        (pl.col("ts").dt.epoch("us") // (HOUR_NS // 1000)).alias("hour"),
-    ).with_columns(
-        (pl.col("server") + pl.lit(" ") + pl.col("endpoint")).alias("ep"),
-    ).group_by("server", "ep", "hour").agg(
+    who = pl.when(pl.col("dst_service") != "").then(pl.col("dst_service")).otherwise(pl.col("dst_pod"))
+    first = calls.select(
+        pl.col("dst_namespace").alias("dst_ns"), who.alias("who"), (pl.col("dst_service") != "").alias("svc"),
+        pl.when(who == "").then(pl.col("dst_ip")).otherwise(pl.lit("")).alias("dst_addr"), "endpoint",
+        (pl.col("ts").dt.epoch("us") // (HOUR_NS // 1000)).alias("hour"), "failed", "latency_ns", "dst_ip",
+        "dst_port", "node",
+    ).group_by("dst_ns", "who", "svc", "dst_addr", "endpoint", "hour").agg(
         pl.len().alias("n"), pl.col("failed").sum().cast(pl.Int64).alias("errors"),
         (pl.col("latency_ns").cast(pl.Float64) / 1e6).quantile(0.99, "linear").alias("p99"),
-        pl.col("dst_ip").mode().first().alias("ip"), pl.col("dst_port").mode().first().alias("port"),
-        pl.col("node").unique().sort().head(3).alias("nodes"),
+        pl.col("dst_ip").first().alias("ip"), pl.col("dst_port").first().alias("port"),
+        pl.col("node").unique().head(3).alias("nodes"),
     ).collect()
+    named = first.with_columns(
+        pl.when(pl.col("svc")).then(pl.col("who")).otherwise(None).alias("dst_svc"),
+        pl.lit("").alias("dst_own"),
+        pl.when(pl.col("svc")).then(pl.lit("")).otherwise(pl.col("who")).alias("dst_pod"),
+    ).with_columns(_name("dst_").alias("server"))
+    return named.with_columns(
+        (pl.col("server") + pl.lit(" ") + pl.col("endpoint")).alias("ep"),
+    ).group_by("server", "ep", "hour").agg(
+        pl.col("n").sum(), pl.col("errors").sum(), pl.col("p99").max(), pl.col("ip").first(),
+        pl.col("port").first(), _nodes_union(),
+    )
 
 
 def _by_hour_of_day(rows: Iterable[tuple[int, float]]) -> dict[int, list[float]]:

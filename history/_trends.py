@@ -161,11 +161,16 @@ def trends(q: TrendQuery, frames: dict[str, Any]) -> tuple[Any, Any]:
     per: list[Any] = []
     total: list[Any] = []
     for kind in q.kinds():
-        lf = frames[kind].filter(q.filters.expr(kind)).with_columns(
-            group_expr(kind, q.by, q.side), _bucket(q.every_ns))
+        needed = ["failed", "latency_ns"] if kind == "calls" else [
+            "bytes_fwd", "bytes_rev", "proto", "src_ip", "src_port", "dst_ip", "dst_port"]
+        # one scan, narrowed to what the metrics need (group names as categories), then both
+        # aggregations in memory: two lazy aggregations would read every object twice
+        rows = frames[kind].filter(q.filters.expr(kind)).select(
+            group_expr(kind, q.by, q.side).cast(pl.Categorical), _bucket(q.every_ns), *needed).collect()
         aggs = _aggs(kind, q.metrics)
-        lfs = [lf.group_by("group", "bucket").agg(aggs), lf.group_by("group").agg(aggs)]
-        b, t = pl.collect_all(lfs)
+        b = rows.group_by("group", "bucket").agg(aggs).with_columns(pl.col("group").cast(pl.String))
+        t = rows.group_by("group").agg(aggs).with_columns(pl.col("group").cast(pl.String))
+        del rows
         per.append(b)
         total.append(t)
 

@@ -171,7 +171,7 @@ def test_object_written_before_a_crash_is_kept_and_its_records_skipped(
     """The crash between the PUT and the commit, made exact: an object of the first 40
     records exists, the group's offset is still before them."""
     from archiver._tables import to_parquet
-    from schemas.tables import call_rows, table_key
+    from schemas.tables import call_rows, frame, table_key
 
     group = f"{run_id}-c"
     start = anyio.run(precommit_end, stack.bootstrap, f"{group}-calls", topics.CALLS)[0]
@@ -189,7 +189,7 @@ def test_object_written_before_a_crash_is_kept_and_its_records_skipped(
     anyio.run(send)
     store = s3_store(stack, run_id)
     early = table_key("calls", hour, topics.CALLS, 0, start, start + 39)
-    body = to_parquet("calls", call_rows((0, start + i, c) for i, c in enumerate(calls[:40])), 1000)
+    body = to_parquet(frame("calls", call_rows((0, start + i, c) for i, c in enumerate(calls[:40]))), 1000)
     obstore.put(store, early, body)
     w = _tables(aenv, group, "--kinds", "calls")
     try:

@@ -22,7 +22,7 @@ from rawcap.timeparse import format_ns
 from schemas import topics
 from schemas.calls import Call
 from schemas.flows import FlowRecord
-from schemas.tables import call_rows, flow_rows, table_key
+from schemas.tables import call_rows, flow_rows, frame, table_key
 from tests.archiver.helpers import rawcap
 
 from .conftest import stack_env
@@ -81,7 +81,7 @@ def write_archive(store: S3Store, start_ns: int, calls: list[Call], flows: list[
             by_hour.setdefault(ts_of(rec) // HOUR_NS, []).append((0, off, rec))
         for hour, items in sorted(by_hour.items()):
             key = table_key(kind, hour, topic, 0, items[0][1], items[-1][1])
-            obstore.put(store, key, to_parquet(kind, rows(items), 100_000))
+            obstore.put(store, key, to_parquet(frame(kind, rows(items)), 100_000))
             objects += 1
     return objects
 
