@@ -80,7 +80,7 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     t.add_argument("--object-size", metavar="SIZE",
                    help="cut an object after this much record data (archive.tables.objectSize, 64Mi)")
     t.add_argument("--flush-interval", metavar="DURATION",
-                   help="write an object at the latest after this long (archive.tables.flushInterval, 15m)")
+                   help="write an object at the latest after this long (archive.tables.flushInterval, 1h)")
     t.add_argument("--row-group-rows", metavar="N", help="rows per row group (archive.tables.rowGroupRows)")
     _consumer_args(t)
     t.set_defaults(func=run_tables, service=True)

@@ -1,10 +1,11 @@
 """Where the rows come from: Parquet objects in the archive (Polars reads them straight from
 ``s3://``, ``gs://``, ``az://`` or a directory), or ``rawcap.calls`` / ``rawcap.flows`` on
-Kafka for recent ranges; both give the same columns (:mod:`schemas.tables`).
+Kafka; both give the same columns (:mod:`schemas.tables`).
 
-``auto`` (the default) reads Kafka only when the whole range is recent (it starts within
-``history.kafkaRecent``, default 2h, where archive objects may not be written yet) and
-Kafka still holds its start; anything older comes from the archive.
+``auto`` (the default) splits a range at ``now - history.kafkaRecent`` (2h): what is older
+comes from the archive (the table writer holds an hour's records before it writes them,
+``archive.tables.flushInterval``), what is newer from Kafka, if Kafka still holds that cut;
+otherwise the whole range comes from the archive.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from schemas import topics
 from schemas.errors import ConfigError, RawcapError
 from schemas.tables import HOUR_NS, call_rows, flow_rows, flow_ts_ns, frame, parse_table_key
 
-__all__ = ("Source", "archive_frame", "choose_source", "kafka_frame", "object_keys", "storage_options")
+__all__ = ("Source", "archive_frame", "choose_source", "kafka_frame", "kafka_holds", "object_keys",
+           "storage_options")
 
 log = logging.getLogger("rawcap.history")
 
@@ -84,9 +86,11 @@ class Source:
         self.bytes = 0
 
     def describe(self) -> str:
-        if self.name == "archive":
-            return f"archive ({self.objects} objects, {self.bytes / 1e6:.1f} MB)"
-        return "kafka"
+        """``archive (N objects, X MB)``, ``kafka``, or ``archive (...) + kafka``."""
+        if "archive" not in self.name:
+            return self.name
+        text = f"archive ({self.objects} objects, {self.bytes / 1e6:.1f} MB)"
+        return text + " + kafka" if "kafka" in self.name else text
 
 
 def archive_frame(cfg: Config, kind: str, lo_ns: int, hi_ns: int, src: Source) -> Any:
@@ -164,31 +168,37 @@ async def kafka_frame(cfg: Config, kind: str, lo_ns: int, hi_ns: int, margin_s: 
     return frame(kind, call_rows(recs) if kind == "calls" else flow_rows(recs)).lazy()
 
 
-async def choose_source(cfg: Config, choice: str, lo_ns: int, now_ns: int) -> str:
-    """``archive`` or ``kafka`` for ``--source auto|archive|kafka`` (rule in the module doc)."""
+async def choose_source(cfg: Config, choice: str, lo_ns: int, hi_ns: int, now_ns: int) -> list[
+        tuple[str, int, int]]:
+    """``[(source, lo, hi), ...]`` covering ``[lo, hi)`` for ``--source auto|archive|kafka``
+    (the rule in the module docstring)."""
     if choice in ("archive", "kafka"):
-        return choice
+        return [(choice, lo_ns, hi_ns)]
     if choice != "auto":
         raise ConfigError(f"--source {choice!r} is invalid: expected auto, archive or kafka")
-    if lo_ns < now_ns - int(cfg.get("history.kafkaRecent") * 1e9):
-        return "archive"
+    cut = now_ns - int(cfg.get("history.kafkaRecent") * 1e9)
+    if hi_ns <= cut or not await kafka_holds(cfg, max(lo_ns, cut)):
+        return [("archive", lo_ns, hi_ns)]
+    if lo_ns >= cut:
+        return [("kafka", lo_ns, hi_ns)]
+    return [("archive", lo_ns, cut), ("kafka", cut, hi_ns)]
+
+
+async def kafka_holds(cfg: Config, t_ns: int) -> bool:
+    """Whether every partition of rawcap.calls still holds records from ``t_ns`` on (its
+    first record is not younger), i.e. retention has not removed that time yet."""
     from rawcap.kafka import start_consumer, stop_client, topic_partitions
 
     try:
         consumer = await start_consumer(cfg, " to see what rawcap.calls holds")
     except RawcapError:
-        return "archive"
+        return False
     try:
         tps = await topic_partitions(consumer, topics.CALLS)
         if not tps:
-            return "archive"
+            return False
         consumer.assign(tps)
-        firsts = await consumer.beginning_offsets(tps)
         earliest = await consumer.offsets_for_times({tp: 0 for tp in tps})
-        for tp in tps:
-            e = earliest.get(tp)
-            if e is None or e.offset != firsts[tp] or e.timestamp > lo_ns // 1_000_000:
-                return "archive"
-        return "kafka"
+        return all(e is not None and e.timestamp <= t_ns // 1_000_000 for e in earliest.values())
     finally:
         await stop_client(consumer)

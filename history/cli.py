@@ -26,8 +26,8 @@ by rawcap archive tables) or, for recent ranges, on Kafka.
 
 Metrics (several at once): requests, errors, error-rate, p50, p99 (latency in ms; calls) and
 bytes, flows (flows). A call or flow counts for its serving side (--side client: the caller).
---source auto reads Kafka when the range starts within history.kafkaRecent (2h) and Kafka
-still holds it, else the archive. See docs/history.md.
+--source auto reads the last history.kafkaRecent (2h) of the range from Kafka (when Kafka
+still holds it) and the rest from the archive. See docs/history.md.
 """
 
 ANOMALIES = """\
@@ -99,17 +99,23 @@ def _filters(args: argparse.Namespace) -> Any:
 
 async def _frames(cfg: Config, args: argparse.Namespace, kinds: list[str], lo: int, hi: int) -> tuple[
         dict[str, Any], Any]:
+    import polars as pl
+
     from ._source import Source, archive_frame, choose_source, kafka_frame
 
     if args.url:
         cfg = cfg.with_overrides({"archive.url": args.url})
-    src = Source(await choose_source(cfg, args.source, lo, time.time_ns()))
+    plan = await choose_source(cfg, args.source, lo, hi, time.time_ns())
+    src = Source("+".join(name for name, _lo, _hi in plan))
     frames = {}
     for kind in kinds:
-        if src.name == "archive":
-            frames[kind] = archive_frame(cfg, kind, lo, hi, src)
-        else:
-            frames[kind] = await kafka_frame(cfg, kind, lo, hi)
+        parts = []
+        for name, a, b in plan:
+            if name == "archive":
+                parts.append(archive_frame(cfg, kind, a, b, src))
+            else:
+                parts.append(await kafka_frame(cfg, kind, a, b))
+        frames[kind] = parts[0] if len(parts) == 1 else pl.concat(parts)
     return frames, src
 
 

@@ -102,3 +102,42 @@ def test_latency_unit_is_ms(written: Written) -> None:
                  format_ns(written.end_ns), "--metric", "p99", "--every", "30h")
     assert rows and all(10 <= r["p99"] <= 30 for r in rows), rows
     assert max(c.latency_ns for c in written.calls) / MS <= 30
+
+
+def test_auto_source_splits_at_kafka_recent(written: Written, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--source auto: older than now - history.kafkaRecent from the archive, the rest from
+    Kafka (real MinIO and Kafka both). Whether Kafka still holds the cut depends on what other
+    tests produced before; that one answer is fixed here to True."""
+    import time
+
+    import anyio
+
+    from history import _source
+    from history._trends import TrendQuery, trends
+    from history.cli import _frames
+    from rawcap.config import load_config
+
+    async def holds(cfg: Any, t_ns: int) -> bool:
+        return True
+
+    monkeypatch.setattr(_source, "kafka_holds", holds)
+    lo, hi = written.start_ns, written.end_ns
+    cut = lo + 11 * HOUR_NS + 123_456_789
+    recent = (time.time_ns() - cut) / 1e9
+    cfg = load_config(overrides={"kafka.bootstrap": written.env["RAWCAP_BOOTSTRAP"],
+                                 "archive.url": written.env["RAWCAP_ARCHIVE_URL"],
+                                 "history.kafkaRecent": f"{recent:.6f}s"}, env={})
+    args = type("Args", (), {"url": None, "source": "auto"})()
+    for k, v in written.env.items():
+        monkeypatch.setenv(k, v)
+    plan = anyio.run(_source.choose_source, cfg, "auto", lo, hi, time.time_ns())
+    assert [p[0] for p in plan] == ["archive", "kafka"] and abs(plan[0][2] - cut) < 10**9
+    frames, src = anyio.run(_frames, cfg, args, ["calls", "flows"], lo, hi)
+    assert src.describe().startswith("archive (") and src.describe().endswith(" + kafka")
+    per, _total = trends(TrendQuery(lo, hi, HOUR_NS, "service", tuple(ALL.split(","))), frames)
+    rows = [{**r, "t": dt.datetime.fromtimestamp(r["bucket"] / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+             "error-rate": r["error_rate"]} for r in per.iter_rows(named=True)]
+    ref = reference_trends(written.calls, written.flows, lo, hi, HOUR_NS)
+    _check(rows, ref)
+    assert anyio.run(_source.choose_source, cfg, "auto", lo, plan[0][2] - 1, time.time_ns()) == [
+        ("archive", lo, plan[0][2] - 1)]
