@@ -53,11 +53,8 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _url_arg(p)
-    p.add_argument("--group", default=None, help="consumer group (default rawcap-archiver)")
-    p.add_argument("--object-size", metavar="SIZE", help="target object size (archive.objectSize, 32Mi)")
-    p.add_argument("--flush-interval", metavar="DURATION",
-                   help="write an object at the latest after this long (archive.flushInterval, 2m)")
+    _writer_args(p, "consumer group (default rawcap-archiver)",
+                 "target object size (archive.objectSize, 32Mi)", "archive.flushInterval, 2m")
     p.add_argument("--retention", metavar="DURATION",
                    help="delete hours older than this (archive.retention; 0 = keep; prefer a "
                         "bucket lifecycle rule)")
@@ -72,15 +69,11 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
         description=TABLES_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _url_arg(t)
+    _writer_args(t, "consumer group prefix (default rawcap-tables: rawcap-tables-calls, ...)",
+                 "cut an object after this much record data (archive.tables.objectSize, 64Mi)",
+                 "archive.tables.flushInterval, 1h")
     t.add_argument("--kinds", default="calls,flows", metavar="calls,flows",
                    help="which tables to write (default both; one consumer group each)")
-    t.add_argument("--group", default=None,
-                   help="consumer group prefix (default rawcap-tables: rawcap-tables-calls, ...)")
-    t.add_argument("--object-size", metavar="SIZE",
-                   help="cut an object after this much record data (archive.tables.objectSize, 64Mi)")
-    t.add_argument("--flush-interval", metavar="DURATION",
-                   help="write an object at the latest after this long (archive.tables.flushInterval, 1h)")
     t.add_argument("--row-group-rows", metavar="N", help="rows per row group (archive.tables.rowGroupRows)")
     _consumer_args(t)
     t.set_defaults(func=run_tables, service=True)
@@ -97,6 +90,14 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     ls.add_argument("--node", action="append", metavar="NAME", help="node(s); repeat or comma-separate")
     ls.add_argument("--json", action="store_true", help="one JSON object per node and hour")
     ls.set_defaults(func=run_ls)
+
+
+def _writer_args(p: argparse.ArgumentParser, group: str, size: str, flush: str) -> None:
+    _url_arg(p)
+    p.add_argument("--group", default=None, help=group)
+    p.add_argument("--object-size", metavar="SIZE", help=size)
+    p.add_argument("--flush-interval", metavar="DURATION",
+                   help=f"write an object at the latest after this long ({flush})")
 
 
 def _consumer_args(p: argparse.ArgumentParser) -> None:

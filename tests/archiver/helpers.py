@@ -152,18 +152,16 @@ async def produce(bootstrap: str, items: Iterable[tuple[str, bytes]]) -> int:
     return n
 
 
-class Traffic:
-    """A thread producing batches for some nodes at a steady rate until stopped; it
-    remembers every (node, seq) Kafka acknowledged."""
+class ProducerThread:
+    """A thread running :meth:`_run` (a producing loop that ends when ``_stop`` is set)
+    beside the test; an error in it is raised by :meth:`stop`."""
 
-    def __init__(self, bootstrap: str, nodes: list[str], rate: float = 20.0, size: int = 300) -> None:
-        self.bootstrap, self.nodes, self.rate, self.size = bootstrap, nodes, rate, size
-        self.sent: list[tuple[str, int]] = []
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._t = threading.Thread(target=lambda: anyio.run(self._run), daemon=True)
         self.error: BaseException | None = None
 
-    def __enter__(self) -> Traffic:
+    def __enter__(self) -> Any:
         self._t.start()
         return self
 
@@ -175,6 +173,19 @@ class Traffic:
         self._t.join(60)
         if self.error is not None:
             raise self.error
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Traffic(ProducerThread):
+    """A thread producing batches for some nodes at a steady rate until stopped; it
+    remembers every (node, seq) Kafka acknowledged."""
+
+    def __init__(self, bootstrap: str, nodes: list[str], rate: float = 20.0, size: int = 300) -> None:
+        super().__init__()
+        self.bootstrap, self.nodes, self.rate, self.size = bootstrap, nodes, rate, size
+        self.sent: list[tuple[str, int]] = []
 
     async def _run(self) -> None:
         try:

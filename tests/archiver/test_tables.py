@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import random
 import signal
-import threading
 import time
 from typing import Any
 
@@ -24,36 +23,21 @@ from schemas.calls import Call, encode_call
 from schemas.tables import CALL_COLUMNS, FLOW_COLUMNS, parse_table_key
 from tests.history.helpers import SERVERS, make_call, make_flow
 
-from .helpers import Proc, precommit_end, rawcap, s3_store, wait_committed
+from .helpers import Proc, ProducerThread, precommit_end, rawcap, s3_store, wait_committed
 
 pytestmark = pytest.mark.integration
 
 FAST = ["--flush-interval", "0.3s", "--object-size", "64Ki", "--session-timeout", "6"]
 
 
-class CallTraffic:
+class CallTraffic(ProducerThread):
     """A thread producing calls to rawcap.calls at a steady rate (timestamps: now) until
     stopped; it remembers every offset Kafka acknowledged, with the call."""
 
     def __init__(self, bootstrap: str, node: str, rate: float = 200.0) -> None:
+        super().__init__()
         self.bootstrap, self.node, self.rate = bootstrap, node, rate
         self.sent: dict[int, Call] = {}
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=lambda: anyio.run(self._run), daemon=True)
-        self.error: BaseException | None = None
-
-    def __enter__(self) -> CallTraffic:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._t.join(60)
-        if self.error is not None:
-            raise self.error
 
     async def _run(self) -> None:
         rng = random.Random(5)
@@ -80,6 +64,17 @@ def _tables(env: dict[str, str], group: str, *extra: str) -> Proc:
     p = Proc(["archive", "tables", "--group", group, *FAST, *extra], env)
     p.wait_for("archiver running", timeout=60)
     return p
+
+
+def _write_all(env: dict[str, str], group: str, kind: str, bootstrap: str) -> Proc:
+    """Run the writer of one kind until its group has committed the topic's end; stop it."""
+    w = _tables(env, group, "--kinds", kind)
+    try:
+        wait_committed(bootstrap, f"{group}-{kind}", [0], timeout=90,
+                       topic=topics.CALLS if kind == "calls" else topics.FLOWS)
+    finally:
+        assert w.stop() == 0, w.text
+    return w
 
 
 def _read_all(store: Any, kind: str) -> tuple[list[str], pl.DataFrame]:
@@ -151,11 +146,7 @@ def test_flows_and_bad_kinds(stack: Any, aenv: dict[str, str], run_id: str) -> N
                              [(f.node, encode_flow(f), f.first_ns) for f in flows])
 
     anyio.run(send)
-    w = _tables(aenv, group, "--kinds", "flows")
-    try:
-        wait_committed(stack.bootstrap, f"{group}-flows", [0], timeout=90, topic=topics.FLOWS)
-    finally:
-        assert w.stop() == 0, w.text
+    _write_all(aenv, group, "flows", stack.bootstrap)
     keys, df = _read_all(s3_store(stack, run_id), "flows")
     assert df.columns == [c for c, _t, _d in FLOW_COLUMNS]
     assert len(df) == 200 and df["kafka_offset"].n_unique() == 200
@@ -191,11 +182,7 @@ def test_object_written_before_a_crash_is_kept_and_its_records_skipped(
     early = table_key("calls", hour, topics.CALLS, 0, start, start + 39)
     body = to_parquet(frame("calls", call_rows((0, start + i, c) for i, c in enumerate(calls[:40]))), 1000)
     obstore.put(store, early, body)
-    w = _tables(aenv, group, "--kinds", "calls")
-    try:
-        wait_committed(stack.bootstrap, f"{group}-calls", [0], timeout=90, topic=topics.CALLS)
-    finally:
-        assert w.stop() == 0, w.text
+    w = _write_all(aenv, group, "calls", stack.bootstrap)
     assert w.count("resuming: objects of this partition exist already") == 1
     summary = next(line for line in w.lines if line.startswith("calls: archive summary:"))
     assert " skipped=40 " in summary and " packets=60 " in summary, summary
