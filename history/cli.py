@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from rawcap.config import Config, parse_duration
-from rawcap.timeparse import parse_window
+from rawcap.timeparse import parse_time, parse_window
 from schemas.errors import ConfigError
 
 __all__ = ("add_commands",)
@@ -126,7 +126,10 @@ async def run_trends(args: argparse.Namespace, cfg: Config) -> int:
     lo, hi = parse_window(args.start, args.to)
     metrics = tuple(m.strip() for item in (args.metric or ["requests,error-rate,p99"])
                     for m in item.split(",") if m.strip())
-    every = parse_duration(args.every) if args.every else 0
+    try:
+        every = parse_duration(args.every)
+    except ValueError as exc:
+        raise ConfigError(f"--every {args.every!r} is invalid: expected {exc}") from None
     q = TrendQuery(lo, hi, int(every * 1e9), args.by, tuple(dict.fromkeys(metrics)), args.side,
                    _filters(args))
     frames, src = await _frames(cfg, args, q.kinds(), lo, hi)
@@ -152,7 +155,7 @@ async def run_anomalies(args: argparse.Namespace, cfg: Config) -> int:
     from ._anomalies import find_anomalies
 
     lo, hi = parse_window(args.start, args.to)
-    base_lo, _ = parse_window(args.baseline, args.start)
+    base_lo = parse_time(args.baseline, what="--baseline")
     if base_lo >= lo:
         raise ConfigError("--baseline must be before --from (the baseline runs from --baseline to --from)")
     frames, src = await _frames(cfg, args, ["calls", "flows"], base_lo, hi)

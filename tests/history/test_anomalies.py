@@ -163,3 +163,15 @@ def test_robust_z_rule() -> None:
     assert (med, mad) == (2.0, 0.0) and z == pytest.approx(16.0)  # the floor stands in for MAD 0
     z, _m, mad = robust_z(4.0, [1.0, 2.0, 3.0, 4.0, 5.0], 0.1)
     assert mad == 1.0 and z == pytest.approx(1 / 1.4826)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--baseline", "-1h", "--from", "-2h"], "--baseline must be before --from"),
+    (["--baseline", "last week"], "--baseline"),
+    (["--source", "s3"], "invalid choice"),
+])
+def test_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
+    r = rawcap("anomalies", "--url", "file:///nonexistent-rawcap-test", *args, env={}, timeout=60)
+    err = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 2 and needle in err[-1], (r.returncode, err)
+    assert len(err) == 1 or err[0].startswith("usage:"), err

@@ -86,6 +86,7 @@ def test_table_png_and_auto_source(written: Written, tmp_path: Any) -> None:
     (["--metric", "requests,latency"], "--metric latency is invalid"),
     (["--by", "cluster"], "--by 'cluster' is invalid"),
     (["--every", "0"], "--every"),
+    (["--every", "hourly"], "--every 'hourly' is invalid: expected a duration"),
     (["--port", "http"], "--port 'http' is invalid"),
     (["--pod", "web-("], "--pod 'web-(' is not a valid regular expression"),
     (["--from", "-1h", "--to", "-2h"], "is after --to"),
