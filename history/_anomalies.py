@@ -26,6 +26,7 @@ packets.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 import re
 import statistics
@@ -122,10 +123,17 @@ def _name(p: str) -> Any:
     return pl.when(ns == "").then(name).otherwise(ns + pl.lit("/") + name)
 
 
-def _nodes_union() -> Any:
+def _day_slices(lf: Any, lo_ns: int, hi_ns: int) -> list[Any]:
+    """``lf`` cut into UTC days of ``[lo, hi)``: aggregated one day at a time, a week of
+    calls needs a seventh of the memory (row-group statistics skip the other days' rows)."""
     import polars as pl
 
-    return pl.col("nodes").list.explode(keep_nulls=False, empty_as_null=False).unique().sort().head(3)
+    day = 24 * HOUR_NS
+    cuts = [lo_ns, *range((lo_ns // day + 1) * day, hi_ns, day), hi_ns]
+    us = pl.Datetime("us", "UTC")
+    ts = pl.col("ts")
+    return [lf.filter((ts >= pl.lit(a // 1000).cast(us)) & (ts < pl.lit(b // 1000).cast(us)))
+            for a, b in itertools.pairwise(cuts) if b > a]
 
 
 def _edges(frames: dict[str, Any], lo_ns: int) -> Any:
@@ -145,14 +153,14 @@ def _edges(frames: dict[str, Any], lo_ns: int) -> Any:
         ).group_by(*keys, "port", "current").agg(
             pl.len().alias("rows"), pl.col("size").sum().alias("bytes"), pl.col("ts").min().alias("first"),
             pl.col("ts").max().alias("last"), pl.col("dst_ip").first().alias("ip"),
-            pl.col("node").unique().head(3).alias("nodes"), pl.col("kind").first().alias("kinds"),
+            pl.col("node").first(), pl.col("kind").first(),
         ))
-    agg = pl.concat(pl.collect_all(out))
+    agg = pl.concat([q.collect(engine="streaming") for q in out])
     return agg.with_columns(_name("src_").alias("client"), _name("dst_").alias("peer")).group_by(
         "client", "peer", "port", "current").agg(
         pl.col("rows").sum(), pl.col("bytes").sum(), pl.col("first").min(), pl.col("last").max(),
-        pl.col("ip").first(), _nodes_union(),
-        pl.col("kinds").unique().sort())
+        pl.col("ip").first(), pl.col("node").unique().sort().head(3).alias("nodes"),
+        pl.col("kind").unique().sort().alias("kinds"))
 
 
 def _new_peers(edges: Any) -> list[Finding]:
@@ -185,16 +193,10 @@ def _ns(t: Any) -> int:
     return int(t.timestamp() * 1e9) if hasattr(t, "timestamp") else int(t)
 
 
-def _hourly(calls: Any) -> Any:
-    """Per (endpoint, workload, hour): calls, errors, p99, an address and port, nodes.
-
-    Aggregated by what each call names (service, or pod) first; a workload reached by pod
-    name on several pods gets the largest of its pods' p99 (a call names a service when it
-    went through one, the usual case, and then the p99 is exact)."""
+def _hourly_first(calls: Any, who: Any) -> Any:
     import polars as pl
 
-    who = pl.when(pl.col("dst_service") != "").then(pl.col("dst_service")).otherwise(pl.col("dst_pod"))
-    first = calls.select(
+    return calls.select(
         pl.col("dst_namespace").alias("dst_ns"), who.alias("who"), (pl.col("dst_service") != "").alias("svc"),
         pl.when(who == "").then(pl.col("dst_ip")).otherwise(pl.lit("")).alias("dst_addr"), "endpoint",
         (pl.col("ts").dt.epoch("us") // (HOUR_NS // 1000)).alias("hour"), "failed", "latency_ns", "dst_ip",
@@ -203,8 +205,20 @@ def _hourly(calls: Any) -> Any:
         pl.len().alias("n"), pl.col("failed").sum().cast(pl.Int64).alias("errors"),
         (pl.col("latency_ns").cast(pl.Float64) / 1e6).quantile(0.99, "linear").alias("p99"),
         pl.col("dst_ip").first().alias("ip"), pl.col("dst_port").first().alias("port"),
-        pl.col("node").unique().head(3).alias("nodes"),
-    ).collect()
+        pl.col("node").first(),
+    ).collect(engine="streaming")
+
+
+def _hourly(calls: Any, span: tuple[int, int]) -> Any:
+    """Per (endpoint, workload, hour): calls, errors, p99, an address and port, nodes.
+
+    Aggregated by what each call names (service, or pod) first; a workload reached by pod
+    name on several pods gets the largest of its pods' p99 (a call names a service when it
+    went through one, the usual case, and then the p99 is exact)."""
+    import polars as pl
+
+    who = pl.when(pl.col("dst_service") != "").then(pl.col("dst_service")).otherwise(pl.col("dst_pod"))
+    first = pl.concat([_hourly_first(day, who) for day in _day_slices(calls, *span)])
     named = first.with_columns(
         pl.when(pl.col("svc")).then(pl.col("who")).otherwise(None).alias("dst_svc"),
         pl.lit("").alias("dst_own"),
@@ -214,7 +228,7 @@ def _hourly(calls: Any) -> Any:
         (pl.col("server") + pl.lit(" ") + pl.col("endpoint")).alias("ep"),
     ).group_by("server", "ep", "hour").agg(
         pl.col("n").sum(), pl.col("errors").sum(), pl.col("p99").max(), pl.col("ip").first(),
-        pl.col("port").first(), _nodes_union(),
+        pl.col("port").first(), pl.col("node").unique().sort().head(3).alias("nodes"),
     )
 
 
@@ -335,7 +349,7 @@ def find_anomalies(frames: dict[str, Any], base_lo_ns: int, lo_ns: int, hi_ns: i
     base_lo_h = -(-base_lo_ns // HOUR_NS)
     found = _new_peers(_edges(frames, lo_ns))
     if "calls" in frames:
-        hourly = _hourly(frames["calls"])
+        hourly = _hourly(frames["calls"], (base_lo_ns, hi_ns))
         found += _merge(_endpoint_rules(hourly, lo_h, hi_h) + _volume_rules(hourly, base_lo_h, lo_h, hi_h))
     order = {"new-peer": 0, "error-rate": 1, "latency": 2, "volume-drop": 3, "volume-spike": 4}
     found.sort(key=lambda f: (order[f.rule], -f.score, f.subject))

@@ -166,7 +166,8 @@ def trends(q: TrendQuery, frames: dict[str, Any]) -> tuple[Any, Any]:
         # one scan, narrowed to what the metrics need (group names as categories), then both
         # aggregations in memory: two lazy aggregations would read every object twice
         rows = frames[kind].filter(q.filters.expr(kind)).select(
-            group_expr(kind, q.by, q.side).cast(pl.Categorical), _bucket(q.every_ns), *needed).collect()
+            group_expr(kind, q.by, q.side).cast(pl.Categorical), _bucket(q.every_ns), *needed,
+        ).collect(engine="streaming")
         aggs = _aggs(kind, q.metrics)
         b = rows.group_by("group", "bucket").agg(aggs).with_columns(pl.col("group").cast(pl.String))
         t = rows.group_by("group").agg(aggs).with_columns(pl.col("group").cast(pl.String))
