@@ -11,8 +11,10 @@ window are judged (a partial last hour would look like a drop). Rules (docs/hist
   compared with the same hour of day on each baseline day (hours with at least
   ``MIN_CALLS`` calls; at least ``MIN_DAYS`` such days). Robust z-score
   ``z = (x - median) / max(1.4826 * MAD, floor)``; error-rate floor 1 percentage point,
-  p99 floor max(10 % of the median, 1 ms). Flagged when ``z >= Z``, the hour has at least
-  ``MIN_CALLS`` calls and, for errors, at least ``MIN_ERRORS`` failures.
+  p99 floor max(10 % of the median, 1 ms). Error rate flagged when ``z >= Z``, the hour has
+  at least ``MIN_CALLS`` calls and ``MIN_ERRORS`` failures; p99 when ``z >= Z``, it is at
+  least ``LATENCY_RATIO`` times the median, and the hour (like each baseline hour used) has
+  at least ``MIN_LATENCY_CALLS`` calls.
 - **volume** (spike or drop) per server workload and hour: the same, on ``ln(1 + calls)``
   with every baseline hour of that workload counted (0 when it had no calls), floor 0.25;
   flagged when ``|z| >= Z`` and the larger of the value and the baseline median is at least
@@ -36,10 +38,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 __all__ = (
+    "LATENCY_RATIO",
     "MAD_SCALE",
     "MIN_CALLS",
     "MIN_DAYS",
     "MIN_ERRORS",
+    "MIN_LATENCY_CALLS",
     "Finding",
     "Z",
     "find_anomalies",
@@ -51,7 +55,9 @@ DAY_HOURS: Final = 24
 Z: Final = 4.0
 MAD_SCALE: Final = 1.4826
 MIN_CALLS: Final = 20
-MIN_ERRORS: Final = 5
+MIN_LATENCY_CALLS: Final = 50  # a p99 of fewer calls is little more than their maximum
+MIN_ERRORS: Final = 10
+LATENCY_RATIO: Final = 1.5
 MIN_DAYS: Final = 3
 _POD_SUFFIX = re.compile(r"(-[a-z0-9]{6,10})?-[a-z0-9]{5}$")
 
@@ -246,7 +252,8 @@ def _endpoint_rules(hourly: Any, lo_h: int, hi_h: int) -> list[tuple[str, str, i
         rows = g.sort("hour").to_dicts()
         base = [r for r in rows if r["hour"] < lo_h and r["n"] >= MIN_CALLS]
         rate_b = _by_hour_of_day((r["hour"], r["errors"] / r["n"]) for r in base)
-        p99_b = _by_hour_of_day((r["hour"], r["p99"]) for r in base if r["p99"] is not None)
+        p99_b = _by_hour_of_day((r["hour"], r["p99"]) for r in base
+                                if r["p99"] is not None and r["n"] >= MIN_LATENCY_CALLS)
         for r in rows:
             if not lo_h <= r["hour"] < hi_h or r["n"] < MIN_CALLS:
                 continue
@@ -261,10 +268,10 @@ def _endpoint_rules(hourly: Any, lo_h: int, hi_h: int) -> list[tuple[str, str, i
                         "baseline_median": round(med, 4), "baseline_mad": round(mad, 4),
                         "baseline_days": len(b), "z": round(z, 1)}))
             b = p99_b.get(h, [])
-            if len(b) >= MIN_DAYS and r["p99"] is not None:
+            if len(b) >= MIN_DAYS and r["p99"] is not None and r["n"] >= MIN_LATENCY_CALLS:
                 med0 = statistics.median(b)
                 z, med, mad = robust_z(r["p99"], b, max(0.1 * med0, 1.0))
-                if z >= Z:
+                if z >= Z and r["p99"] >= LATENCY_RATIO * med:
                     hits.append(("latency", ep, r["hour"], z, r, {
                         "p99_ms": round(r["p99"], 2), "calls": r["n"], "baseline_median_ms": round(med, 2),
                         "baseline_mad_ms": round(mad, 2), "baseline_days": len(b), "z": round(z, 1)}))

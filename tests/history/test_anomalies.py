@@ -44,7 +44,7 @@ def generate(start_ns: int, inject: bool) -> tuple[list[Call], list[FlowRecord]]
         hour_ns = start_ns + h * HOUR_NS
         shape = 1.2 if h % 24 in range(8, 20) else 1.0
         for server in SERVERS:
-            n = int(60 * shape)
+            n = int((60 if server.service == "redis" else 120) * shape)  # >= 50 per endpoint: p99 judged
             if inject and server.service == "redis" and DROP <= h < DROP + 4:
                 n = 3
             for i in range(n):
