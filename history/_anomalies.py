@@ -13,8 +13,9 @@ window are judged (a partial last hour would look like a drop). Rules (docs/hist
   ``z = (x - median) / max(1.4826 * MAD, floor)``; error-rate floor 1 percentage point,
   p99 floor max(10 % of the median, 1 ms). Error rate flagged when ``z >= Z``, the hour has
   at least ``MIN_CALLS`` calls and ``MIN_ERRORS`` failures; p99 when ``z >= Z``, it is at
-  least ``LATENCY_RATIO`` times the median, and the hour (like each baseline hour used) has
-  at least ``MIN_LATENCY_CALLS`` calls.
+  least ``LATENCY_RATIO`` times the median, the hour (like each baseline hour used) has
+  at least ``MIN_LATENCY_CALLS`` calls, and it happens in ``LATENCY_HOURS`` consecutive
+  hours or more (one hour's p99 of a few dozen calls swings that far by chance).
 - **volume** (spike or drop) per server workload and hour: the same, on ``ln(1 + calls)``
   with every baseline hour of that workload counted (0 when it had no calls), floor 0.25;
   flagged when ``|z| >= Z`` and the larger of the value and the baseline median is at least
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 __all__ = (
+    "LATENCY_HOURS",
     "LATENCY_RATIO",
     "MAD_SCALE",
     "MIN_CALLS",
@@ -58,6 +60,7 @@ MIN_CALLS: Final = 20
 MIN_LATENCY_CALLS: Final = 50  # a p99 of fewer calls is little more than their maximum
 MIN_ERRORS: Final = 10
 LATENCY_RATIO: Final = 1.5
+LATENCY_HOURS: Final = 2  # a shift, not one noisy hour
 MIN_DAYS: Final = 3
 _POD_SUFFIX = re.compile(r"(-[a-z0-9]{6,10})?-[a-z0-9]{5}$")
 
@@ -315,7 +318,7 @@ def _merge(hits: list[tuple[str, str, int, float, dict[str, Any], dict[str, Any]
     run: list[Any] = []
 
     def close() -> None:
-        if not run:
+        if not run or (run[0][0] == "latency" and len(run) < LATENCY_HOURS):
             return
         rule, subject = run[0][0], run[0][1]
         worst = max(run, key=lambda h: h[3])
