@@ -118,8 +118,8 @@ def archive_frame(cfg: Config, kind: str, lo_ns: int, hi_ns: int, src: Source) -
 
 
 async def kafka_frame(cfg: Config, kind: str, lo_ns: int, hi_ns: int, margin_s: float = 120.0) -> Any:
-    """``kind`` rows with ``lo <= ts < hi`` read from Kafka (``offsets_for_times`` at
-    ``lo - margin``, up to the end offsets as of now or past ``hi + margin``)."""
+    """``kind`` rows with ``lo <= ts < hi`` read from Kafka (from ``offsets_for_times`` at
+    ``lo - margin`` up to the end offsets as of now)."""
     from rawcap.kafka import start_consumer, stop_client, topic_partitions
     from schemas.calls import decode_call
     from schemas.flows import UnsupportedFlow, decode_flow
@@ -141,13 +141,15 @@ async def kafka_frame(cfg: Config, kind: str, lo_ns: int, hi_ns: int, margin_s: 
                 if st is not None and st.offset < ends[tp]:
                     consumer.seek(tp, st.offset)
                     live.append(tp)
-            stop_ms = hi_ns // 1_000_000 + int(margin_s * 1000)
+            # To the end offsets as of now: Kafka timestamps are not in offset order (the
+            # dissector stamps a call when it sends it, a replay sends old calls late), so a
+            # record past `to` says nothing about the ones after it.
             while live:
                 got = await consumer.getmany(*live, timeout_ms=1000, max_records=5000)
                 done = set()
                 for tp, batch in got.items():
                     for m in batch:
-                        if m.offset >= ends[tp] or m.timestamp > stop_ms:
+                        if m.offset >= ends[tp]:
                             done.add(tp)
                             break
                         try:
