@@ -2,7 +2,7 @@
 # Both run `make setup` first (idempotent: a second run takes seconds).
 SHELL := /bin/bash
 VENV ?= .venv
-PY_PACKAGES := $(wildcard rawcap schemas capture enrich archiver dissector forensics)
+PY_PACKAGES := $(wildcard rawcap schemas capture enrich archiver dissector forensics history)
 
 .PHONY: setup demo test lint image stack-up stack-down stack-status
 

@@ -35,13 +35,14 @@ COMMAND_MODULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("archiver.cli", ("archive",), "archiver"),
     ("dissector.cli", ("dissect", "calls", "dissection"), "delayed dissection"),
     ("forensics.cli", ("consume", "pcap", "snapshot"), "forensics"),
+    ("history.cli", ("trends", "anomalies"), "historical investigations"),
 )
 
 #: ``inspect.CO_COROUTINE`` (``inspect`` itself costs a few ms of start-up).
 _CO_COROUTINE = 0x80
 
 #: Options whose value may start with "-" (relative times like ``--from -5m``).
-TIME_OPTIONS = ("--from", "--to", "--since", "--until")
+TIME_OPTIONS = ("--from", "--to", "--since", "--until", "--baseline")
 
 DESCRIPTION = """\
 Continuous L4 packet capture for Kubernetes, streamed over Kafka.

@@ -237,6 +237,14 @@ KEYS: tuple[Key, ...] = (
     Key("archive.objectSize", "32Mi", parse_size, "target archive object size"),
     Key("archive.flushInterval", "2m", parse_duration, "flush an archive object after"),
     Key("archive.retention", "0", parse_duration, "delete archive hours older than (0: keep)"),
+    Key("archive.tables.objectSize", "64Mi", parse_size,
+        "calls/flows Parquet objects: cut after this much record data (msgpack bytes)"),
+    Key("archive.tables.flushInterval", "1h", parse_duration,
+        "calls/flows Parquet objects: write one at the latest after this long"),
+    Key("archive.tables.rowGroupRows", 131072, _positive_int, "rows per Parquet row group"),
+    # --- history (rawcap trends / anomalies) ---
+    Key("history.kafkaRecent", "2h", parse_duration,
+        "--source auto: the last this-much of a range from Kafka, the rest from the archive"),
     # --- snapshots / forensics ---
     Key("snapshots.url", "", _str, "snapshot store URL (default ./.rawcap/snapshots)"),
     # --- dissector ---
