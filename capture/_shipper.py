@@ -67,6 +67,8 @@ class Shipper:
         self.connected = False
         self.shipped_batches = 0
         self._topics_ok = False
+        self._leader: tuple[Any, TopicPartition] | None = None  # (cluster metadata, partition)
+        self.leader = -1
         # One prebuilt record per batch (capture/_produce.py), unless aiokafka changed shape.
         self._fast = install()
 
@@ -164,6 +166,8 @@ class Shipper:
         # send_batch needs the partition that send() would pick for our key.
         partitions = sorted(await producer.partitions_for(PACKETS))
         partition = DefaultPartitioner()(self.key, partitions, partitions)
+        self._leader = (producer.client.cluster, TopicPartition(PACKETS, partition))
+        self._watch_leader()
         window = _InFlight(self)
         try:
             nxt = self.fifo.acked_seq + 1
@@ -205,6 +209,20 @@ class Shipper:
         self.fifo.mark_acked(seq)
         self.shipped_batches += 1
         self.metrics.batches_shipped.inc()
+        self._watch_leader()
+
+    def _watch_leader(self) -> None:
+        """Follow the leader of our partition (metrics: a failover shows as a change)."""
+        if self._leader is None:
+            return
+        leader = self._leader[0].leader_for_partition(self._leader[1])
+        if leader is None or leader < 0 or leader == self.leader:
+            return
+        if self.leader >= 0:
+            self.metrics.ship_leader_changes.inc()
+            log.info("partition leader moved", extra={"from_broker": self.leader, "to_broker": leader})
+        self.leader = leader
+        self.metrics.ship_leader.set(leader)
 
     def lag_seconds(self) -> float:
         """Age of the oldest batch not yet acknowledged (0 when caught up)."""

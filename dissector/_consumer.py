@@ -83,9 +83,13 @@ class _Nodes:
         return {n: d.stats() for n, d in self.by_node.items()}
 
 
+_HOUR_NS = 3_600_000_000_000
+
+
 class _Publisher:
     """Produces calls to ``rawcap.calls`` as version-2 records (``schemas.calls``): the rows
-    of one flush, per node (the key), in records of at most ``CALLS_RECORD_BYTES``; sends
+    of one flush, per node (the key) and UTC hour of the calls' time (the Parquet tables file
+    a record under one hour), in records of at most ``CALLS_RECORD_BYTES``; sends
     are not awaited one by one, at most ``MAX_PENDING`` wait for their acknowledgement."""
 
     MAX_PENDING = 16
@@ -100,10 +104,10 @@ class _Publisher:
         if not calls:
             return
         assert rows is not None, "CallOutput(publish=True) when publishing"
-        by_node: dict[str, list[bytes]] = {}
+        by_node: dict[tuple[str, int], list[bytes]] = {}
         for c, row in zip(calls, rows, strict=True):
-            by_node.setdefault(c.node, []).append(row)
-        for node, node_rows in by_node.items():
+            by_node.setdefault((c.node, (c.req_ts_ns or c.resp_ts_ns) // _HOUR_NS), []).append(row)
+        for (node, _hour), node_rows in by_node.items():
             key = node.encode()
             part: list[bytes] = []
             size = 0
@@ -325,6 +329,18 @@ async def dissection_switch(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _lag_metrics(cfg: Config) -> tuple[Any, Any]:
+    """The group's lag gauges (rawcap/lag.py), on /metrics when ``metrics.port`` is set."""
+    from prometheus_client import CollectorRegistry
+
+    from rawcap.lag import GroupLag, serve_metrics
+
+    registry = CollectorRegistry()
+    lag = GroupLag(GROUP_ID, registry)
+    port = cfg.get("metrics.port")
+    return lag, serve_metrics(registry, port) if port else None
+
+
 async def _follow(args: argparse.Namespace, cfg: Config) -> int:
     """Live dissection in consumer group ``rawcap-dissector`` while the switch is on."""
     from aiokafka import TopicPartition
@@ -355,6 +371,7 @@ async def _follow(args: argparse.Namespace, cfg: Config) -> int:
 
     consumer = make_consumer(cfg, topics.PACKETS, group_id=GROUP_ID)
     control = make_consumer(cfg)
+    lag, server = _lag_metrics(cfg)
     state = {"enabled": enabled, "stop_after": stop_after, "last_packet": time.monotonic(),
              "dlq": 0}
     try:
@@ -441,6 +458,7 @@ async def _follow(args: argparse.Namespace, cfg: Config) -> int:
 
             tg.start_soon(watch_signals)
             tg.start_soon(watch_control)
+            tg.start_soon(lag.run, consumer)
             if workloads is not None:
                 tg.start_soon(follow_workloads, workloads, cfg, k8s_ready)
             tg.start_soon(dissect_loop)
@@ -457,6 +475,9 @@ async def _follow(args: argparse.Namespace, cfg: Config) -> int:
             if producer is not None:
                 await producer.stop()
             out.close()
+            if server is not None:
+                server[0].shutdown()
+                server[0].server_close()
     if args.stats:
         print(json.dumps({"dissector": nodes.stats(), "dlq": state["dlq"]}), file=sys.stderr)
     return 0

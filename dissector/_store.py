@@ -14,8 +14,9 @@ rows that pass every filter, and merge the blocks into capture-time order (block
 ``ts_lo`` order; a call is released once no later block can hold an earlier one).
 
 Identity: a call is (node, transport, client and server address and port, request and
-response time, protocol, HTTP/2 stream id). Before a block is written, the calls of the
-node's stored blocks that overlap its span are looked up, and calls already stored are
+response time, protocol, HTTP/2 stream id, PostgreSQL statement: the statements of one Query
+share their request and often their response segment). Before a block is written, the calls
+of the node's stored blocks that overlap its span are looked up, and calls already stored are
 dropped: replaying a range (or an overlapping one) adds no duplicate. In a first run the
 lookup usually meets the previous flush's block only.
 
@@ -68,8 +69,9 @@ Ident = tuple[Any, ...]
 
 
 def _ident(c: Call) -> Ident:
+    x = c.extra
     return (c.req_ts_ns, c.resp_ts_ns, c.src_port, c.dst_port, c.src_ip, c.dst_ip, c.proto,
-            c.transport, c.extra.get("stream_id"))
+            c.transport, x.get("stream_id"), x.get("statement"))
 
 
 class _Cols:
@@ -93,10 +95,12 @@ class _Cols:
         self.extra = idx.get("extra", -1)
 
     def ident(self, row: list[Any]) -> Ident:
-        extra = row[self.extra] if self.extra >= 0 else None
+        x = row[self.extra] if self.extra >= 0 else None
+        if not isinstance(x, dict):
+            x = {}
         return (row[self.req], row[self.resp], row[self.sport], row[self.dport], row[self.sip],
-                row[self.dip], row[self.proto], row[self.transport],
-                extra.get("stream_id") if isinstance(extra, dict) else None)
+                row[self.dip], row[self.proto], row[self.transport], x.get("stream_id"),
+                x.get("statement"))
 
 
 class CallStore:
