@@ -190,3 +190,30 @@ def test_object_written_before_a_crash_is_kept_and_its_records_skipped(
     assert early in keys and bytes(obstore.get(store, early).bytes()) == body
     assert sorted(df["kafka_offset"].to_list()) == list(range(start, start + 100))
     assert sorted(df["path"].to_list()) == sorted(c.path for c in calls)
+
+
+def test_version_2_records_several_calls_each(stack: Any, aenv: dict[str, str], run_id: str) -> None:
+    """Records as the dissector writes them (several calls of one node and hour each) beside
+    version-1 ones: every call is a row once, under its own hour, with its record's offset."""
+    from tests.history.helpers import call_records, produce_values
+
+    group = f"{run_id}-v2"
+    start = anyio.run(precommit_end, stack.bootstrap, f"{group}-calls", topics.CALLS)[0]
+    rng = random.Random(11)
+    hour = time.time_ns() // 3_600_000_000_000 - 3
+    calls = [make_call(rng, hour * 3_600_000_000_000 + i * 20_000_000_000, f"{run_id}-n{i % 2}",
+                       SERVERS[i % 3], ("shop", "web-1", "10.2.0.5")) for i in range(400)]
+    items = [*call_records(calls[:360], per_record=37),
+             *((c.node, encode_call(c), c.ts_ns) for c in calls[360:])]
+    anyio.run(produce_values, stack.bootstrap, topics.CALLS, items)
+    w = _write_all(aenv, group, "calls", stack.bootstrap)
+    summary = next(line for line in w.lines if line.startswith("calls: archive summary:"))
+    assert f" batches={len(items)} " in summary and " packets=400 " in summary, summary
+    keys, df = _read_all(s3_store(stack, run_id), "calls")
+    assert len({parse_table_key(k).hour for k in keys}) >= 2  # 400 x 20 s span 3 hours
+    assert sorted(df["path"].to_list()) == sorted(c.path for c in calls)
+    assert set(df["kafka_offset"].to_list()) == set(range(start, start + len(items)))
+    store = s3_store(stack, run_id)
+    for k in keys:
+        rows = pl.read_parquet(io.BytesIO(bytes(obstore.get(store, k).bytes())))
+        assert {int(t.timestamp()) // 3600 for t in rows["ts"].to_list()} == {parse_table_key(k).hour}

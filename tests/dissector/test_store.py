@@ -56,6 +56,23 @@ def test_replays_of_overlapping_ranges_add_no_duplicates(tmp_path: Path) -> None
         assert len(got) == len(set(got)) == 1600
 
 
+def test_statements_of_one_query_are_distinct_calls_and_replay_adds_none(tmp_path: Path) -> None:
+    """PostgreSQL: the statements of one simple Query share the request and often the
+    response segment (same times, same addresses); their place in the batch tells them
+    apart, so all are stored, once each, however the replay's flushes fall."""
+    def pg(q: int, k: int) -> Call:
+        return Call("postgres", node="n", src_ip="10.0.0.1", src_port=5000, dst_ip="10.0.0.2",
+                    dst_port=5432, req_ts_ns=1000 + q, resp_ts_ns=2000 + q, command="INSERT",
+                    key=f"INSERT INTO t VALUES ({k})", extra={"statement": k, "tag": "INSERT 0 1"})
+
+    batch = [pg(q, k) for q in range(40) for k in range(5)]
+    with CallStore(tmp_path / "c.db", 64 << 20) as st:
+        assert st.add(batch) == 200
+        assert sum(st.add(batch[i:i + 33]) for i in range(0, 200, 33)) == 0
+        got = [(c.req_ts_ns, c.extra["statement"]) for c in st.query()]
+        assert sorted(got) == sorted((c.req_ts_ns, c.extra["statement"]) for c in batch)
+
+
 def test_query_merges_blocks_into_time_order_and_filters(tmp_path: Path) -> None:
     rng = random.Random(3)
     all_calls = []
