@@ -6,8 +6,6 @@ and as responses; and the reader gives the same events through either."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -17,6 +15,7 @@ from hypothesis import strategies as st
 from dissector.http1 import _chttp1, _head  # _chttp1: built by make setup
 from dissector.http1._head import py_parse_head
 
+from .helpers import pure_python_run
 from .test_fuzz import mutated
 from .test_http1 import REQS, RESPS
 
@@ -85,5 +84,4 @@ def test_reader_uses_the_compiled_twin_and_the_reference_on_request() -> None:
     assert _head.COMPILED and _head.parse_head is _chttp1.parse_head
     code = ("from dissector.http1 import _head; import sys; "
             "sys.exit(0 if not _head.COMPILED and _head.parse_head is _head.py_parse_head else 1)")
-    env = {**os.environ, "RAWCAP_PURE_PYTHON": "1"}
-    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+    assert pure_python_run(code) == 0

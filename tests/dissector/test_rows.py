@@ -5,8 +5,6 @@ calls it does not pack itself (unusual values) to the reference."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -15,6 +13,8 @@ from hypothesis import strategies as st
 
 from dissector import _crows, _rows  # _crows: built by make setup
 from schemas.calls import Call, call_rows, decode_row
+
+from .helpers import pure_python_run
 
 EXAMPLES = int(os.environ.get("RAWCAP_FUZZ_EXAMPLES", "400"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
@@ -69,5 +69,4 @@ def test_the_dissector_uses_the_twin_unless_told_not_to() -> None:
     assert _rows.COMPILED and _rows.rows is _crows.pack_rows
     code = ("from dissector import _rows; from schemas.calls import call_rows; import sys; "
             "sys.exit(0 if not _rows.COMPILED and _rows.rows is call_rows else 1)")
-    env = {**os.environ, "RAWCAP_PURE_PYTHON": "1"}
-    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+    assert pure_python_run(code) == 0
