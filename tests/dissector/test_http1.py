@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from dissector._calls import Endpoints
 from dissector._errors import Malformed, Truncated
 from dissector.http1 import (
     CLIENT,
@@ -150,3 +151,17 @@ def test_head_size_capped(reader_cls: type[PyHTTP1Reader]) -> None:
     with pytest.raises(Malformed):
         drain(r)
     assert len(r.buf) == 0
+
+
+@pytest.mark.parametrize(("req_ts", "resp_ts", "complete", "error"), [
+    (1_000, 1_700, True, ""), (1_000, 0, False, "no response"), (2_000, 1_500, False, "x")])
+def test_positional_http_call_equals_the_keyword_one(req_ts: int, resp_ts: int, complete: bool,
+                                                     error: str) -> None:
+    ep = Endpoints("node-1", "tcp", "10.0.0.1", 40000, "10.0.0.2", 80)
+    rq, rs = (("Host", "a"), ("Accept", "*/*")), (("Content-Length", "2"),)
+    got = ep.http("http1", req_ts, resp_ts, "GET", "/x", "a", 204, 77, 88, complete, error, rq, rs)
+    want = ep.call("http1", req_ts_ns=req_ts, resp_ts_ns=resp_ts,
+                   latency_ns=resp_ts - req_ts if resp_ts >= req_ts and resp_ts else 0,
+                   method="GET", path="/x", host="a", status=204, req_bytes=77, resp_bytes=88,
+                   complete=complete, error=error, req_headers=rq, resp_headers=rs)
+    assert got == want
