@@ -72,6 +72,9 @@ def test_range_replay_from_kafka(real_pcap: Path, make_config: Callable[..., Con
     want, _ = dissect(fr)
     assert sorted(map(key, runs[0])) == sorted(key(c.as_dict()) for c in want)
     assert {c["node"] for c in runs[0]} == {node}
+    stored = cli(cfg, "calls", "--db", str(tmp_path / "c.db"), "--node", node, "--json")
+    assert sorted(map(key, (json.loads(x) for x in stored.stdout.splitlines()))) == sorted(
+        map(key, runs[0]))  # two replays into one store: each call stored once
     # a range starting mid-connection still yields the later complete calls
     first = next(c for c in want if c.proto == "http1")
     r = cli(cfg, "dissect", "--from", format_ns(first.resp_ts_ns + 1), "--to", hi, "--node",
