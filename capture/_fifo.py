@@ -5,7 +5,7 @@ importing this package)::
 
     <bufferDir>/<node>/
         00000000000000000001.rcsg   segment: first batch sequence as 20 digits, then
-        00000000000000000042.rcsg   schemas/_stream.py framing, one batch per frame
+        00000000000000000042.rcsg   schemas/stream.py framing, one batch per frame
         shipped.json                {"node", "acked_seq", "lost_*"}, replaced atomically
         .lock                       flock held by the running agent
 
@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from schemas import decode_header
-from schemas._stream import FRAME, STREAM_HEADER, split_frames, stream_header
+from schemas.stream import FRAME, STREAM_HEADER, split_frames, stream_header
 from schemas.errors import BatchError, RawcapError
 
 from ._batcher import ClosedBatch, Piece

@@ -6,7 +6,7 @@ A snapshot copies the batches of a window, byte for byte as they travelled on
 
 Layout under the store root::
 
-    <id>/data/<node>/<000000>.rcsg   batch streams (schemas/_stream.py framing), <= 64 MiB each
+    <id>/data/<node>/<000000>.rcsg   batch streams (schemas/stream.py framing), <= 64 MiB each
     <id>/manifest.json               written last: the snapshot exists once this exists
 
 Every object is written create-only (``mode="create"``: ``If-None-Match: *`` on S3,
@@ -52,7 +52,7 @@ from rawcap.snapshots import (
 from rawcap.timeparse import format_ns
 from rawcap.window import WindowReader
 from rawcap.workloads import Workloads
-from schemas._stream import frame_batch, stream_header
+from schemas.stream import frame_batch, stream_header
 from schemas.errors import ConfigError
 
 __all__ = (

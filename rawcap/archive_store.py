@@ -5,7 +5,7 @@ archive`` of the forensics commands, ``rawcap archive ls``); ``docs/archiver.md`
 prose version. Under the archive URL (``archive.url``: ``s3://bucket/prefix``,
 ``gs://...``, ``az://container/prefix``, ``file:///dir``)::
 
-    node=<N>/date=YYYY-MM-DD/hour=HH/<name>.rcsg          data: a batch stream (schemas/_stream.py)
+    node=<N>/date=YYYY-MM-DD/hour=HH/<name>.rcsg          data: a batch stream (schemas/stream.py)
     index/date=YYYY-MM-DD/hour=HH/node=<N>/<name>.json    index: one small object per data object
     <name> = <topic>-<partition:05d>-<first offset:020d>-<last offset:020d>
 
@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 
 import anyio
 
-from schemas._stream import FRAME, STREAM_HEADER, frame_batch, stream_header
+from schemas.stream import FRAME, STREAM_HEADER, frame_batch, stream_header
 from schemas.errors import ConfigError, RawcapError, TransportError
 
 from .config import Config

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import anyio
 import msgpack
 
-from schemas._stream import split_frames
+from schemas.stream import split_frames
 from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
 
 from .config import Config

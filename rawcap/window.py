@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Protocol
 import anyio
 
 from schemas import BatchHeader, Packet, decode_batch, decode_header, decompress_body, iter_packets, topics
-from schemas._stream import split_frames
+from schemas.stream import split_frames
 from schemas.errors import BatchError, ConfigError, TransportError
 
 from .config import Config

@@ -1,10 +1,15 @@
-"""Wire formats shared by every rawcap service: batches, topic names, errors.
+"""Wire formats shared by every rawcap service: the bottom of the import picture.
 
-Services import this package and nothing of each other; ``FORMAT.md`` beside this file is
-the prose specification, ``tests/schemas/vectors/`` the golden bytes.
+What it owns: the ``rawcap.packets`` batch (header and both body layouts, ``_batch.py``),
+the TPACKET_V3 kernel layouts it carries (``_tpacket.py``), batch streams for files and
+objects (:mod:`schemas.stream`), topic names and settings (:mod:`schemas.topics`), the
+records of the other topics (``calls``, ``flows``, ``k8s``, ``procs``, ``control``) and the
+error classes (:mod:`schemas.errors`). It imports nothing else of the project; services
+import it and ``rawcap``, never each other. ``FORMAT.md`` beside this file is the prose
+specification, ``tests/schemas/vectors/`` the golden bytes.
 """
 
-from . import errors, topics
+from . import errors, stream, topics
 from ._batch import (
     BODY_RECORDS,
     BODY_TPACKET3,
@@ -60,5 +65,6 @@ __all__ = (
     "encode_block_batch",
     "errors",
     "iter_packets",
+    "stream",
     "topics",
 )

@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from rawcap.window import node_partition
 from schemas import Packet, decode_header, encode_batch, topics
-from schemas._stream import split_frames
+from schemas.stream import split_frames
 from schemas.errors import BatchError
 
 RAWCAP = [sys.executable, "-m", "rawcap.cli"]

@@ -18,7 +18,7 @@ from rawcap.archive_store import (
     unescape_node,
 )
 from schemas import decode_header
-from schemas._stream import split_frames
+from schemas.stream import split_frames
 from schemas.errors import ConfigError
 
 from .helpers import make_batch

@@ -15,7 +15,7 @@ from typing import IO
 from rawcap.packet import parse_l4
 from rawcap.pcapfile import read_capture
 from schemas import Batch, decode_batch
-from schemas._stream import split_frames
+from schemas.stream import split_frames
 from tests.netns import NetNs
 
 RAWCAP = str(Path(sys.executable).with_name("rawcap"))

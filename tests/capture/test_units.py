@@ -175,7 +175,7 @@ def test_fifo_budget_loss_and_restart(tmp_path: Path) -> None:
 def test_fifo_frame_header_matches_the_stream_format() -> None:
     """The FIFO frames with its own (faster) crc32; the bytes must be schemas' framing."""
     from capture._fifo import crc32
-    from schemas._stream import FRAME, frame_batch
+    from schemas.stream import FRAME, frame_batch
 
     for value in (b"", b"123456789", os.urandom(3 << 20)):
         assert FRAME.pack(len(value), crc32(value)) == frame_batch(value)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from forensics import iter_batches
 from rawcap.pcapfile import read_capture
-from schemas._stream import frame_batch, stream_header
+from schemas.stream import frame_batch, stream_header
 
 DATA = Path(__file__).parent.parent / "data"
 RAWCAP = [str(Path(sys.executable).parent / "rawcap")]

@@ -12,7 +12,7 @@ import pytest
 from rawcap.config import load_config
 from rawcap.window import WindowReader
 from schemas import Packet, encode_batch, encode_block_batch
-from schemas._stream import frame_batch, stream_header
+from schemas.stream import frame_batch, stream_header
 from schemas._tpacket import build_block
 from schemas.errors import ConfigError
 
