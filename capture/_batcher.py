@@ -33,9 +33,10 @@ from typing import Any
 import msgpack
 import zstandard
 
+from rawcap.kafka import Framed
 from schemas import BODY_TPACKET3, MAGIC, BatchHeader, block_summary
 
-__all__ = ("BlockBatcher", "ClosedBatch", "Framed", "Piece")
+__all__ = ("BlockBatcher", "ClosedBatch", "Piece")
 
 #: A piece of a batch's wire bytes: ``bytes``, or a view into a :class:`Framed` buffer.
 Piece = bytes | memoryview
@@ -44,41 +45,6 @@ _WORTH = 0.9  # compressed / raw above this: not worth compressing
 _PLAIN_BATCHES = 32
 _FIRST_OFF = struct.Struct("<I")  # tpacket_block_desc.hdr.offset_to_first_pkt at byte 16
 _FRAME_TS = struct.Struct("<II")  # tpacket3_hdr.tp_sec, tp_nsec at byte 4
-
-
-class Framed(bytearray):
-    """A batch value with free room around it, so the Kafka request can be laid out in
-    the same buffer (capture/_produce.py) instead of copied: ``ROOM`` bytes before the
-    value, one after. The value is ``self[start:end]``.
-
-    Only a plain (incompressible) batch of one ring block is framed: there the value is
-    the size of the block, and joining it into the request was the shipper's biggest
-    copy. It is built with ``+=``, which copies without zero-filling the buffer first."""
-
-    ROOM = 16 * 1024
-
-    start: int
-    end: int
-
-    @classmethod
-    def around(cls, block: memoryview) -> Framed:
-        buf = cls()
-        buf += bytes(cls.ROOM)
-        buf += block
-        buf.append(0)
-        buf.start, buf.end = cls.ROOM, len(buf) - 1
-        return buf
-
-    def prepend(self, head: bytes) -> bool:
-        """Put ``head`` right before the value (keeping half the room for Kafka)."""
-        if len(head) > self.start - self.ROOM // 2:
-            return False
-        self.start -= len(head)
-        self[self.start:self.start + len(head)] = head
-        return True
-
-    def value(self) -> memoryview:
-        return memoryview(self)[self.start:self.end]
 
 
 @dataclass(frozen=True, slots=True)

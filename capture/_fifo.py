@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from schemas import decode_header
-from schemas.stream import FRAME, STREAM_HEADER, split_frames, stream_header
 from schemas.errors import BatchError, RawcapError
+from schemas.stream import FRAME, STREAM_HEADER, split_frames, stream_header
 
 from ._batcher import ClosedBatch, Piece
 

@@ -22,14 +22,19 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from rawcap.config import Config
-from rawcap.kafka import consumer_kwargs, ensure_topics, producer_kwargs
+from rawcap.kafka import (
+    OneRecordBatch,
+    consumer_kwargs,
+    ensure_topics,
+    install_produce_request,
+    producer_kwargs,
+)
 from schemas import decode_header
 from schemas.errors import BatchError, TransportError
 from schemas.topics import PACKETS
 
 from ._fifo import Fifo
 from ._metrics import Metrics
-from ._produce import OneRecordBatch, install
 
 __all__ = ("IN_FLIGHT", "Shipper", "producer_config")
 
@@ -67,8 +72,8 @@ class Shipper:
         self.connected = False
         self.shipped_batches = 0
         self._topics_ok = False
-        # One prebuilt record per batch (capture/_produce.py), unless aiokafka changed shape.
-        self._fast = install()
+        # One prebuilt record per batch (rawcap/kafka/_produce.py), unless aiokafka changed shape.
+        self._fast = install_produce_request()
 
     def notify(self) -> None:
         """Wake the shipper: on the event loop thread (the agent forwards the FIFO's

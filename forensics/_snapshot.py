@@ -52,8 +52,8 @@ from rawcap.snapshots import (
 from rawcap.timeparse import format_ns
 from rawcap.window import WindowReader
 from rawcap.workloads import Workloads
-from schemas.stream import frame_batch, stream_header
 from schemas.errors import ConfigError
+from schemas.stream import frame_batch, stream_header
 
 __all__ = (
     "RecordingWorkloads",

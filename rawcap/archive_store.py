@@ -36,8 +36,8 @@ from urllib.parse import urlparse
 
 import anyio
 
-from schemas.stream import FRAME, STREAM_HEADER, frame_batch, stream_header
 from schemas.errors import ConfigError, RawcapError, TransportError
+from schemas.stream import FRAME, STREAM_HEADER, frame_batch, stream_header
 
 from .config import Config
 

@@ -22,8 +22,8 @@ from urllib.parse import urlparse
 import anyio
 import msgpack
 
-from schemas.stream import split_frames
 from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
+from schemas.stream import split_frames
 
 from .config import Config
 from .filters import PacketFilter, both

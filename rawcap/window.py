@@ -35,8 +35,8 @@ from typing import Any, NamedTuple, Protocol
 import anyio
 
 from schemas import BatchHeader, Packet, decode_batch, decode_header, decompress_body, iter_packets, topics
-from schemas.stream import split_frames
 from schemas.errors import BatchError, ConfigError, TransportError
+from schemas.stream import split_frames
 
 from .config import Config
 from .timeparse import format_ns
@@ -224,17 +224,17 @@ def kafka_client_kwargs(cfg: Config, kind: str, **extra: Any) -> dict[str, Any]:
 
 def node_partition(node: str, partitions: int) -> int:
     """The partition the default (murmur2) partitioner gives a node's key."""
-    from ._kafkawire import node_partition as partition_of
+    from .kafka._wire import node_partition as partition_of
 
     return partition_of(node, partitions)
 
 
 def start_kafka_lookup(cfg: Config, lo_ns: int, nodes: Iterable[str] | None) -> Any:
     """The Kafka side of opening a bounded read of ``[lo_ns, ...)`` started in a thread
-    (:class:`rawcap._kafkawire.WindowLookup`), for ``WindowReader(kafka_lookup=...)``; None
+    (:class:`rawcap.kafka._wire.WindowLookup`), for ``WindowReader(kafka_lookup=...)``; None
     when the plaintext client does not serve ``cfg``. Started early, the broker answers while
     the caller is still importing and setting up (``rawcap pcap export``)."""
-    from ._kafkawire import start_lookup
+    from .kafka._wire import start_lookup
 
     return start_lookup(cfg, _lookup_ms(lo_ns), nodes)
 
@@ -254,8 +254,8 @@ class _TP(NamedTuple):
 class _KafkaLane:
     """One partition between two offsets. A bounded read goes through a fetcher that hands
     record values on as views into the fetch response, one request ahead: the plaintext
-    client's (:class:`rawcap._kafkawire.WireFetcher`, no aiokafka) or, on aiokafka's
-    connection, :class:`rawcap._kafkafetch.PartitionFetcher`. A follow read, or one that
+    client's (:class:`rawcap.kafka._wire.WireFetcher`, no aiokafka) or, on aiokafka's
+    connection, :class:`rawcap.kafka._fetch.PartitionFetcher`. A follow read, or one that
     meets anything its fetcher leaves to aiokafka, drains what aiokafka's consumer holds for
     the partition (at most one fetch response), so its fetcher asks the broker for the next
     one at once. Either way the network overlaps with our decoding (which runs in worker
@@ -295,7 +295,7 @@ class _KafkaLane:
     async def _fetch_fast(self) -> bool:
         """One response through the zero-copy fetcher; False (and aiokafka's consumer from
         here on) when it cannot do this one."""
-        from ._kafkafetch import Unsupported
+        from .kafka._fetch import Unsupported
 
         assert self._fast is not None
         deadline = time.monotonic() + 30.0
@@ -552,9 +552,9 @@ class WindowReader:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.errors import KafkaError
 
-        from ._kafkaio import install
+        from .kafka._chunkreader import install
 
-        install()  # fetch responses read with one copy, not four (rawcap/_kafkaio.py)
+        install()  # fetch responses read with one copy, not four (rawcap/kafka/_chunkreader.py)
         # check_crcs off: the broker checks record CRCs when it accepts a produce, and every
         # batch body carries a zstd content checksum verified on decompression; the client-side
         # CRC pass costs ~30% of the Kafka read time of an export.
@@ -599,8 +599,8 @@ class WindowReader:
     async def _open_aiokafka(self) -> None:
         from aiokafka import TopicPartition
 
-        from ._kafkafetch import PartitionFetcher
-        from ._kafkawire import PartitionWindow
+        from .kafka._fetch import PartitionFetcher
+        from .kafka._wire import PartitionWindow
 
         consumer = await self._start_consumer()
         parts = consumer.partitions_for_topic(topics.PACKETS)
@@ -639,7 +639,7 @@ class WindowReader:
 
     def _plan_lanes(self, n: int, windows: list[Any], tp_of: Callable[[Any], Any],
                     fetcher_of: Callable[[Any], Any]) -> None:
-        """One lane per partition window (``rawcap._kafkawire.PartitionWindow``), the notes on
+        """One lane per partition window (``rawcap.kafka._wire.PartitionWindow``), the notes on
         recycled history, and which lane each requested node is in."""
         self._partition_count = n
         self._kafka_open = True

@@ -22,8 +22,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from rawcap.window import node_partition
 from schemas import Packet, decode_header, encode_batch, topics
-from schemas.stream import split_frames
 from schemas.errors import BatchError
+from schemas.stream import split_frames
 
 RAWCAP = [sys.executable, "-m", "rawcap.cli"]
 PARTITIONS = 6

@@ -18,8 +18,8 @@ from rawcap.archive_store import (
     unescape_node,
 )
 from schemas import decode_header
-from schemas.stream import split_frames
 from schemas.errors import ConfigError
+from schemas.stream import split_frames
 
 from .helpers import make_batch
 

@@ -1,4 +1,4 @@
-"""The shipper's prebuilt record batches (capture/_produce.py) are what aiokafka would send."""
+"""The shipper's prebuilt record batches (rawcap/kafka/_produce.py) are what aiokafka would send."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from aiokafka.protocol.produce import ProduceRequest as AiokafkaProduceRequest
 from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 from aiokafka.record.util import calc_crc32c
 
-from capture._batcher import Framed
-from capture._produce import OneRecordBatch, ProduceRequest, crc32c, install
+from rawcap.kafka._produce import Framed, OneRecordBatch, ProduceRequest, crc32c, install_produce_request
 
 _VERSIONS = {0: (3, 7)}  # what a Kafka 4 broker offers for Produce
 
@@ -81,7 +80,7 @@ def test_request_encoding_equals_aiokafka() -> None:
 def test_install_takes_effect() -> None:
     from aiokafka.producer import sender
 
-    assert install() is True
+    assert install_produce_request() is True
     assert sender.ProduceRequest is ProduceRequest
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from capture._batcher import BlockBatcher, ClosedBatch, Framed
+from capture._batcher import BlockBatcher, ClosedBatch
 from capture._fifo import Fifo
+from rawcap.kafka import Framed
 from schemas import decode_batch, encode_block_batch
 from schemas._tpacket import build_block
 from schemas.errors import RawcapError

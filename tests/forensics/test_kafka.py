@@ -627,12 +627,13 @@ async def _read_in_process(bootstrap: str, node: str, lo: int, hi: int) -> list[
 async def test_zero_copy_fetch_and_its_fallback_read_the_same_packets(
     stack: Any, monkeypatch: pytest.MonkeyPatch, fail_at: int | None, client: str
 ) -> None:
-    """The zero-copy fetcher reads the window: rawcap._kafkawire.WireFetcher (its own plaintext
-    connection, no aiokafka) or, with RAWCAP_NO_KAFKA_WIRE=1, rawcap._kafkafetch.PartitionFetcher
+    """The zero-copy fetcher reads the window: rawcap.kafka._wire.WireFetcher (its own plaintext
+    connection, no aiokafka) or, with RAWCAP_NO_KAFKA_WIRE=1, rawcap.kafka._fetch.PartitionFetcher
     (aiokafka's connection). When it meets something it leaves to aiokafka (here: a failed
     fetch from the start, or after two responses) aiokafka's consumer reads on from the same
     offset. Kafka-compressed batches (gzip here) take aiokafka's path by themselves."""
-    from rawcap import _kafkafetch, _kafkawire
+    from rawcap.kafka import _fetch as _kafkafetch
+    from rawcap.kafka import _wire as _kafkawire
 
     from .conftest import GZIP_PARTITION, node_on_partition
 

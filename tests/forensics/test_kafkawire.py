@@ -1,4 +1,4 @@
-"""rawcap._kafkawire, the plaintext client of bounded reads: its requests are byte for byte
+"""rawcap.kafka._wire, the plaintext client of bounded reads: its requests are byte for byte
 what aiokafka sends, it decodes what aiokafka decodes, its lookups agree with aiokafka's
 consumer on a real broker, and whatever it cannot do leaves the read to aiokafka."""
 
@@ -22,8 +22,8 @@ from aiokafka.protocol import fetch as afetch
 from aiokafka.protocol import metadata as ameta
 from aiokafka.protocol import offset as aoffset
 
-from rawcap import _kafkawire as wire
 from rawcap.config import load_config
+from rawcap.kafka import _wire as wire
 from rawcap.window import MARGIN_NS, WindowReader, start_kafka_lookup
 from schemas import topics
 

@@ -1,4 +1,4 @@
-"""rawcap._kafkaio: the chunk-keeping stream reader gives what asyncio.StreamReader gives."""
+"""rawcap.kafka._chunkreader: the chunk-keeping stream reader gives what asyncio.StreamReader gives."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from rawcap import _kafkaio
-from rawcap._kafkaio import ChunkReader
+from rawcap.kafka import _chunkreader as _kafkaio
+from rawcap.kafka._chunkreader import ChunkReader
 
 
 async def _frames(
@@ -91,7 +91,7 @@ from aiokafka.protocol import fetch as _fetch  # noqa: E402
 from aiokafka.record.default_records import DefaultRecordBatchBuilder  # noqa: E402
 from aiokafka.record.memory_records import MemoryRecords  # noqa: E402
 
-from rawcap._kafkaio import Unsupported, parse_fetch_response, parse_record_batches  # noqa: E402
+from rawcap.kafka._chunkreader import Unsupported, parse_fetch_response, parse_record_batches  # noqa: E402
 
 
 def _batch(base: int, records: list[tuple[int, bytes | None, bytes | None]], *, codec: int = 0,
@@ -143,7 +143,7 @@ def test_record_batches_decode_as_aiokafka_does(seed: int) -> None:
 def test_lazy_response_keeps_the_frame_without_a_copy() -> None:
     import io
 
-    from rawcap._kafkaio import _LazyFetchResponse
+    from rawcap.kafka._chunkreader import _LazyFetchResponse
 
     frame = b"header" + bytes(1000)
     data = io.BytesIO(frame)

@@ -23,7 +23,7 @@ from aiokafka.helpers import create_ssl_context
 from schemas.errors import ConfigError, TransportError
 from schemas.topics import ALL_TOPICS, PACKETS, TOPIC_CONFIGS
 
-from .config import Config
+from ..config import Config
 
 __all__ = (
     "TOPIC_MAX_REQUEST",

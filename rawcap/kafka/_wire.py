@@ -14,7 +14,7 @@ its own round trips, before the first byte is fetched: ~5% of a 1M-packet export
 - :class:`WireFetcher` fetches one partition, one request ahead, over a blocking socket of its
   own: the whole response (8 MiB) is received by one ``recv(MSG_WAITALL)`` in a worker thread,
   straight into the ``bytes`` object handed on (``rawcap._fastpcap.new_frame``), without the
-  GIL and without the event loop; it is decoded by ``rawcap._kafkafetch`` as aiokafka's
+  GIL and without the event loop; it is decoded by ``rawcap.kafka._fetch`` as aiokafka's
   connection's responses are.
 
 What it does not do is aiokafka's: TLS and SASL (only ``kafka.securityProtocol: PLAINTEXT``
@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 from schemas.topics import PACKETS, TOPIC_CONFIGS
 
-from ._kafkafetch import FetchedRecord, Unsupported, parse_fetch_response, parse_record_batches
+from ._fetch import FetchedRecord, Unsupported, parse_fetch_response, parse_record_batches
 
 __all__ = (
     "PartitionWindow",
@@ -542,7 +542,7 @@ def start_lookup(cfg: Any, lo_ms: int, nodes: Iterable[str] | None) -> WindowLoo
 
 # -- fetch -----------------------------------------------------------------------------------
 class WireFetcher:
-    """One partition over its own connection, one request ahead (``rawcap._kafkafetch.Fetcher``):
+    """One partition over its own connection, one request ahead (``rawcap.kafka._fetch.Fetcher``):
     the request is sent and its response received in a worker thread (one ``recv`` of the whole
     frame, GIL released) while the event loop decodes the previous one."""
 

@@ -1,5 +1,5 @@
 """Fewer copies on aiokafka's receive path: a stream reader for big fetch responses (the
-fetcher whose record values are views into the response is ``rawcap._kafkafetch``).
+fetcher whose record values are views into the response is ``rawcap.kafka._fetch``).
 
 aiokafka reads each response with ``StreamReader.readexactly(size)``. The stock reader
 appends every 256 KiB the socket gives into one ``bytearray`` (a copy, and more copies as the
@@ -188,7 +188,7 @@ class ChunkReader(asyncio.StreamReader):
             self.feed_data(self._scratch[:nbytes])
 
     def _unsupported(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("rawcap._kafkaio.ChunkReader serves readexactly() only")
+        raise NotImplementedError("rawcap.kafka._chunkreader.ChunkReader serves readexactly() only")
 
     read = readline = readuntil = _unsupported
 
@@ -263,9 +263,9 @@ def install() -> bool:
     return True
 
 
-# The fetch response decoder and aiokafka-connection fetcher live in rawcap._kafkafetch; these
+# The fetch response decoder and aiokafka-connection fetcher live in rawcap.kafka._fetch; these
 # names stay importable from here, where they were first.
-from ._kafkafetch import (  # noqa: E402
+from ._fetch import (  # noqa: E402
     FetchedRecord,
     PartitionFetcher,
     Unsupported,

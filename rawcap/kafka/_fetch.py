@@ -11,7 +11,7 @@ aiokafka's consumer for that partition, at the same offset.
 
 Two fetchers use them: :class:`PartitionFetcher` here sends aiokafka's own ``FetchRequest``
 over aiokafka's own connection (any security protocol aiokafka speaks), and
-``rawcap._kafkawire.WireFetcher`` its own request over its own plaintext socket (no aiokafka
+``rawcap.kafka._wire.WireFetcher`` its own request over its own plaintext socket (no aiokafka
 at all). Both fetch one partition one request ahead, with the same ``start`` / ``next`` /
 ``cancel`` interface (:class:`Fetcher`).
 """
@@ -273,7 +273,7 @@ class PartitionFetcher:
 
     def start(self, offset: int) -> None:
         """Send the fetch for ``offset`` (the first one; :meth:`next` sends the others)."""
-        import asyncio  # here: the decoder above is imported before the event loop is (_kafkawire)
+        import asyncio  # here: the decoder above is imported before the event loop is (rawcap.kafka._wire)
 
         self._task = asyncio.ensure_future(self._fetch(offset))
 

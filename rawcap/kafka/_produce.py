@@ -33,11 +33,9 @@ from typing import Any
 
 from aiokafka.protocol import produce as _produce_mod
 
-from ._batcher import Framed
+log = logging.getLogger("rawcap.kafka")
 
-log = logging.getLogger("rawcap.capture")
-
-__all__ = ("OneRecordBatch", "ProduceRequest", "crc32c", "install")
+__all__ = ("Framed", "OneRecordBatch", "ProduceRequest", "crc32c", "install_produce_request")
 
 try:  # SSE4.2 / ARMv8 crc32c; 10x aiokafka's software one
     from crc32c import crc32c as _hw_crc32c
@@ -72,6 +70,41 @@ def _varint(n: int) -> bytes:
         z >>= 7
     out.append(z)
     return bytes(out)
+
+
+class Framed(bytearray):
+    """A batch value with free room around it, so the Kafka request can be laid out in
+    the same buffer (:func:`_in_place`) instead of copied: ``ROOM`` bytes before the
+    value, one after. The value is ``self[start:end]``.
+
+    Only a plain (incompressible) batch of one ring block is framed: there the value is
+    the size of the block, and joining it into the request was the shipper's biggest
+    copy. It is built with ``+=``, which copies without zero-filling the buffer first."""
+
+    ROOM = 16 * 1024
+
+    start: int
+    end: int
+
+    @classmethod
+    def around(cls, block: memoryview) -> Framed:
+        buf = cls()
+        buf += bytes(cls.ROOM)
+        buf += block
+        buf.append(0)
+        buf.start, buf.end = cls.ROOM, len(buf) - 1
+        return buf
+
+    def prepend(self, head: bytes) -> bool:
+        """Put ``head`` right before the value (keeping half the room for Kafka)."""
+        if len(head) > self.start - self.ROOM // 2:
+            return False
+        self.start -= len(head)
+        self[self.start:self.start + len(head)] = head
+        return True
+
+    def value(self) -> memoryview:
+        return memoryview(self)[self.start:self.end]
 
 
 class OneRecordBatch:
@@ -203,7 +236,7 @@ class _Pieces:
 
 def _in_place(chunks: list[Any]) -> memoryview | None:
     """The request laid out inside the value's own buffer, when the value is a
-    :class:`~capture._batcher.Framed` one followed only by the record's trailer: the small
+    :class:`Framed` one followed only by the record's trailer: the small
     pieces before it go into the room in front, and nothing of the value is copied.
 
     Rewriting the room is safe because a batch is in one request at a time: a retry only
@@ -228,7 +261,7 @@ def _in_place(chunks: list[Any]) -> memoryview | None:
 _installed: bool | None = None
 
 
-def install() -> bool:
+def install_produce_request() -> bool:
     """Put :class:`ProduceRequest` into aiokafka's sender; False (generic path) if this
     aiokafka does not look like the one it was written against."""
     global _installed
