@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from rawcap.config import Config
-from rawcap.pcapfile import LINKTYPE_ETHERNET, TruncatedCapture, read_capture
+from rawcap.pcap import LINKTYPE_ETHERNET, TruncatedCapture, read_capture
 from rawcap.timeparse import format_ns
 from schemas.calls import Call
 from schemas.errors import ConfigError
@@ -141,7 +141,7 @@ _PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", 1000), b"\xa1\xb2\xc3\xd4": (">", 1000
 
 def _classic_pcap(path: Path) -> tuple[Any, bool, int] | None:
     """mmap a classic Ethernet pcap (the common case) for the record walker; ``None`` for
-    anything else (``rawcap.pcapfile`` reads those, pcapng included)."""
+    anything else (``rawcap.pcap`` reads those, pcapng included)."""
     import mmap
     import struct
 

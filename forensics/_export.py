@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from forensics._fastexport import FAST as _FAST
 from forensics._fastexport import FAST_ZSTD as _FAST_ZSTD
 from forensics._fastexport import fast_batch, fast_zstd_batch
-from rawcap.pcapfile import LINKTYPE_ETHERNET, PcapngWriter, PcapWriter
+from rawcap.pcap import LINKTYPE_ETHERNET, PcapngWriter, PcapWriter
 from rawcap.window import RawBatch, WindowReader, WPacket
 from schemas import BODY_RECORDS, BatchHeader, decompress_body, iter_packets
 from schemas.errors import BatchError, ConfigError, RawcapError, RecordOverrun

@@ -46,7 +46,7 @@ _SCRATCH = 256 * 1024
 
 _new_frame: Any = None
 try:
-    _new_frame = importlib.import_module("rawcap._fastpcap").new_frame
+    _new_frame = importlib.import_module("rawcap.kafka._recvbuf").new_frame
 except (ImportError, AttributeError):  # not built: frames are joined from the chunks (one copy)
     pass
 

@@ -13,7 +13,7 @@ its own round trips, before the first byte is fetched: ~5% of a 1M-packet export
   process sets itself up.
 - :class:`WireFetcher` fetches one partition, one request ahead, over a blocking socket of its
   own: the whole response (8 MiB) is received by one ``recv(MSG_WAITALL)`` in a worker thread,
-  straight into the ``bytes`` object handed on (``rawcap._fastpcap.new_frame``), without the
+  straight into the ``bytes`` object handed on (``rawcap.kafka._recvbuf.new_frame``), without the
   GIL and without the event loop; it is decoded by ``rawcap.kafka._fetch`` as aiokafka's
   connection's responses are.
 
@@ -77,7 +77,7 @@ _I8, _I16, _I32, _I64 = struct.Struct(">b"), struct.Struct(">h"), struct.Struct(
 
 _new_frame: Any = None
 try:
-    _new_frame = importlib.import_module("rawcap._fastpcap").new_frame
+    _new_frame = importlib.import_module("rawcap.kafka._recvbuf").new_frame
 except (ImportError, AttributeError):  # not built: a frame is received into a bytearray, then copied
     pass
 

@@ -326,7 +326,7 @@ def wait_committed(bootstrap: str, group: str, partitions: Iterable[int], timeou
 
 
 def records(path: Path) -> list[tuple[int, str | int, bytes]]:
-    from rawcap.pcapfile import read_capture
+    from rawcap.pcap import read_capture
 
     with open(path, "rb") as fh:
         return [(r.ts_ns, r.iface, bytes(r.data)) for recs in read_capture(fh) for r in recs]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from forensics import iter_batches
-from rawcap.pcapfile import read_capture
+from rawcap.pcap import read_capture
 from schemas.stream import frame_batch, stream_header
 
 DATA = Path(__file__).parent.parent / "data"

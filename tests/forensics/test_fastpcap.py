@@ -1,5 +1,5 @@
-"""The compiled EPB converter (``rawcap._fastpcap``) against its pure-Python reference
-(``rawcap._epbs.epbs_py``): byte-identical EPBs for random batches of both body layouts,
+"""The compiled EPB converter (``rawcap.pcap._fastpcap``) against its pure-Python reference
+(``rawcap.pcap._convert.epbs_py``): byte-identical EPBs for random batches of both body layouts,
 window edges and VLAN frames; every truncation and random corruption fails the same way in
 both; the converter that inflates the zstd frame itself (``epbs_zstd``) gives what
 ``decompress_body`` + the reference give, or declines (None) and leaves the verdict to
@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from forensics._export import _PcapngSink
 from forensics._fastexport import fast_batch
-from rawcap import _epbs
-from rawcap._epbs import epbs_c, epbs_py, epbs_zstd
+from rawcap.pcap import _convert as _epbs
+from rawcap.pcap._convert import epbs_c, epbs_py, epbs_zstd
 from rawcap.timeparse import format_ns
 from rawcap.window import decompress_body
 from schemas import BatchHeader, Packet, decode_header, encode_batch, encode_block_batch
@@ -163,7 +163,7 @@ def test_vlan_tag_reinserted() -> None:
 
 
 def test_epb_layout_matches_pcapng_writer() -> None:
-    from rawcap.pcapfile import PcapngWriter
+    from rawcap.pcap import PcapngWriter
 
     data = [b"x" * n for n in (0, 1, 5, 60)]
     pk = [(1000 * i + 2**33, d, 3, 2, 0, 0, 0) for i, d in enumerate(data)]

@@ -20,7 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from rawcap.pcapfile import PcapWriter
+from rawcap.pcap import PcapWriter
 from rawcap.timeparse import format_ns
 from rawcap.window import node_partition
 from schemas import Packet, encode_batch, topics

@@ -112,7 +112,7 @@ async def test_export_skips_a_batch_whose_records_overrun(tmp_path: Path) -> Non
     import struct
 
     from forensics import write_capture
-    from rawcap.pcapfile import read_capture
+    from rawcap.pcap import read_capture
 
     times = [T0 + i * S // 100 for i in range(30)]
     good = _batches("n", times, 10)
