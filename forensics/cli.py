@@ -97,9 +97,8 @@ def _nodes(args: argparse.Namespace) -> list[str] | None:
 
 async def _workloads(cfg: Config, *, record: bool = False) -> Workloads:
     """``rawcap.k8s`` read to its end (once per command)."""
+    from rawcap.snapshots import RecordingWorkloads
     from rawcap.workloads import Workloads
-
-    from ._snapshot import RecordingWorkloads
 
     wl = await (RecordingWorkloads if record else Workloads).load(cfg)
     if wl.bad:
@@ -391,9 +390,7 @@ async def _cmd_snap_export(args: argparse.Namespace, cfg: Config) -> int:
 
 
 async def _cmd_snap_verify(args: argparse.Namespace, cfg: Config) -> int:
-    from rawcap.snapshots import SnapshotStore
-
-    from ._snapshot import verify_snapshot
+    from rawcap.snapshots import SnapshotStore, verify_snapshot
 
     store = SnapshotStore(cfg.get("snapshots.url"))
     problems = await verify_snapshot(store, args.id)
@@ -412,9 +409,7 @@ async def _cmd_snap_delete(args: argparse.Namespace, cfg: Config) -> int:
         raise ConfigError(
             f"snapshots are immutable: 'rawcap snapshot delete {args.id} --force' deletes it for good"
         )
-    from rawcap.snapshots import SnapshotStore
-
-    from ._snapshot import delete_snapshot
+    from rawcap.snapshots import SnapshotStore, delete_snapshot
 
     n = await delete_snapshot(SnapshotStore(cfg.get("snapshots.url")), args.id)
     _notice(f"deleted snapshot {args.id} ({n} objects)")
