@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from rawcap import kafka
-from rawcap.archive_store import (
+from rawcap.archive import (
     ArchiveStore,
     build_object,
     escape_node,

@@ -104,7 +104,7 @@ async def run_archive(args: argparse.Namespace, cfg: Config) -> int:
 
 
 async def run_ls(args: argparse.Namespace, cfg: Config) -> int:
-    from rawcap.archive_store import ArchiveStore
+    from rawcap.archive import ArchiveStore
 
     from ._ls import HEADER, format_row, hour_summaries
 

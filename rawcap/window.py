@@ -510,9 +510,9 @@ class WindowReader:
 
     # -- sources ---------------------------------------------------------------------------
     def _archive_lanes(self) -> list[Any]:
-        """One lane over ``archive.url``: :func:`rawcap.archive_store.iter_window` yields the
+        """One lane over ``archive.url``: :func:`rawcap.archive.iter_window` yields the
         window's batches each node in archive order, nodes merged by first packet time."""
-        from .archive_store import iter_window
+        from .archive import iter_window
 
         nodes = sorted(self.nodes) if self.nodes else None
         return [ValueLane("archive", iter_window(self.cfg, self.lo, self.hi, nodes=nodes))]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from archiver import Known, PartitionPlan
-from rawcap.archive_store import (
+from rawcap.archive import (
     ArchiveStore,
     IndexEntry,
     build_object,
