@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._fetch import FetchedRecord, Fetcher, Unsupported, parse_fetch_response, parse_record_batches
+from ._fetch import FetchedRecord, Unsupported, parse_fetch_response, parse_record_batches
+from ._fetcher import ConsumerFetcher, Fetcher, KafkaRecord
 from ._wire import PartitionWindow, WindowLookup, WireFetcher, murmur2, node_partition, start_lookup
 
 if TYPE_CHECKING:
@@ -38,9 +39,11 @@ if TYPE_CHECKING:
 
 __all__ = (
     "TOPIC_MAX_REQUEST",
+    "ConsumerFetcher",
     "FetchedRecord",
     "Fetcher",
     "Framed",
+    "KafkaRecord",
     "OneRecordBatch",
     "PartitionWindow",
     "Unsupported",

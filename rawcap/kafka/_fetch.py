@@ -13,21 +13,20 @@ Two fetchers use them: :class:`PartitionFetcher` here sends aiokafka's own ``Fet
 over aiokafka's own connection (any security protocol aiokafka speaks), and
 ``rawcap.kafka._wire.WireFetcher`` its own request over its own plaintext socket (no aiokafka
 at all). Both fetch one partition one request ahead, with the same ``start`` / ``next`` /
-``cancel`` interface (:class:`Fetcher`).
+``cancel`` interface (``rawcap.kafka.Fetcher``).
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import asyncio
 
 __all__ = (
     "FetchedRecord",
-    "Fetcher",
     "PartitionFetcher",
     "Unsupported",
     "parse_fetch_response",
@@ -202,21 +201,6 @@ def _lazy_request(base: type) -> type:
             return struct_
 
     return LazyFetchRequest
-
-
-class Fetcher(Protocol):
-    """One partition, one request ahead (what ``rawcap.window``'s Kafka lane drives)."""
-
-    def start(self, offset: int) -> None:
-        """Send the fetch for ``offset`` (the first one; :meth:`next` sends the others)."""
-
-    async def next(self, stop: int) -> tuple[list[FetchedRecord], int]:
-        """The records of the fetch in flight and the next offset; fetches on from there
-        unless it reached ``stop``. Raises Unsupported (then nothing is in flight)."""
-        ...
-
-    def cancel(self) -> None:
-        """Drop the fetch in flight (the lane is done or closing)."""
 
 
 class PartitionFetcher:

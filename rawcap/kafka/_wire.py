@@ -542,7 +542,7 @@ def start_lookup(cfg: Any, lo_ms: int, nodes: Iterable[str] | None) -> WindowLoo
 
 # -- fetch -----------------------------------------------------------------------------------
 class WireFetcher:
-    """One partition over its own connection, one request ahead (``rawcap.kafka._fetch.Fetcher``):
+    """One partition over its own connection, one request ahead (a ``rawcap.kafka.Fetcher``):
     the request is sent and its response received in a worker thread (one ``recv`` of the whole
     frame, GIL released) while the event loop decodes the previous one."""
 

@@ -25,8 +25,7 @@ from forensics._fastexport import fast_batch
 from rawcap.pcap import _convert as _epbs
 from rawcap.pcap._convert import epbs_c, epbs_py, epbs_zstd
 from rawcap.timeparse import format_ns
-from rawcap.window import decompress_body
-from schemas import BatchHeader, Packet, decode_header, encode_batch, encode_block_batch
+from schemas import BatchHeader, Packet, decode_header, decompress_body, encode_batch, encode_block_batch
 from schemas._batch import MAGIC, _pack_header
 from schemas._tpacket import FRAME_HDR, build_block
 from schemas.errors import BatchError, RecordOverrun
