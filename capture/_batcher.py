@@ -24,17 +24,16 @@ shrinks by less than ``_WORTH`` the next ``_PLAIN_BATCHES`` batches are stored w
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import zstandard
 
 from rawcap.kafka import Framed
-from schemas import BODY_TPACKET3, MAGIC, BatchHeader, block_summary
+from schemas import BODY_TPACKET3, BatchHeader, block_summary, encode_header
+from schemas.tpacket import BLOCK_DESC_FIELDS, FRAME_HDR_FIELDS, fields_view
 
 __all__ = ("BlockBatcher", "ClosedBatch", "Piece")
 
@@ -43,8 +42,8 @@ Piece = bytes | memoryview
 
 _WORTH = 0.9  # compressed / raw above this: not worth compressing
 _PLAIN_BATCHES = 32
-_FIRST_OFF = struct.Struct("<I")  # tpacket_block_desc.hdr.offset_to_first_pkt at byte 16
-_FRAME_TS = struct.Struct("<II")  # tpacket3_hdr.tp_sec, tp_nsec at byte 4
+_FIRST_OFF = fields_view(BLOCK_DESC_FIELDS, ("offset_to_first_pkt",))
+_FRAME_TS = fields_view(FRAME_HDR_FIELDS, ("tp_sec", "tp_nsec"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +119,8 @@ class BlockBatcher:
             closed.append(self._close())
         # The descriptor's "first" time is when the block was opened; the first frame's own
         # timestamp is the first packet's time, which is what the header promises.
-        first_off = _FIRST_OFF.unpack_from(block, 16)[0]
-        sec, nsec = _FRAME_TS.unpack_from(block, first_off + 4)
+        first_off = _FIRST_OFF.unpack_from(block)[0]
+        sec, nsec = _FRAME_TS.unpack_from(block, first_off)
         t0 = sec * 1_000_000_000 + nsec
         # A block that alone (nearly) fills a batch is the batch, compressed from the ring.
         alone = self._count == 0 and blk_len >= self.max_bytes - (self.max_bytes >> 3)
@@ -179,7 +178,7 @@ class BlockBatcher:
             last_ns=self._last, ifaces=self._ifaces(), body=BODY_TPACKET3,
             codec="none" if self._plain else "zstd", body_len=self._raw, snaplen=self.snaplen,
         )
-        head = MAGIC + msgpack.packb(header.to_msgpack_map(), use_bin_type=True)
+        head = encode_header(header)
         parts = self._parts
         wire: tuple[Any, ...]
         if len(parts) == 1 and isinstance(parts[0], Framed):

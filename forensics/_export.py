@@ -35,9 +35,22 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from forensics._fastexport import FAST as _FAST
 from forensics._fastexport import FAST_ZSTD as _FAST_ZSTD
 from forensics._fastexport import fast_batch, fast_zstd_batch
-from rawcap.pcap import LINKTYPE_ETHERNET, PcapngWriter, PcapWriter
+from rawcap.pcap import (
+    EPB,
+    EPB_JOIN,
+    EPB_TRAIL,
+    EPB_TYPE,
+    LINKTYPE_ETHERNET,
+    PAD,
+    PCAP_RECORD,
+    U32,
+    PcapngWriter,
+    PcapWriter,
+    comment_options,
+    epb_length,
+)
 from rawcap.window import RawBatch, WindowReader, WPacket
-from schemas import BODY_RECORDS, BatchHeader, decompress_body, iter_packets
+from schemas import BODY_RECORDS, REC_HEADER, REC_HEADER_SPLIT, BatchHeader, decompress_body, iter_packets
 from schemas.errors import BatchError, ConfigError, RawcapError, RecordOverrun
 
 if TYPE_CHECKING:
@@ -45,17 +58,10 @@ if TYPE_CHECKING:
 
 __all__ = ("OutputFile", "write_capture")
 
-_EPB = struct.Struct("<IIIIIII")
-_U32 = struct.Struct("<I")
-_REC = struct.Struct("<IIII")
-#: A ``rec`` record header read as (ts low, ts high, caplen, origlen, ifindex): the u64
-#: timestamp's halves come out in the order an EPB does not want, but without a shift.
-_REC_SPLIT = struct.Struct("<IIIIi4x")
-#: Padding + block length of the previous EPB, then this EPB's header, in one pack.
-_JOIN = tuple(struct.Struct(f"<{pad}xIIIIIIII") for pad in range(4))
-_TRAIL = tuple(struct.Struct(f"<{pad}xI") for pad in range(4))
-_JOIN_PACK = (*(j.pack for j in _JOIN), lambda _prev_blen, *hdr: _EPB.pack(*hdr))
-_PAD = (b"", b"\0", b"\0\0", b"\0\0\0")
+#: Padding + block length of the previous EPB, then this EPB's header, in one pack; the last
+#: one: nothing before this EPB (it follows an IDB).
+_JOIN_PACK = (*(j.pack for j in EPB_JOIN), lambda _prev_blen, *hdr: EPB.pack(*hdr))
+_EPB_FIXED = epb_length(0)
 _FLUSH_BYTES = 4 * 1024 * 1024
 #: Items (compressed batches, packet lists) queued for the converter: enough to ride out
 #: one fetch response's burst, a few MiB of memory.
@@ -496,10 +502,7 @@ class _PcapngSink:
         parts.append(idb)
         if idb:
             self._added.append(((node, key), f"{node}:{name}"))
-        opts = b""
-        if self.comment_node:
-            c = f"node={node}".encode()
-            opts = struct.pack("<HH", 1, len(c)) + c + b"\0" * (-len(c) % 4) + b"\0\0\0\0"
+        opts = comment_options(f"node={node}".encode()) if self.comment_node else b""
         ent = self.ids[(node, key)] = (idx, opts)
         return ent
 
@@ -515,7 +518,7 @@ class _PcapngSink:
     def batch(self, h: BatchHeader, body: bytes | memoryview, parts: list[Any]) -> tuple[int, int, int]:
         """Append the EPBs of a whole batch; returns (packets, packet bytes, output bytes)."""
         node, ids, ifaces = h.node, self.ids, h.ifaces
-        add, pack, pads = parts.append, _EPB.pack, _PAD
+        add, pack, u32 = parts.append, EPB.pack, U32.pack
         nbytes = out = 0
         if _FAST and not self.comment_node and self.wl is None:
             return fast_batch(self, h, body, parts)  # the C twin (forensics/_fastexport.py)
@@ -531,11 +534,10 @@ class _PcapngSink:
             caplen, ts = p.caplen, p.ts_ns
             if wl is not None:
                 opts = _workload_opts(wl, node, p.data, ts)
-            pad = -caplen & 3
-            blen = 32 + caplen + pad + len(opts)
-            add(pack(6, blen, idx, ts >> 32, ts & 0xFFFFFFFF, caplen, p.origlen))
+            blen = epb_length(caplen, len(opts))
+            add(pack(EPB_TYPE, blen, idx, ts >> 32, ts & 0xFFFFFFFF, caplen, p.origlen))
             add(p.data)
-            add(pads[pad] + opts + _U32.pack(blen))
+            add(PAD[-caplen & 3] + opts + u32(blen))
             nbytes += caplen
             out += blen
             n += 1
@@ -552,7 +554,7 @@ class _PcapngSink:
         node, ids, ifaces = h.node, self.ids, h.ifaces
         add, packs = parts.append, _JOIN_PACK
         view = memoryview(body)
-        end, unpack = len(view), _REC_SPLIT.unpack_from
+        end, unpack, hsize, fixed = len(view), REC_HEADER_SPLIT.unpack_from, REC_HEADER.size, _EPB_FIXED
         try:
             ts_lo, ts_hi, caplen, origlen, ifindex = unpack(view, 0)
             cur_if = ifindex
@@ -561,10 +563,10 @@ class _PcapngSink:
             )
             idx = ent[0]
             prev_pad = -caplen & 3
-            prev_blen = 32 + caplen + prev_pad
-            add(_EPB.pack(6, prev_blen, idx, ts_hi, ts_lo, caplen, origlen))
-            pos = 24 + caplen
-            add(view[24:pos])
+            prev_blen = fixed + caplen + prev_pad
+            add(EPB.pack(EPB_TYPE, prev_blen, idx, ts_hi, ts_lo, caplen, origlen))
+            pos = hsize + caplen
+            add(view[hsize:pos])
             for _ in range(count - 1):
                 ts_lo, ts_hi, caplen, origlen, ifindex = unpack(view, pos)
                 if ifindex != cur_if:
@@ -572,14 +574,14 @@ class _PcapngSink:
                     if got is None:
                         # A new interface: its IDB goes after the previous EPB's trailer,
                         # and the next pack has no trailer left to fuse (_JOIN_PACK[4]).
-                        add(_TRAIL[prev_pad].pack(prev_blen))
+                        add(EPB_TRAIL[prev_pad].pack(prev_blen))
                         got = self._iface(node, ifindex, ifaces.get(ifindex, str(ifindex)), parts)
                         prev_pad = 4
                     idx, cur_if = got[0], ifindex
                 pad = -caplen & 3
-                blen = 32 + caplen + pad
-                add(packs[prev_pad](prev_blen, 6, blen, idx, ts_hi, ts_lo, caplen, origlen))
-                pos += 24
+                blen = fixed + caplen + pad
+                add(packs[prev_pad](prev_blen, EPB_TYPE, blen, idx, ts_hi, ts_lo, caplen, origlen))
+                pos += hsize
                 stop = pos + caplen
                 add(view[pos:stop])
                 prev_pad, prev_blen, pos = pad, blen, stop
@@ -587,12 +589,13 @@ class _PcapngSink:
             raise RecordOverrun("a record header runs past the end of the body") from None
         if pos != end:
             raise RecordOverrun(f"records end at byte {pos} of a {end}-byte body ({count} records)")
-        add(_TRAIL[prev_pad].pack(prev_blen))
-        nbytes = end - 24 * count
-        return count, nbytes, nbytes + 36 * count
+        add(EPB_TRAIL[prev_pad].pack(prev_blen))
+        nbytes = end - hsize * count
+        # Output bytes for the flush size: packet bytes, EPB overhead, at most 4 of padding.
+        return count, nbytes, nbytes + (fixed + 4) * count
 
     def packets(self, chunk: list[WPacket], parts: list[Any]) -> int:
-        ids, add, pack, pads = self.ids, parts.append, _EPB.pack, _PAD
+        ids, add, pack, u32 = self.ids, parts.append, EPB.pack, U32.pack
         wl = self.wl
         out = 0
         for p in chunk:
@@ -601,11 +604,10 @@ class _PcapngSink:
             caplen, ts = p.caplen, p.ts_ns
             if wl is not None:
                 opts = _workload_opts(wl, p.node, p.data, ts)
-            pad = -caplen & 3
-            blen = 32 + caplen + pad + len(opts)
-            add(pack(6, blen, idx, ts >> 32, ts & 0xFFFFFFFF, caplen, p.origlen))
+            blen = epb_length(caplen, len(opts))
+            add(pack(EPB_TYPE, blen, idx, ts >> 32, ts & 0xFFFFFFFF, caplen, p.origlen))
             add(p.data)
-            add(pads[pad] + opts + _U32.pack(blen))
+            add(PAD[-caplen & 3] + opts + u32(blen))
             out += blen
         return out
 
@@ -614,8 +616,7 @@ def _workload_opts(wl: Workloads, node: str, data: bytes | memoryview, ts_ns: in
     """EPB options: one ``opt_comment`` ``node=N src=LABEL dst=LABEL`` (``node=N`` alone when
     neither end is known at ``ts_ns``), then ``opt_endofopt``."""
     ends = wl.comment(data, ts_ns)
-    c = f"node={node}".encode() + (b" " + ends if ends else b"")
-    return struct.pack("<HH", 1, len(c)) + c + b"\0" * (-len(c) % 4) + b"\0\0\0\0"
+    return comment_options(f"node={node}".encode() + (b" " + ends if ends else b""))
 
 
 class _PcapSink:
@@ -637,7 +638,7 @@ class _PcapSink:
         return None  # decompressed first (no compiled path for classic pcap)
 
     def batch(self, h: BatchHeader, body: bytes | memoryview, parts: list[Any]) -> tuple[int, int, int]:
-        add, pack = parts.append, _REC.pack
+        add, pack = parts.append, PCAP_RECORD.pack
         n = nbytes = 0
         for p in iter_packets(h, body):
             sec, ns = divmod(p.ts_ns, 1_000_000_000)
@@ -645,14 +646,14 @@ class _PcapSink:
             add(p.data)
             nbytes += p.caplen
             n += 1
-        return n, nbytes, nbytes + 16 * n
+        return n, nbytes, nbytes + PCAP_RECORD.size * n
 
     def packets(self, chunk: list[WPacket], parts: list[Any]) -> int:
-        add, pack = parts.append, _REC.pack
+        add, pack = parts.append, PCAP_RECORD.pack
         out = 0
         for p in chunk:
             sec, ns = divmod(p.ts_ns, 1_000_000_000)
             add(pack(sec, ns, p.caplen, p.origlen))
             add(p.data)
-            out += 16 + p.caplen
+            out += PCAP_RECORD.size + p.caplen
         return out

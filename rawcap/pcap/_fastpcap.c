@@ -3,7 +3,7 @@
  * The compiled twin of rawcap/pcap/_convert.py's epbs_py (the pure-Python reference, which
  * stays the fallback and the test oracle): same input, same output byte for byte, same
  * errors. The layouts it walks and writes are declared in schemas/ (batch body: _batch.py,
- * _tpacket.py) and rawcap/pcap/_blocks.py (EPB); the constants below repeat them, and the
+ * tpacket.py) and rawcap/pcap/_blocks.py (EPB); the constants below repeat them, and the
  * golden vectors of tests/rawcap/pcap/ check that its output matches byte for byte.
  *
  * One call walks one decompressed batch body (layout "rec" or "tpacket3", schemas/FORMAT.md),

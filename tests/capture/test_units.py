@@ -14,9 +14,9 @@ from capture._batcher import BlockBatcher, ClosedBatch
 from capture._fifo import Fifo
 from rawcap.kafka import Framed
 from schemas import decode_batch, encode_block_batch
-from schemas._tpacket import build_block
 from schemas.errors import RawcapError
 from schemas.procs import ProcRecord, decode_proc, parse_container
+from schemas.tpacket import build_block
 
 from .helpers import read_fifo
 

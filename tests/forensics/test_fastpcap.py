@@ -25,10 +25,17 @@ from forensics._fastexport import fast_batch
 from rawcap.pcap import _convert as _epbs
 from rawcap.pcap._convert import epbs_c, epbs_py, epbs_zstd
 from rawcap.timeparse import format_ns
-from schemas import BatchHeader, Packet, decode_header, decompress_body, encode_batch, encode_block_batch
-from schemas._batch import MAGIC, _pack_header
-from schemas._tpacket import FRAME_HDR, build_block
+from schemas import (
+    BatchHeader,
+    Packet,
+    decode_header,
+    decompress_body,
+    encode_batch,
+    encode_block_batch,
+    encode_header,
+)
 from schemas.errors import BatchError, RecordOverrun
+from schemas.tpacket import FRAME_HDR, build_block
 
 from .helpers import rawcap, records, wireshark_warnings
 from .test_kafka import _produce
@@ -425,7 +432,7 @@ async def test_export_equal_with_and_without_extension(
                 value = encode_batch(node=node, seq=k + 1, packets=packets, ifaces={1: "eth0", 3: "lo"})
             if node == b and k == 4:  # a body that decompresses but overruns
                 h, off = decode_header(value)
-                value = MAGIC + _pack_header(dataclasses.replace(h, count=h.count + 1)) + value[off:]
+                value = encode_header(dataclasses.replace(h, count=h.count + 1)) + value[off:]
             vals[node].append((value, base))
     for node, vs in vals.items():
         await _produce(stack.bootstrap, vs, node)

@@ -12,9 +12,9 @@ import pytest
 from rawcap.config import load_config
 from rawcap.window import WindowReader
 from schemas import Packet, encode_batch, encode_block_batch
-from schemas._tpacket import build_block
 from schemas.errors import ConfigError
 from schemas.stream import frame_batch, stream_header
+from schemas.tpacket import build_block
 
 S = 1_000_000_000
 T0 = 1_800_000_000 * S

@@ -21,7 +21,7 @@ from schemas import (
     encode_batch,
     encode_block_batch,
 )
-from schemas._tpacket import build_block
+from schemas.tpacket import build_block
 
 packets_st = st.lists(
     st.builds(
