@@ -167,11 +167,9 @@ async def run_dissect(args: argparse.Namespace, cfg: Config) -> int:
 
 async def _partitions(consumer: Any, topic: str) -> set[int]:
     """Partitions of ``topic``; an unsubscribed consumer has no metadata for it yet."""
-    parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        await consumer._client.force_metadata_update()  # as rawcap.window does
-        parts = consumer.partitions_for_topic(topic)
-    return set(parts or ())
+    from rawcap.kafka import topic_partitions
+
+    return {tp.partition for tp in await topic_partitions(consumer, topic, wait_s=0)}
 
 
 async def read_switch(cfg: Config) -> DissectionSwitch | None:

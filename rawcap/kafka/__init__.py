@@ -1,9 +1,18 @@
-"""Kafka access: client settings and topics, and the project's own client for bounded reads.
+"""Kafka access: client settings and topics, the one produce path, and the project's own
+client for bounded reads.
 
-What it owns: how every service builds its aiokafka clients (TLS/SASL from the values file,
-topic creation: ``_clients.py``), the plaintext client that reads a window of
-``rawcap.packets`` without aiokafka (``_wire.py``), the zero-copy fetch decoder
-(``_fetch.py``) and the shipper's pre-built produce requests (``_produce.py``).
+What it owns:
+
+- ``_clients.py``: how every service builds its aiokafka clients (TLS/SASL from the values
+  file) and creates the topics;
+- ``_codec.py``: the wire protocol as functions of bytes (requests, responses, v2 record
+  batches), no I/O;
+- ``_wire.py``: the plaintext client of bounded reads, a thin socket driver over the codec
+  (:class:`WindowLookup`, :class:`WireFetcher`);
+- ``_fetcher.py``: the :class:`Fetcher` protocol a reader of one partition drives, and its
+  stock-aiokafka implementation (:class:`ConsumerFetcher`): the two read paths;
+- ``_producer.py``: :class:`BatchProducer`, the one produce path of ``rawcap.packets``;
+- ``_compat.py``: every use of aiokafka's internals, each checked (:func:`aiokafka_problems`).
 
 Importing this package imports no aiokafka: a bounded read starts its lookups before aiokafka
 (or even asyncio) is imported. The names that need aiokafka are loaded on first use.
@@ -14,9 +23,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._fetch import FetchedRecord, Unsupported, parse_fetch_response, parse_record_batches
+from ._codec import FetchedRecord, Framed, Unsupported, murmur2, node_partition
 from ._fetcher import ConsumerFetcher, Fetcher, KafkaRecord
-from ._wire import PartitionWindow, WindowLookup, WireFetcher, murmur2, node_partition, start_lookup
+from ._wire import PartitionWindow, WindowLookup, WireFetcher, start_lookup
 
 if TYPE_CHECKING:
     from ._clients import (
@@ -35,32 +44,31 @@ if TYPE_CHECKING:
         topic_partitions,
         topic_specs,
     )
-    from ._produce import Framed, OneRecordBatch, install_produce_request
+    from ._compat import problems as aiokafka_problems
+    from ._producer import BatchProducer
 
 __all__ = (
     "TOPIC_MAX_REQUEST",
+    "BatchProducer",
     "ConsumerFetcher",
     "FetchedRecord",
     "Fetcher",
     "Framed",
     "KafkaRecord",
-    "OneRecordBatch",
     "PartitionWindow",
     "Unsupported",
     "WindowLookup",
     "WireFetcher",
     "admin_kwargs",
+    "aiokafka_problems",
     "client_kwargs",
     "consumer_kwargs",
     "ensure_topics",
     "follow_topic",
-    "install_produce_request",
     "make_consumer",
     "make_producer",
     "murmur2",
     "node_partition",
-    "parse_fetch_response",
-    "parse_record_batches",
     "producer_kwargs",
     "read_topic_to_end",
     "start_consumer",
@@ -72,20 +80,19 @@ __all__ = (
 
 #: Names whose module imports aiokafka: loaded on first use (PEP 562).
 _LAZY = {
-    **dict.fromkeys(
-        ("TOPIC_MAX_REQUEST", "admin_kwargs", "client_kwargs", "consumer_kwargs", "ensure_topics",
-         "follow_topic", "make_consumer", "make_producer", "producer_kwargs", "read_topic_to_end",
-         "start_consumer", "stop_client", "topic_partitions", "topic_specs"),
-        "._clients",
-    ),
-    **dict.fromkeys(("Framed", "OneRecordBatch", "install_produce_request"), "._produce"),
+    **{name: ("._clients", name) for name in (
+        "TOPIC_MAX_REQUEST", "admin_kwargs", "client_kwargs", "consumer_kwargs", "ensure_topics",
+        "follow_topic", "make_consumer", "make_producer", "producer_kwargs", "read_topic_to_end",
+        "start_consumer", "stop_client", "topic_partitions", "topic_specs")},
+    "BatchProducer": ("._producer", "BatchProducer"),
+    "aiokafka_problems": ("._compat", "problems"),
 }
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    home = _LAZY.get(name)
+    if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    value = getattr(importlib.import_module(home[0], __name__), home[1])
     globals()[name] = value
     return value

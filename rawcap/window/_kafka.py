@@ -8,7 +8,8 @@ Otherwise (TLS, SASL, ``--follow``, the client turned off or failing) stock aiok
 group-less consumer does the same. Either way each partition becomes a :class:`KafkaLane`
 that drives one :class:`rawcap.kafka.Fetcher`; when the plaintext client's fetcher meets
 something it leaves to aiokafka (``Unsupported``), the lane reads on from the same offset
-through aiokafka's consumer (:class:`rawcap.kafka.ConsumerFetcher`).
+through stock aiokafka's consumer (:class:`rawcap.kafka.ConsumerFetcher`). Those are the two
+read paths.
 
 Kafka: the message timestamp of a batch is its first packet time (``FORMAT.md``), so the
 read starts at ``offsets_for_times(from - margin)`` (the margin catches batches that start
@@ -213,7 +214,6 @@ class KafkaSource:
 
     async def _open_aiokafka(self) -> None:
         from ..kafka import node_partition as partition_of
-        from ..kafka._fetch import PartitionFetcher
 
         consumer = await self.consumer()
         parts = sorted(consumer.partitions_for_topic(topics.PACKETS) or ())
@@ -236,10 +236,7 @@ class KafkaSource:
         def fetcher(pw: PartitionWindow) -> Fetcher | None:
             if not self.follow and pw.start >= pw.end:
                 return None
-            tp = _aiokafka_tp(_TP(topics.PACKETS, pw.partition))
-            f: Fetcher | None = None if self.follow else PartitionFetcher.create(consumer, tp)
-            if f is None:
-                f = ConsumerFetcher(consumer, tp)
+            f = ConsumerFetcher(consumer, _aiokafka_tp(_TP(topics.PACKETS, pw.partition)))
             f.start(pw.start)
             return f
 
@@ -289,9 +286,7 @@ class KafkaSource:
         from aiokafka.errors import KafkaError
 
         from ..kafka import topic_partitions
-        from ..kafka._chunkreader import install
 
-        install()  # fetch responses read with one copy, not four (rawcap/kafka/_chunkreader.py)
         # check_crcs off: the broker checks record CRCs when it accepts a produce, and every
         # batch body carries a zstd content checksum verified on decompression; the client-side
         # CRC pass costs ~30% of the Kafka read time of an export.

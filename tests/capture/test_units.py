@@ -342,14 +342,14 @@ async def test_in_flight_window_acks_in_order_and_keeps_a_failure() -> None:
 
     from aiokafka.errors import KafkaError
 
-    from capture._shipper import IN_FLIGHT, _InFlight
+    from capture._shipper import _InFlight
 
     class Shipper:
         def __init__(self) -> None:
             self.acked: list[int] = []
             self.wakes = 0
 
-        def _acked(self, seq: int) -> None:
+        def _acked(self, seq: int, count: int = 1) -> None:
             self.acked.append(seq)
 
         def notify(self) -> None:
@@ -357,8 +357,8 @@ async def test_in_flight_window_acks_in_order_and_keeps_a_failure() -> None:
 
     loop = asyncio.get_running_loop()
     ship = Shipper()
-    window = _InFlight(ship)  # type: ignore[arg-type]
-    futs = [loop.create_future() for _ in range(IN_FLIGHT)]
+    futs = [loop.create_future() for _ in range(8)]
+    window = _InFlight(ship, limit=len(futs))  # type: ignore[arg-type]
     for seq, fut in enumerate(futs, 1):
         window.add(seq, fut)
     assert window.full

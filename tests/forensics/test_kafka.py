@@ -614,12 +614,14 @@ async def test_another_nodes_corrupt_batch_is_not_reported_for_this_node(
     assert p.returncode == 0 and b"1 corrupt batch(es) skipped" in p.stderr, p.stderr.decode()
 
 
-async def _read_in_process(bootstrap: str, node: str, lo: int, hi: int) -> list[tuple[int, bytes]]:
+async def _read_in_process(
+    bootstrap: str, node: str, lo: int, hi: int, **cfg: str
+) -> list[tuple[int, bytes]]:
     from rawcap.config import load_config
     from rawcap.window import WindowReader
 
-    cfg = load_config(None, {"kafka.bootstrap": bootstrap}, env={})
-    async with WindowReader(cfg, lo, hi, nodes=[node]) as r:
+    config = load_config(None, {"kafka.bootstrap": bootstrap, **cfg}, env={})
+    async with WindowReader(config, lo, hi, nodes=[node]) as r:
         return [(p.ts_ns, bytes(p.data)) async for chunk in r.packets() for p in chunk]
 
 
@@ -628,19 +630,21 @@ async def _read_in_process(bootstrap: str, node: str, lo: int, hi: int) -> list[
 #: starts past the earlier runs' gzip batches, which would hand the partition to aiokafka
 #: before the fetcher under test failed (a run less than 26 s after the previous one did).
 _GZIP_SLOT = itertools.count()
+_AIOKAFKA = {"kafka.readClient": "aiokafka"}
 
 
-@pytest.mark.parametrize("fail_at", [None, 0, 2])
-@pytest.mark.parametrize("client", ["wire", "aiokafka"])
+@pytest.mark.parametrize(("client", "fail_at"),
+                         [("wire", None), ("wire", 0), ("wire", 2), ("aiokafka", None)])
 async def test_zero_copy_fetch_and_its_fallback_read_the_same_packets(
     stack: Any, monkeypatch: pytest.MonkeyPatch, fail_at: int | None, client: str
 ) -> None:
-    """The zero-copy fetcher reads the window: rawcap.kafka._wire.WireFetcher (its own plaintext
-    connection, no aiokafka) or, with RAWCAP_NO_KAFKA_WIRE=1, rawcap.kafka._fetch.PartitionFetcher
-    (aiokafka's connection). When it meets something it leaves to aiokafka (here: a failed
-    fetch from the start, or after two responses) aiokafka's consumer reads on from the same
-    offset. Kafka-compressed batches (gzip here) take aiokafka's path by themselves."""
-    from rawcap.kafka import _fetch as _kafkafetch
+    """The two read paths read the same window: the plaintext client's zero-copy fetcher
+    (rawcap.kafka._wire.WireFetcher, its own connection, no aiokafka) and, with
+    kafka.readClient=aiokafka, stock aiokafka's consumer (rawcap.kafka.ConsumerFetcher). When
+    the zero-copy fetcher meets something it leaves to aiokafka (here: a failed fetch from the
+    start, or after two responses) aiokafka's consumer reads on from the same offset.
+    Kafka-compressed batches (gzip here) take aiokafka's path by themselves."""
+    from rawcap.kafka import _codec
     from rawcap.kafka import _wire as _kafkawire
 
     from .conftest import GZIP_PARTITION, node_on_partition
@@ -663,44 +667,34 @@ async def test_zero_copy_fetch_and_its_fallback_read_the_same_packets(
         await gz.stop()
     want = [t0 + i * 2_000_000 for i in range(30 * 40)] + [t1 + i * 1_000 for i in range(30)]
     calls = {"fetch": 0, "fallback": 0, "compressed": 0}
-    module: Any = _kafkawire if client == "wire" else _kafkafetch
-    real_parse = module.parse_record_batches
+    real_parse = _kafkawire.parse_record_batches
 
     def parse(records: Any, offset: int) -> Any:
         try:
             return real_parse(records, offset)
-        except _kafkafetch.Unsupported as exc:
+        except _codec.Unsupported as exc:
             calls["compressed"] += "compressed" in str(exc)
             raise
 
-    def failing() -> None:
+    real_exchange = _kafkawire.WireFetcher._exchange
+
+    def exchange(self: Any, offset: int) -> Any:  # in the fetch thread, as a broken connection
         calls["fetch"] += 1
         if fail_at is not None and calls["fetch"] > fail_at:
             calls["fallback"] += 1
-            raise _kafkafetch.Unsupported("test")
+            raise _codec.Unsupported("test")
+        return real_exchange(self, offset)
 
-    if client == "wire":
-        real_exchange = _kafkawire.WireFetcher._exchange
-
-        def exchange(self: Any, offset: int) -> Any:  # in the fetch thread, as a broken connection
-            failing()
-            return real_exchange(self, offset)
-
-        monkeypatch.setattr(_kafkawire.WireFetcher, "_exchange", exchange)
-    else:
-        monkeypatch.setenv("RAWCAP_NO_KAFKA_WIRE", "1")
-        real_fetch = _kafkafetch.PartitionFetcher._fetch
-
-        async def fetch(self: Any, offset: int) -> Any:
-            failing()
-            return await real_fetch(self, offset)
-
-        monkeypatch.setattr(_kafkafetch.PartitionFetcher, "_fetch", fetch)
-    monkeypatch.setattr(module, "parse_record_batches", parse)
-    got = await _read_in_process(stack.bootstrap, node_name, t0 - 10**9, now)
+    monkeypatch.setattr(_kafkawire.WireFetcher, "_exchange", exchange)
+    monkeypatch.setattr(_kafkawire, "parse_record_batches", parse)
+    got = await _read_in_process(stack.bootstrap, node_name, t0 - 10**9, now,
+                                 **({} if client == "wire" else _AIOKAFKA))
     assert [t for t, _ in got] == want
+    if client == "aiokafka":
+        assert calls == {"fetch": 0, "fallback": 0, "compressed": 0}  # the plaintext client stayed out
+        return
     assert calls["fetch"] > 0  # the fetcher under test did read
     assert calls["fallback"] == (0 if fail_at is None else 1)
     assert calls["compressed"] == (1 if fail_at is None else 0)  # else aiokafka had it already
-    monkeypatch.setenv("RAWCAP_NO_FAST_KAFKA_READER", "1")  # aiokafka's path alone
-    assert await _read_in_process(stack.bootstrap, node_name, t0 - 10**9, now) == got
+    # And stock aiokafka alone reads the same.
+    assert await _read_in_process(stack.bootstrap, node_name, t0 - 10**9, now, **_AIOKAFKA) == got
