@@ -52,8 +52,10 @@ class Metrics:
         self._server = start_http_server(port, addr=addr, registry=self.registry)
 
     def close(self) -> None:
+        """Stop the ``/metrics`` server and join its thread."""
         server = self._server
         if server:
             server[0].shutdown()
             server[0].server_close()
+            server[1].join(5)
             self._server = None
