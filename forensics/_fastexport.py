@@ -1,7 +1,7 @@
 """The compiled export hot path: a whole in-window batch straight to pcapng EPBs.
 
 :func:`fast_batch` stands in for ``_PcapngSink.batch`` when :data:`rawcap.pcap._convert.FAST` (the C
-extension is built and ``RAWCAP_NO_FASTPCAP`` is unset) and no EPB gets options (no
+extension is built and the test hook ``no-fastpcap`` is off) and no EPB gets options (no
 ``--comment-node``, no per-packet comments). It produces the same bytes as the Python sink:
 interfaces are registered through the sink (same ids, same IDBs, at the same place in the
 stream), and the whole batch comes back as one ``bytes`` object. :func:`fast_zstd_batch`

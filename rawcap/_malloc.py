@@ -13,8 +13,9 @@ process already reached (at most ``TRIM_BYTES`` more is kept resident).
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import Any
+
+from ._hooks import hook
 
 __all__ = ("MMAP_THRESHOLD", "TRIM_BYTES", "tune")
 
@@ -45,12 +46,12 @@ def _libc_mallopt() -> Any:
 
 
 def tune() -> bool:
-    """Apply once per process; True if glibc accepted it. ``RAWCAP_NO_MALLOPT=1`` (or
+    """Apply once per process; True if glibc accepted it. The test hook ``no-mallopt`` (or
     another libc) leaves the allocator alone."""
     global _done
     if _done:
         return True
-    if os.environ.get("RAWCAP_NO_MALLOPT"):
+    if hook("no-mallopt"):
         return False
     mallopt = _libc_mallopt()
     if mallopt is None:

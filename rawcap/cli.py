@@ -186,13 +186,15 @@ def _exit_now(code: int) -> None:
     when the event loop closes and end right after it); one still running then means work
     this function knows nothing about, and the normal exit follows. So it does when stdout
     cannot be flushed (the normal exit then reports it as before; a reader that went away
-    raises ``BrokenPipeError`` for the caller's handler), and with ``RAWCAP_NO_FAST_EXIT=1``.
+    raises ``BrokenPipeError`` for the caller's handler), and with the test hook ``no-fast-exit``.
     """
     import threading
     import time
 
+    from ._hooks import hook
+
     main = threading.main_thread()
-    if os.environ.get("RAWCAP_NO_FAST_EXIT") or threading.current_thread() is not main:
+    if hook("no-fast-exit") or threading.current_thread() is not main:
         return
     deadline = time.monotonic() + _THREADS_GRACE
     for t in threading.enumerate():

@@ -6,10 +6,10 @@ bound checked), keeps the packets with ``lo <= ts < hi`` and builds their EPBs e
 :class:`rawcap.pcap.PcapngWriter` lays them out (``if_tsresol`` = 9, no options).
 :func:`epbs_c` does the same in C (``rawcap/pcap/_fastpcap.c``), without the GIL and without one
 Python object per packet. :data:`epbs` is the C version when the extension imports and
-``RAWCAP_NO_FASTPCAP`` is unset, else the reference; :data:`FAST` says which.
+the test hook ``no-fastpcap`` is off, else the reference; :data:`FAST` says which.
 :func:`epbs_zstd` takes the body still compressed and inflates it inside the C call (into a
 reused, cache-resident buffer, not a fresh Python ``bytes``) when a libzstd of the release
-python-zstandard runs loads (:func:`_bind_zstd`) and ``RAWCAP_NO_FASTZSTD`` is unset
+python-zstandard runs loads (:func:`_bind_zstd`) and ``no-fastzstd`` is off
 (:data:`FAST_ZSTD`); it returns None for anything it leaves
 to :func:`schemas.decompress_body` followed by :data:`epbs`, so that a body is accepted or
 rejected, with the same reason, exactly as on that path.
@@ -24,7 +24,6 @@ nothing.
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -32,6 +31,7 @@ from schemas import BODY_RECORDS, BODY_TPACKET3, BatchHeader, iter_packets
 from schemas._batch import MAX_BODY_BYTES
 from schemas.errors import CorruptBody, RecordOverrun
 
+from .._hooks import hook
 from ._blocks import EPB, EPB_TYPE, PAD, U32, epb_length
 
 __all__ = ("FAST", "FAST_ZSTD", "Resolve", "epbs", "epbs_c", "epbs_py", "epbs_zstd")
@@ -159,6 +159,6 @@ def _bind_zstd() -> bool:
     return any(zstd_open(path, version) for path in paths)
 
 
-FAST: Final = _c is not None and not os.environ.get("RAWCAP_NO_FASTPCAP")
-FAST_ZSTD: Final = FAST and not os.environ.get("RAWCAP_NO_FASTZSTD") and _bind_zstd()
+FAST: Final = _c is not None and not hook("no-fastpcap")
+FAST_ZSTD: Final = FAST and not hook("no-fastzstd") and _bind_zstd()
 epbs: Final = epbs_c if FAST else epbs_py

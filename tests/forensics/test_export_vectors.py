@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from forensics import _export
-from forensics._export import _PcapngSink
+from forensics import _sinks
+from forensics._sinks import PcapngSink
 from rawcap.window import WPacket
 from schemas import decode_header, iter_packets
 from tests.rawcap.pcap.vectors import VECTOR_DIR, VECTORS, header_and_body
@@ -18,7 +18,7 @@ from tests.rawcap.pcap.vectors import VECTOR_DIR, VECTORS, header_and_body
 WHOLE = sorted(n for n, (_b, lo, hi) in VECTORS.items() if (lo, hi) == (0, 2**64))
 
 
-def _sink_file(sink: _PcapngSink, add: Any) -> bytes:
+def _sink_file(sink: PcapngSink, add: Any) -> bytes:
     parts: list[Any] = [sink.header()]
     add(parts)
     return b"".join(bytes(p) for p in parts)
@@ -32,8 +32,8 @@ def test_whole_batches_write_the_golden_bytes(name: str, path: str, monkeypatch:
     header, body = header_and_body(value)
     _, off = decode_header(value)
     if path == "python":
-        monkeypatch.setattr(_export, "_FAST", False)
-    sink = _PcapngSink(0, False)
+        monkeypatch.setattr(_sinks, "_FAST", False)
+    sink = PcapngSink(0, False)
 
     def add(parts: list[Any]) -> None:
         sink.begin_batch()
@@ -56,6 +56,6 @@ def test_packet_lists_write_the_golden_bytes(name: str) -> None:
     chunk = [WPacket(p.ts_ns, header.node, header.ifaces.get(p.ifindex, str(p.ifindex)), p.caplen,
                      p.origlen, p.pkttype, p.data)
              for p in iter_packets(header, body) if lo <= p.ts_ns < hi]
-    sink = _PcapngSink(0, False)
+    sink = PcapngSink(0, False)
     golden = (VECTOR_DIR / f"{name}.pcapng").read_bytes()
     assert _sink_file(sink, lambda parts: sink.packets(chunk, parts)) == golden
