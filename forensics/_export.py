@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from rawcap._hooks import hook
+from rawcap.hooks import hook
 from rawcap.window import RawBatch, WindowReader, WPacket
 from schemas import decompress_body
 from schemas.errors import BatchError, ConfigError, RawcapError

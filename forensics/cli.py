@@ -191,7 +191,7 @@ async def _cmd_export(args: argparse.Namespace, cfg: Config) -> int:
 async def _export(args: argparse.Namespace, cfg: Config) -> int:
     if not args.output:
         raise ConfigError("pcap export needs -o FILE (or -o - for stdout)")
-    from rawcap._malloc import tune as malloc_tune
+    from rawcap.malloc import tune as malloc_tune
 
     from ._export import OutputFile, write_capture
 

@@ -191,7 +191,7 @@ def _exit_now(code: int) -> None:
     import threading
     import time
 
-    from ._hooks import hook
+    from .hooks import hook
 
     main = threading.main_thread()
     if hook("no-fast-exit") or threading.current_thread() is not main:

@@ -21,13 +21,13 @@ Importing this package imports no aiokafka: a bounded read starts its lookups be
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import typing
 
 from ._codec import FetchedRecord, Framed, Unsupported, murmur2, node_partition
 from ._fetcher import ConsumerFetcher, Fetcher, KafkaRecord
 from ._wire import PartitionWindow, WindowLookup, WireFetcher, start_lookup
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from ._clients import (
         TOPIC_MAX_REQUEST,
         admin_kwargs,
@@ -89,7 +89,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     home = _LAZY.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

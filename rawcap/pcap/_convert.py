@@ -31,7 +31,7 @@ from schemas import BODY_RECORDS, BODY_TPACKET3, BatchHeader, iter_packets
 from schemas._batch import MAX_BODY_BYTES
 from schemas.errors import CorruptBody, RecordOverrun
 
-from .._hooks import hook
+from ..hooks import hook
 from ._blocks import EPB, EPB_TYPE, PAD, U32, epb_length
 
 __all__ = ("FAST", "FAST_ZSTD", "Resolve", "epbs", "epbs_c", "epbs_py", "epbs_zstd")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-from ._hooks import hook
+from .hooks import hook
 
 __all__ = ("MMAP_THRESHOLD", "TRIM_BYTES", "tune")
 
