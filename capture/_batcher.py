@@ -8,18 +8,18 @@ The batch closes when its raw body reaches ``capture.batch.maxBytes`` or
 A block that fills a batch on its own (the busy case) is compressed in one shot straight
 from the mmap ring and released. Smaller blocks are copied into one reusable buffer
 (released at once, never held in the ring) and compressed in one shot when the batch closes:
-a memcpy costs a tenth of what zstd's streaming mode adds over one-shot compression (its
-window copy and slower cross-input matching, 10-35 % of zstd's time on 64 B traffic). No
-block becomes a fresh ``bytes`` object (DESIGN.md: copying blocks into new objects and holding
-them costs more than compressing from the view).
+a memcpy costs much less than what zstd's streaming mode adds over one-shot compression (its
+window copy and slower cross-input matching; docs/capture.md). No block becomes a fresh
+``bytes`` object (DESIGN.md: copying blocks into new objects and holding them costs more than
+compressing from the view).
 
 The output is byte-compatible with :func:`schemas.encode_block_batch`: ``MAGIC``, the
 msgpack header, one zstd frame over the concatenated blocks (each trimmed to ``blk_len``).
 
-Incompressible traffic (TLS, already-compressed payloads) costs zstd about 1 ms per MiB for
-nothing, which is most of the agent's CPU at high rates. So compression adapts: when a batch
-shrinks by less than ``_WORTH`` the next ``_PLAIN_BATCHES`` batches are stored with codec
-``none`` (a plain copy out of the ring, ~20x cheaper), then one batch probes zstd again.
+Incompressible traffic (TLS, already-compressed payloads) costs zstd CPU for nothing, most
+of the agent's at high rates. So compression adapts: when a batch shrinks by less than
+``_WORTH`` the next ``_PLAIN_BATCHES`` batches are stored with codec ``none`` (a plain copy
+out of the ring, far cheaper), then one batch probes zstd again.
 """
 
 from __future__ import annotations

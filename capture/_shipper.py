@@ -214,12 +214,11 @@ class _InFlight:
     sequence number of its last batch and how many batches it carries.
 
     Acknowledgements are taken in done-callbacks on the event loop, not by an acker task
-    reading a queue: per send that saves the queue's checkpoints and a task wake-up, a
-    tenth of the shipper's event-loop work. ``acked_seq`` moves only across a run of
-    successful futures from the oldest; a failed one stays at the head for the send loop
-    to raise (``run()`` then resumes with a new producer at ``acked_seq + 1``). The shipper
-    is woken when room frees up or a send failed; after ``close()`` late callbacks (from a
-    producer being stopped) change nothing."""
+    reading a queue: per send that saves the queue's checkpoints and a task wake-up.
+    ``acked_seq`` moves only across a run of successful futures from the oldest; a failed
+    one stays at the head for the send loop to raise (``run()`` then resumes with a new
+    producer at ``acked_seq + 1``). The shipper is woken when room frees up or a send failed;
+    after ``close()`` late callbacks (from a producer being stopped) change nothing."""
 
     def __init__(self, shipper: Shipper, limit: int = BatchProducer.IN_FLIGHT) -> None:
         self._shipper = shipper

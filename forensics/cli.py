@@ -163,8 +163,8 @@ def _prepare_export(args: argparse.Namespace, cfg: Config) -> None:
     configuration is loaded): parses the window once (``args.window``) and, for a Kafka read,
     starts its Kafka side in a thread (``args.kafka_lookup``,
     :func:`rawcap.window.start_kafka_lookup`: metadata, offsets, the first fetch), so that the
-    broker works while asyncio and the export's modules are imported (~20-30 ms of a 1M-packet
-    export). Bad input is left for the command to report, as without this."""
+    broker works while asyncio and the export's modules are imported. Bad input is left for
+    the command to report, as without this."""
     source = getattr(args, "source", "kafka") or "kafka"
     if source != "kafka" or not args.output:
         return

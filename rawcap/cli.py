@@ -178,8 +178,8 @@ def _exit_now(code: int) -> None:
 
     A finished command that opted in (``set_defaults(fast_exit=True)``: ``pcap export``) has
     closed and renamed its output and stopped its clients and threads; what is left for
-    finalization is freeing every object and module one by one, ~40-60 ms after an export of
-    1M packets (its heap of fetch buffers and the imported modules) that changes nothing
+    finalization is freeing every object and module one by one (a large heap of fetch buffers
+    and the imported modules; docs/forensics.md has what it cost), which changes nothing
     outside the process. So: flush what Python still buffers (stdout, stderr, logging
     handlers) and ``os._exit``. Other non-daemon threads are waited for, as finalization
     would, but for ``_THREADS_GRACE`` seconds only (AnyIO's idle workers are told to stop

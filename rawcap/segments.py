@@ -55,9 +55,9 @@ log = logging.getLogger("rawcap.segments")
 SEGMENT_SUFFIX = ".rcsg"
 STATE_FILE = "shipped.json"
 LOCK_FILE = ".lock"
-#: Largest single write(2). ext4 sizes page-cache folios by the write: a 4 MiB write gets
-#: large folios, which on some VMs come from memory the guest never touched and cost up to
-#: 10x more to fill (docs/capture.md); elsewhere small writes cost nothing extra.
+#: Largest single write(2). ext4 sizes page-cache folios by the write: a large write gets
+#: large folios, which on some VMs come from memory the guest never touched and cost far
+#: more to fill (docs/capture.md); elsewhere small writes cost nothing extra.
 WRITE_CHUNK = 256 * 1024
 
 
@@ -227,7 +227,7 @@ class SegmentFile:
 
     def close(self, *, wait: bool = True) -> threading.Thread | None:
         """Flush, fsync and close; ``wait=False``: fsync and close in a thread, returned for
-        its owner to join (fsync takes ~20 ms, long enough to stall a writer in a hurry)."""
+        its owner to join (an fsync can take long enough to stall a writer in a hurry)."""
         fh, self._fh = self._fh, None
         if fh is None:
             return None

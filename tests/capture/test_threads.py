@@ -53,6 +53,7 @@ class _Datagrams:
         self._t.join(10)
 
 
+@pytest.mark.timeout(900)  # each tracer compiles its BPF program (bcc: seconds to a minute)
 def test_tracer_stopped_under_load_joins_its_poll_thread_before_freeing_bpf(
     make_config: Callable[..., Config],
 ) -> None:
@@ -61,7 +62,7 @@ def test_tracer_stopped_under_load_joins_its_poll_thread_before_freeing_bpf(
     rng = random.Random(7)
     seen = 0
     with _Datagrams():
-        for _ in range(6):
+        for _ in range(4):
             metrics = Metrics(node)
             tracer = ProcsTracer(cfg, node, metrics)
             freed_while_polling: list[bool] = []
@@ -101,6 +102,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.timeout(900)
 def test_agent_stopped_under_load_leaves_no_thread_of_its_own(
     stack: Stack, make_config: Callable[..., Config], tmp_path: Path,
 ) -> None:
