@@ -9,7 +9,7 @@ class with an encoder that returns the pieces of ``_codec.produce_request``, joi
 value's own buffer, ``_codec.in_place``), and :func:`install_produce_request` puts it into
 aiokafka's sender; (3) tell a group-less consumer to learn a topic's partitions
 (:func:`consumer_partitions`). (1) and (2) are the shipper's produce path: less than half
-the CPU of aiokafka's generic one (``bench/kafka``, ``docs/capacity.md``).
+the CPU of aiokafka's generic one (``bench/kafka``, ``docs/kafka.md``).
 
 :func:`problems` says what of this does not look as expected in the installed aiokafka. The
 canaries (``tests/rawcap/kafka/test_compat.py``) fail when it finds anything, or when bytes
