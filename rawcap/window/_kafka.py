@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from schemas import topics
@@ -33,7 +33,7 @@ from ..timeparse import format_ns
 from ._types import FETCH_BATCHES, MARGIN_NS, LaneValues, WindowStats
 
 if TYPE_CHECKING:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 __all__ = (
     "DeadLetters",
@@ -97,7 +97,7 @@ class KafkaLane:
     ``fallback`` for aiokafka's consumer at the same offset and reads on through that."""
 
     def __init__(self, tp: _TP, start: int, stop: int, fetcher: Fetcher | None, *, follow: bool,
-                 fallback: Callable[[_TP, int], Any]) -> None:
+                 fallback: Callable[[_TP, int], Awaitable[Fetcher]]) -> None:
         self.name = f"{tp.topic}[{tp.partition}]"
         self.tp = tp
         self._pos, self._stop, self._follow = start, stop, follow
@@ -162,7 +162,7 @@ class KafkaLane:
         self.close()
 
 
-def _aiokafka_tp(tp: _TP) -> Any:
+def _aiokafka_tp(tp: _TP) -> TopicPartition:
     from aiokafka import TopicPartition
 
     return TopicPartition(tp.topic, tp.partition)
