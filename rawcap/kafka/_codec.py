@@ -17,8 +17,6 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, NamedTuple
 
-from crc32c import crc32c as _crc32c
-
 __all__ = (
     "API_FETCH",
     "API_LIST_OFFSETS",
@@ -79,8 +77,16 @@ class FetchedRecord(NamedTuple):
 
 
 def crc32c(data: Any, value: int = 0) -> int:
-    """CRC-32C (the record batch checksum), chainable over pieces; SSE4.2 / ARMv8."""
+    """CRC-32C (the record batch checksum), chainable over pieces; SSE4.2 / ARMv8 (the
+    ``crc32c`` package, imported on first use: its import pulls in ``importlib.metadata``,
+    which the fetch side has no use for)."""
+    global _crc32c
+    if _crc32c is None:
+        from crc32c import crc32c as _crc32c
     return int(_crc32c(data, value))
+
+
+_crc32c: Any = None
 
 
 # -- partitioning ----------------------------------------------------------------------------

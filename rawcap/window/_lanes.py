@@ -13,7 +13,6 @@ import anyio
 
 from schemas.errors import ConfigError
 
-from ..segments import read_segment, segment_paths
 from ._types import FETCH_BATCHES, LaneValues
 
 __all__ = ("FileLane", "ValueLane", "local_lanes")
@@ -49,6 +48,10 @@ class FileLane:
         self._files: deque[Path] | None = None
 
     async def next_values(self) -> LaneValues | None:
+        # Imported here: rawcap.segments loads its crc32 (ctypes.util) at import, which a
+        # Kafka read (this package's other lanes) has no use for.
+        from ..segments import read_segment, segment_paths
+
         if self._files is None:
             self._files = deque(segment_paths(self._dir))
         while self._files:
