@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config import Config
 from ._clients import producer_kwargs
+from ._codec import crc32c
 from ._compat import RecordsBatch, install_produce_request
 
 __all__ = ("BatchProducer",)
@@ -40,6 +41,7 @@ class BatchProducer:
         from aiokafka import AIOKafkaProducer
 
         install_produce_request()
+        crc32c(b"")  # its module loads now (tens of ms of imports), not in the first send
         kw = producer_kwargs(cfg, acks="all", enable_idempotence=True, max_batch_size=self.REQUEST_BYTES,
                              linger_ms=0, compression_type=None)
         kw.update(extra)
