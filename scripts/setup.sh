@@ -4,11 +4,18 @@
 #
 #   1. apt: bcc (python3-bpfcc, bpfcc-tools), tcpdump, tshark, kcat, iproute2, libpcap,
 #      libdeflate, JDK + Maven (for the Kafka jars), the benchmarks' traffic sources
-#      (trafgen from netsniff-ng, nginx-light, wrk, dnsmasq-base, dig), and the newest
+#      (trafgen from netsniff-ng, nginx-light, wrk, dnsmasq-base, dig), PostgreSQL server +
+#      pgbench + psql (the PostgreSQL dissector's tests run a private cluster), and the newest
 #      linux-headers-6.12.*-cloud-amd64 (+ -common) with /lib/modules/$(uname -r)/{build,source}
 #      pointing at them; tracefs mounted (bcc tracepoints)
 #   2. .venv at the repo root with rawcap installed editable ('.[test]'), bcc importable
 #   3. compose/install-stack.sh: Kafka broker jars + MinIO server for `rawcap stack`
+#   4. compose/install-k8s.sh: Kubernetes v1.36 (one multi-call binary: kube-apiserver,
+#      kube-controller-manager, kube-scheduler, kubelet, kubectl, etcd) and helm, built from
+#      the Go module proxy for `rawcap stack up --k8s` and the chart tests (~20 min cold)
+#   5. compose/image/build.sh: the rawcap container image (OCI layout in the cache; mmdebstrap,
+#      umoci; tests/image runs it with runc). Cached: seconds when nothing changed, about a
+#      minute when a source file did, a few minutes on a fresh machine
 #
 # Environment: VENV (default .venv), PYTHON (default python3), RAWCAP_STACK_CACHE.
 set -euo pipefail
@@ -16,8 +23,9 @@ cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(python3-bpfcc bpfcc-tools tcpdump tshark kcat iproute2 libpcap0.8-dev netsniff-ng libdeflate0
-              nginx-light wrk dnsmasq-base bind9-dnsutils
-              python3-venv openjdk-17-jdk-headless maven ca-certificates)
+              nginx-light wrk dnsmasq-base bind9-dnsutils postgresql postgresql-contrib
+              python3-venv openjdk-17-jdk-headless maven ca-certificates openssl
+              mmdebstrap umoci runc skopeo python3-dev gcc binutils)
 export DEBIAN_FRONTEND=noninteractive
 
 say() { echo "setup: $*"; }
@@ -101,4 +109,10 @@ fi
 
 # --- 3. local stack binaries ----------------------------------------------------------
 bash compose/install-stack.sh
+
+# --- 4. Kubernetes binaries and helm --------------------------------------------------
+bash compose/install-k8s.sh
+
+# --- 5. container image ---------------------------------------------------------------
+bash compose/image/build.sh
 say "done"

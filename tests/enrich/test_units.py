@@ -222,6 +222,21 @@ def test_enricher_joins_workloads_and_processes() -> None:
     assert isinstance(rec, FlowRecord)
 
 
+def test_a_revoked_partition_is_forgotten_not_committed() -> None:
+    e = Enricher(WorkloadIndex(), ProcIndex(), 10 * S, grace_ns=0)
+    t0 = 1_800_000_000 * S
+    for partition, offset in ((0, 7), (1, 30)):
+        pkts = [Packet(t0 + i * 1000, len(f), len(f), 2, 0, memoryview(f))
+                for i, f in enumerate(handshake("10.231.0.1", 40000 + partition, "10.231.0.2", 80))]
+        e.add_batch(partition, offset, encode_batch(node=f"n{partition}", seq=1, packets=pkts,
+                                                    ifaces={2: "eth0"}))
+    assert e.commit_offsets() == {0: 7, 1: 30}  # up to each open flow's first packet
+    e.keep_partitions({0})  # partition 1 moved to another instance
+    assert e.commit_offsets() == {0: 7}
+    [rec] = e.flush()  # partition 1's open flow is the new owner's to count
+    assert rec.node == "n0"
+
+
 def test_process_context_kinds() -> None:
     from schemas.procs import ProcRecord
 
