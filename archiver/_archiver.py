@@ -36,7 +36,7 @@ from rawcap.archive import (
     parse_object_name,
 )
 from rawcap.config import Config
-from rawcap.lag import GroupLag
+from rawcap.kafka import GroupLag
 from schemas import decode_header, topics
 from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
 

@@ -251,10 +251,10 @@ async def dissection_switch(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _lag_metrics(cfg: Config) -> tuple[Any, Any]:
-    """The group's lag gauges (rawcap/lag.py), on /metrics when ``metrics.port`` is set."""
+    """The group's lag gauges (rawcap/kafka/_lag.py), on /metrics when ``metrics.port`` is set."""
     from prometheus_client import CollectorRegistry
 
-    from rawcap.lag import GroupLag, serve_metrics
+    from rawcap.kafka import GroupLag, serve_metrics
 
     registry = CollectorRegistry()
     lag = GroupLag(GROUP_ID, registry)

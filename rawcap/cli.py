@@ -221,10 +221,10 @@ def _exit_now(code: int) -> None:
 
 def _kafka_refusal(exc: BaseException, cfg: Config | None) -> str | None:
     """Why Kafka refused (a wrong password, an untrusted CA, a denied topic), in one line;
-    None for any other error (rawcap/kafkadiag.py, imported only when Kafka was used)."""
+    None for any other error (rawcap/kafka/_diag.py, imported only when Kafka was used)."""
     if cfg is None or ("aiokafka" not in sys.modules and "Kafka" not in str(exc)):
         return None
-    from .kafkadiag import kafka_cause
+    from .kafka import kafka_cause
 
     return kafka_cause(exc, cfg)
 
