@@ -115,6 +115,7 @@ def test_finished_at_in_whole_seconds_ends_the_pod_at_the_end_of_that_second() -
     obj["status"]["containerStatuses"] = [{"name": "c", "state": {"terminated": {
         "exitCode": 0, "startedAt": "2026-11-23T00:00:01Z", "finishedAt": "2026-11-23T00:00:03Z"}}}]
     rec = to_record("pod", obj)
+    assert isinstance(rec, PodRecord)
     assert rec.end_ns == rec.start_ns + 4 * S  # [00:00:03, 00:00:04) is when it ended
     idx = WorkloadIndex()
     idx.apply(rec.key, rec, rec.start_ns + 10 * S)
