@@ -261,6 +261,7 @@ class Agent:
             max_bytes=int(self.cfg.get("capture.batch.maxBytes")),
             max_delay=float(self.cfg.get("capture.batch.maxDelay")),
             level=int(self.cfg.get("capture.zstdLevel")),
+            codec=str(self.cfg.get("capture.codec")),
             snaplen=int(self.cfg.get("capture.snaplen")),
         )
         out: list[ClosedBatch] = []

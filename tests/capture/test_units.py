@@ -133,6 +133,38 @@ def test_batcher_stores_incompressible_batches_plain() -> None:
                                                         ifaces={})).packets]
 
 
+def test_batcher_codec_none_never_compresses_and_equals_the_zstd_path() -> None:
+    """capture.codec: none stores every batch plain, compressible traffic too, whether the
+    batch is one full block (framed for the Kafka request) or gathered from partial ones;
+    the packets decode to exactly what the zstd batcher's batches hold."""
+    blocks = [_block(3, 10), _block(4, 20), _block(800, 1_000)]  # two partial, one full
+    got: dict[str, list[ClosedBatch]] = {}
+    for codec in ("none", "zstd"):
+        b = BlockBatcher(node="n", next_seq=1, ifaces=dict, max_bytes=60_000, max_delay=10,
+                         level=1, codec=codec)
+        out = [c for blk in blocks for c in b.add_block(memoryview(blk))]
+        tail = b.close()
+        got[codec] = out + ([tail] if tail else [])
+    assert [c.count for c in got["none"]] == [c.count for c in got["zstd"]] == [7, 800]
+    plain = [decode_batch(c.value) for c in got["none"]]
+    packed = [decode_batch(c.value) for c in got["zstd"]]
+    assert [d.header.codec for d in plain] == ["none", "none"]
+    assert [d.header.codec for d in packed] == ["zstd", "zstd"]
+    assert [(p.ts_ns, bytes(p.data)) for d in plain for p in d.packets] == \
+        [(p.ts_ns, bytes(p.data)) for d in packed for p in d.packets]
+    # plain means plain: the body is the ring bytes, as long as the raw size
+    assert all(c.size > c.raw_bytes for c in got["none"])
+    assert all(c.size < c.raw_bytes // 2 for c in got["zstd"])  # zeros compress
+    (value,) = got["none"][1].parts  # the full block: one framed value
+    assert isinstance(value, memoryview) and isinstance(value.obj, Framed)
+
+
+def test_batcher_refuses_an_unknown_codec() -> None:
+    with pytest.raises(ValueError, match="zstd, none"):
+        BlockBatcher(node="n", next_seq=1, ifaces=dict, max_bytes=1, max_delay=1, level=1,
+                     codec="lz4")
+
+
 def _batch(seq: int, size: int = 5000) -> ClosedBatch:
     value = encode_block_batch(node="n", seq=seq, blocks=[_block(2, seq * 10, os.urandom(size // 2))],
                                ifaces={3: "eth0"})
