@@ -205,6 +205,39 @@ def test_fifo_budget_loss_and_restart(tmp_path: Path) -> None:
     again.close()
 
 
+def test_fifo_splits_this_runs_packets_exactly(tmp_path: Path) -> None:
+    """Every packet of this run is delivered, lost or pending, exactly once: batches
+    recycled while a send carries them wait for that send (acknowledged: delivered; failed:
+    lost); batches of an earlier run count in none of this run's numbers."""
+    old = Fifo(tmp_path, "n", budget=256 * 1024, segment_size=64 * 1024)
+    for seq in range(1, 6):
+        old.append(_batch(seq))
+    old.close()
+    fifo = Fifo(tmp_path, "n", budget=256 * 1024, segment_size=64 * 1024)
+    assert fifo.run_first_seq == 6
+    for seq in range(6, 31):
+        fifo.append(_batch(seq))
+    fifo.mark_acked(15)  # 1..5 (the earlier run's) and 6..15: 10 batches of this run
+    assert (fifo.run_shipped_batches, fifo.run_shipped_packets) == (10, 20)
+    fifo.in_flight_to = 25  # a send carries 16..25
+    for seq in range(31, 201):  # the budget holds ~96 of these: the oldest get recycled
+        fifo.append(_batch(seq))
+    first = read_fifo(tmp_path / "n")[0].header.seq
+    assert first > 40
+    # 26..first-1 were lost when recycled; 16..25 wait for their send
+    assert fifo.run_lost_batches == first - 26
+    fifo.mark_acked(20)  # the send's first part came through: 16..20 delivered
+    assert (fifo.run_shipped_batches, fifo.run_shipped_packets) == (15, 30)
+    fifo.abandon_in_flight()  # the rest of it failed: 21..25 are lost after all
+    assert fifo.run_lost_batches == first - 26 + 5 and fifo.in_flight_to == 20
+    assert fifo.run_pending() == (200 - first + 1, 2 * (200 - first + 1))
+    shipped, lost, (_, pending) = fifo.run_shipped_packets, fifo.run_lost_packets, fifo.run_pending()
+    assert shipped + lost + pending == 2 * (200 - 6 + 1)
+    # the cumulative counters (shipped.json) count the same loss
+    assert fifo.lost_batches == fifo.run_lost_batches
+    fifo.close()
+
+
 def test_fifo_frame_header_matches_the_stream_format() -> None:
     """The FIFO frames with its own (faster) crc32; the bytes must be schemas' framing."""
     from rawcap.segments import crc32
