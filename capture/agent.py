@@ -282,7 +282,12 @@ class Agent:
         deadline: float | None = None
         while True:
             if deadline is None and self._stop.is_set():
-                # The kernel retires the open block after blockTimeout: wait for it.
+                # No packet enters after this (so the split of the summary is exact); the
+                # kernel retires the open block after blockTimeout: wait for it.
+                try:
+                    ring.stop_receiving()
+                except OSError as exc:  # the interface went away: nothing more comes anyway
+                    log.debug("unhooking the ring: %s", exc)
                 deadline = time.monotonic() + flush_window
             ring.wait(50 if deadline else 200)
             ring.take(consume)
@@ -290,8 +295,9 @@ class Agent:
                 b = batcher.close()
                 if b is not None:
                     out.append(b)
-            done = deadline is not None and time.monotonic() >= deadline
+            done = deadline is not None and (ring.drained() or time.monotonic() >= deadline)
             if done:
+                ring.take(consume)  # a block retired since the take above
                 b = batcher.close()
                 if b is not None:
                     out.append(b)
