@@ -55,6 +55,24 @@ def _state(buf: Path, node: str) -> dict:
         return {}
 
 
+#: ``python -c`` sender of HOST PORT COUNT datagrams of 1400 random bytes, one way (an echo
+#: would repeat the payload, which zstd then finds: not random).
+_SEND_RANDOM = ("import os, socket, sys, time\n"
+                "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                "for i in range(int(sys.argv[3])):\n"
+                "    s.sendto(os.urandom(1400), (sys.argv[1], int(sys.argv[2])))\n"
+                "    time.sleep(0.0005)\n")
+
+
+def _udp_sink(net: VethPair, port: int) -> Proc:
+    """A socket in namespace a that takes datagrams on ``port`` and never reads them."""
+    sink = Proc([PY, "-c", "import socket, sys, time; s = socket.socket(socket.AF_INET, "
+                 "socket.SOCK_DGRAM); s.bind(('', int(sys.argv[1]))); print('serving', flush=True); "
+                 "time.sleep(1e6)", str(port)], ns=net.a)
+    sink.wait_for("serving", stdout=True)
+    return sink
+
+
 def test_no_loss_through_broker_outage(stack: Stack, tmp_path: Path) -> None:
     node = f"outage-{uuid.uuid4().hex[:6]}"
     buf = tmp_path / "buf"
@@ -223,23 +241,14 @@ def test_incompressible_traffic_ships_intact(stack: Stack, tmp_path: Path) -> No
     env = {"RAWCAP_BOOTSTRAP": stack.bootstrap, "RAWCAP_CAPTURE_BATCH_MAX_BYTES": "64Ki",
            "RAWCAP_CAPTURE_BATCH_MAX_DELAY": "0.2s"}
     rounds = 1200
-    # One way, no echo: an echo repeats the payload, which zstd then finds (not random).
-    send = ("import os, socket, sys, time\n"
-            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            "for i in range(int(sys.argv[2])):\n"
-            "    s.sendto(os.urandom(1400), (sys.argv[1], 7999))\n"
-            "    time.sleep(0.0005)\n")
     with VethPair("rcplain") as net:
-        sink = Proc([PY, "-c", "import socket, time; s = socket.socket(socket.AF_INET, "
-                     "socket.SOCK_DGRAM); s.bind(('', 7999)); print('serving', flush=True); "
-                     "time.sleep(1e6)"], ns=net.a)
-        sink.wait_for("serving", stdout=True)
+        sink = _udp_sink(net, 7999)
         cap = Proc([RAWCAP, "capture", "--netns", net.b.name, "--iface", net.b.iface,
                     "--node", node, "--buffer-dir", str(tmp_path / "buf"), "--no-procs",
                     "--ring-block-size", "64Ki", "--ring-block-count", "256"], env=env)
         try:
             cap.wait_for("shipper connected", timeout=60)
-            r = net.b.run(PY, "-c", send, net.a.ip, str(rounds), check=False)
+            r = net.b.run(PY, "-c", _SEND_RANDOM, net.a.ip, "7999", str(rounds), check=False)
             assert r.returncode == 0, r.stderr
             time.sleep(1)
             assert cap.stop() == 0, cap.text
@@ -282,16 +291,8 @@ def test_overload_loss_split_is_exact(stack: Stack, tmp_path: Path) -> None:
     env = {"RAWCAP_BOOTSTRAP": stack.bootstrap, "RAWCAP_CAPTURE_BATCH_MAX_DELAY": "0.1s",
            "RAWCAP_CAPTURE_BATCH_MAX_BYTES": "16Ki", "RAWCAP_CAPTURE_SEGMENT_SIZE": "64Ki",
            "RAWCAP_CAPTURE_MEMORY_BUFFER": "0"}
-    send = ("import os, socket, sys, time\n"
-            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            "for i in range(int(sys.argv[2])):\n"
-            "    s.sendto(os.urandom(1400), (sys.argv[1], 7998))\n"
-            "    time.sleep(0.0005)\n")
     with VethPair("rcsplit") as net:
-        sink = Proc([PY, "-c", "import socket, time; s = socket.socket(socket.AF_INET, "
-                     "socket.SOCK_DGRAM); s.bind(('', 7998)); print('serving', flush=True); "
-                     "time.sleep(1e6)"], ns=net.a)
-        sink.wait_for("serving", stdout=True)
+        sink = _udp_sink(net, 7998)
         cap = Proc([RAWCAP, "capture", "--netns", net.b.name, "--iface", net.b.iface,
                     "--node", node, "--buffer-dir", str(buf), "--no-procs",
                     "--storage-size", "256Ki", "--metrics-port", str(port),
@@ -300,7 +301,7 @@ def test_overload_loss_split_is_exact(stack: Stack, tmp_path: Path) -> None:
             cap.wait_for("shipper connected", timeout=60)
             assert stack.stop_kafka(), "the broker did not stop"
             try:
-                r = net.b.run(PY, "-c", send, net.a.ip, str(sent), check=False)
+                r = net.b.run(PY, "-c", _SEND_RANDOM, net.a.ip, "7998", str(sent), check=False)
                 assert r.returncode == 0, r.stderr
                 # wait until the buffer recycled unshipped batches (never silent: it logs)
                 deadline = time.monotonic() + 60
