@@ -49,6 +49,9 @@ TPACKET_STATS_V3: Final = fields_struct(TPACKET_STATS_V3_FIELDS, "=")
 SOCKADDR_LL: Final = fields_struct(SOCKADDR_LL_FIELDS, "=")
 _STATUS_OFFSET: Final = field_offset(BLOCK_DESC_FIELDS, "block_status")
 _NUM_PKTS_OFFSET: Final = field_offset(BLOCK_DESC_FIELDS, "num_pkts")
+#: IEEE 802 local experimental EtherType 1: what the socket is bound to once it must take
+#: no more packets (:meth:`Ring.stop_receiving`).
+_ETH_P_NONE: Final = 0x88B5
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -176,14 +179,17 @@ class Ring:
         return n
 
     def stop_receiving(self) -> None:
-        """Take no more packets: bind(2) again with protocol 0, which unhooks the socket (the
-        kernel waits for receivers in progress). Blocks already filled stay readable, and the
-        open one is still retired after the block timeout, so after a last :meth:`take`
-        every packet ``PACKET_STATISTICS`` counts was either handed on or dropped."""
+        """Take no more packets. bind(2) to another protocol unhooks the socket from
+        ``ETH_P_ALL`` (the kernel waits for receivers in progress: ``synchronize_net``) and
+        hooks it to ``_ETH_P_NONE``, an experimental EtherType that the eBPF filter rejects
+        anyway (protocol 0 would not do: bind keeps the current protocol for 0). Blocks
+        already filled stay readable and the open one is still retired after the block
+        timeout, so after a last :meth:`take` every packet ``PACKET_STATISTICS`` counts was
+        either handed on or dropped."""
         if self.ifindex == 0:
-            _bind_all(self.sock, 0)
+            _bind_all(self.sock, _ETH_P_NONE)
         else:
-            self.sock.bind((self._ifname, 0))
+            self.sock.bind((self._ifname, _ETH_P_NONE))
 
     def read_stats(self) -> RingStats:
         """Fold the kernel's since-last-read counters into the cumulative totals."""

@@ -283,7 +283,8 @@ class Agent:
         while True:
             if deadline is None and self._stop.is_set():
                 # No packet enters after this (so the split of the summary is exact); the
-                # kernel retires the open block after blockTimeout: wait for it.
+                # kernel retires the open block after blockTimeout: wait for it (or, when it
+                # holds nothing, stop at once).
                 try:
                     ring.stop_receiving()
                 except OSError as exc:  # the interface went away: nothing more comes anyway
