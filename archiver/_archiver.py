@@ -36,6 +36,7 @@ from rawcap.archive import (
     parse_object_name,
 )
 from rawcap.config import Config
+from rawcap.kafka import GroupLag
 from schemas import decode_header, topics
 from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
 
@@ -102,8 +103,10 @@ class Archiver:
         shutdown_timeout: float = 60.0,
         revoke_timeout: float = 30.0,
         metrics: Metrics | None = None,
+        topic: str = topics.PACKETS,
     ) -> None:
         self.cfg = cfg
+        self.topic = topic
         self.store = ArchiveStore.from_config(cfg)
         self.object_size = int(cfg.get("archive.objectSize"))
         self.flush_interval = float(cfg.get("archive.flushInterval"))
@@ -123,6 +126,7 @@ class Archiver:
         self.shutdown_timeout = shutdown_timeout
         self.revoke_timeout = revoke_timeout
         self.metrics = metrics or Metrics()
+        self.group_lag = GroupLag(group, self.metrics.registry)  # rawcap_consumer_lag_*
         self.summary = Summary()
         self.plans: dict[int, PartitionPlan] = {}
         self.consumer: AIOKafkaConsumer | None = None
@@ -164,7 +168,7 @@ class Archiver:
             check_crcs=False,  # the broker checked them; every body has a zstd checksum
         )
         consumer = self.consumer = AIOKafkaConsumer(**kw)
-        consumer.subscribe([topics.PACKETS], listener=_Listener(self))
+        consumer.subscribe([self.topic], listener=_Listener(self))
         try:
             with anyio.fail_after(30):
                 await consumer.start()
@@ -230,13 +234,17 @@ class Archiver:
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                if not self._fetch_scope.cancel_called:
-                    log.info("signal %d: final flush, then commit and exit", signum)
-                    self._drain_scope.deadline = anyio.current_time() + self.shutdown_timeout
-                    self._fetch_scope.cancel()
-                else:
-                    log.warning("second signal: abandoning uploads in flight")
-                    self._drain_scope.cancel()
+                self.on_signal(signum)
+
+    def on_signal(self, signum: int) -> None:
+        """First SIGTERM/SIGINT: final flush, commit, exit; the second abandons uploads."""
+        if not self._fetch_scope.cancel_called:
+            log.info("signal %d: final flush, then commit and exit", signum)
+            self._drain_scope.deadline = anyio.current_time() + self.shutdown_timeout
+            self._fetch_scope.cancel()
+        else:
+            log.warning("second signal: abandoning uploads in flight")
+            self._drain_scope.cancel()
 
     # -- fetching ----------------------------------------------------------------------------
     def _queue(self, buf: Buffer) -> None:
@@ -297,7 +305,10 @@ class Archiver:
             await self._dlq(r, exc)
             plan.skip(r.offset)
             return
-        hour = hour_of(header.first_ns)
+        await self._place(plan, r, header, hour_of(header.first_ns))
+
+    async def _place(self, plan: PartitionPlan, r: Any, header: Any, hour: int) -> None:
+        """Hand one decoded record to its plan (``header.node`` names its object group)."""
         if plan.needs_lookup(header.node, hour):
             known = await self._lookup(plan, header.node, hour)
             plan.set_known(header.node, hour, known)
@@ -321,20 +332,8 @@ class Archiver:
     async def _lookup(self, plan: PartitionPlan, node: str, hour: int) -> list[Known]:
         """Objects of this partition already in the store for (node, hour)."""
         hp = hour_path(hour)
-        delay = 0.5
-        while True:
-            try:
-                data = await self.store.alist(f"node={escape_node(node)}/{hp}")
-                index = await self.store.alist(f"index/{hp}/node={escape_node(node)}")
-                break
-            except RawcapError as exc:
-                self.metrics.errors.labels("list").inc()
-                self.summary.errors += 1
-                log.warning("archive listing failed, retrying: %s", exc)
-                with anyio.move_on_after(delay):
-                    while True:
-                        await self._keepalive()
-                delay = min(delay * 2, 5.0)
+        data, index = await self._list_retrying(f"node={escape_node(node)}/{hp}",
+                                                f"index/{hp}/node={escape_node(node)}")
 
         def ranges(metas: list[dict[str, Any]], suffix: str) -> set[tuple[int, int]]:
             out = set()
@@ -354,6 +353,21 @@ class Archiver:
         found += [Known(f, la, False) for f, la in ranges(data, ".rcsg") - indexed]
         return found
 
+    async def _list_retrying(self, *prefixes: str) -> list[list[dict[str, Any]]]:
+        """The objects under each prefix; a failing store is retried (staying in the group)."""
+        delay = 0.5
+        while True:
+            try:
+                return [await self.store.alist(prefix) for prefix in prefixes]
+            except RawcapError as exc:
+                self.metrics.errors.labels("list").inc()
+                self.summary.errors += 1
+                log.warning("archive listing failed, retrying: %s", exc)
+                with anyio.move_on_after(delay):
+                    while True:
+                        await self._keepalive()
+                delay = min(delay * 2, 5.0)
+
     async def _dlq(self, r: Any, exc: Exception) -> None:
         self.summary.dlq += 1
         self.metrics.dlq.inc()
@@ -368,7 +382,7 @@ class Archiver:
                     await self._producer.start()
             headers = [
                 ("error", str(exc).encode()),
-                ("source.topic", topics.PACKETS.encode()),
+                ("source.topic", self.topic.encode()),
                 ("source.partition", str(r.partition).encode()),
                 ("source.offset", str(r.offset).encode()),
                 ("reporter", b"archiver"),
@@ -382,7 +396,7 @@ class Archiver:
     async def _assigned(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
             for tp in assigned:
-                if tp.topic == topics.PACKETS and tp.partition not in self.plans:
+                if tp.topic == self.topic and tp.partition not in self.plans:
                     self.plans[tp.partition] = PartitionPlan(tp.topic, tp.partition, self.object_size)
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned),
                  extra={"group": self.group})
@@ -437,17 +451,36 @@ class Archiver:
         entry, data = build_object(buf.node, buf.hour, plan.topic, plan.partition, buf.batches)
         packets = buf.packets
         buf.batches = []  # the object holds them now
-        index = entry.to_json()
+        t = await self._put_retrying(plan, [("put_data", entry.data_key, data),
+                                            ("put_index", entry.index_key, entry.to_json())])
+        if t is None:
+            return
+        m, s = self.metrics, self.summary
+        m.upload_seconds.observe(time.monotonic() - t)
+        m.objects_written.inc()
+        m.index_written.inc()
+        m.bytes_written.inc(len(data))
+        m.batches_written.inc(len(entry.frames))
+        m.packets_written.inc(packets)
+        s.objects += 1
+        s.batches += len(entry.frames)
+        s.packets += packets
+        s.bytes += len(data)
+        log.debug("wrote %s", entry.data_key, extra={"bytes": len(data), "batches": len(entry.frames)})
+
+    async def _put_retrying(self, plan: PartitionPlan, puts: list[tuple[str, str, bytes]]) -> float | None:
+        """PUT each (op, key, data) in order, retrying with backoff until all are written;
+        returns when the successful attempt started, or None if the partition was abandoned."""
         delay, failing_since, last_log = 0.5, 0.0, 0.0
         while True:
-            op = "put_data"
+            op = puts[0][0]
             t = time.monotonic()
             try:
-                await self.store.put(entry.data_key, data)
-                if plan.abandoned:
-                    return
-                op = "put_index"
-                await self.store.put(entry.index_key, index)
+                for i, put in enumerate(puts):
+                    op, key, body = put
+                    await self.store.put(key, body)
+                    if plan.abandoned and i < len(puts) - 1:
+                        return None
                 break
             except RawcapError as exc:
                 self.metrics.errors.labels(op).inc()
@@ -463,18 +496,7 @@ class Archiver:
                 delay = min(delay * 2, 5.0)
         if failing_since:
             log.info("archive writes recovered after %.1f s", time.monotonic() - failing_since)
-        m, s = self.metrics, self.summary
-        m.upload_seconds.observe(time.monotonic() - t)
-        m.objects_written.inc()
-        m.index_written.inc()
-        m.bytes_written.inc(len(data))
-        m.batches_written.inc(len(entry.frames))
-        m.packets_written.inc(packets)
-        s.objects += 1
-        s.batches += len(entry.frames)
-        s.packets += packets
-        s.bytes += len(data)
-        log.debug("wrote %s", entry.data_key, extra={"bytes": len(data), "batches": len(entry.frames)})
+        return t
 
     # -- offsets and housekeeping ------------------------------------------------------------
     async def _commit_now(self, plans: list[PartitionPlan] | None = None) -> None:
@@ -535,6 +557,7 @@ class Archiver:
                 if ts is not None:
                     oldest.append(ts)
             self.metrics.lag_seconds.set(max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0)
+            await self.group_lag.update(c)
             await anyio.sleep(2.0)
 
     async def _retention_loop(self) -> None:
