@@ -429,7 +429,10 @@ class Agent:
             m.run_lost_packets.set(fifo.run_lost_packets)
             if self.kafka:
                 m.run_shipped_packets.set(fifo.run_shipped_packets)
-                m.run_unshipped_packets.set(fifo.run_pending()[1])
+                # (what the ring thread appended, less the rest of the split: the summary
+                # counts the buffer's entries instead, which costs a walk of every segment)
+                m.run_unshipped_packets.set(max(
+                    0, self.summary.packets - fifo.run_shipped_packets - fifo.run_lost_packets))
             m.ship_lag_batches.set(fifo.last_seq - fifo.acked_seq if self.kafka else 0)
             if self.shipper is not None:
                 m.ship_lag_seconds.set(self.shipper.lag_seconds())
