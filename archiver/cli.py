@@ -183,7 +183,7 @@ async def run_tables(args: argparse.Namespace, cfg: Config) -> int:
 
 
 async def run_ls(args: argparse.Namespace, cfg: Config) -> int:
-    from rawcap.archive_store import ArchiveStore
+    from rawcap.archive import ArchiveStore
 
     from ._ls import HEADER, format_row, hour_summaries
 

@@ -24,7 +24,7 @@ from typing import Any
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
-from rawcap.pcapfile import read_capture  # noqa: E402
+from rawcap.pcap import read_capture  # noqa: E402
 from schemas.k8s import PodRecord, ServiceRecord, encode_k8s  # noqa: E402
 
 __all__ = ("Run", "capture_facts", "local_stack", "populate_store", "retime", "seed_k8s",

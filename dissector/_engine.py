@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final, cast
 
 from rawcap.packet import format_addr, parse_l4
+from rawcap.pcap import PCAP_RECORD_FIELDS, layout
 from schemas.calls import Call
 
 from ._calls import DnsPairer, Endpoints, Redactor, SessionStats, new_session
@@ -29,8 +30,10 @@ _DETECT_LIMIT: Final = 16384
 #: Ethernet + IPv4 (no options) + the first 14 bytes of TCP, in one unpack.
 _FAST = struct.Struct("!12xHBxH2xH1xB2x4s4sHHI4xBB").unpack_from
 _SWEEP_EVERY: Final = 65536
-_PCAP_LE: Final = struct.Struct("<IIII").unpack_from
-_PCAP_BE: Final = struct.Struct(">IIII").unpack_from
+# A classic-pcap record header (rawcap.pcap); a rec-layout body's first 16 bytes are read in
+# the same shape (ts_ns as two u32, caplen, origlen)
+_PCAP_LE: Final = layout(PCAP_RECORD_FIELDS, "<").unpack_from
+_PCAP_BE: Final = layout(PCAP_RECORD_FIELDS, ">").unpack_from
 _Walk = Callable[["Dissector", Any, int, int, int, int, bool], tuple[int, int]]
 
 

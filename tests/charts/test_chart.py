@@ -37,6 +37,7 @@ def test_rendered_config_is_what_rawcap_reads(values: str, caplog: pytest.LogCap
     raw = (user.get("tap", {}).get("capture", {}).get("raw") or {})
     assert cfg.get("tap.capture.raw.storageSize") == parse_size(raw.get("storageSize", "1Gi"))
     assert cfg.get("tap.namespaces") == user.get("tap", {}).get("namespaces", [])
+    assert cfg.get("capture.codec") == user.get("agent", {}).get("codec", "zstd")
     assert "password" not in text.lower(), "a secret leaked into the ConfigMap"
 
 
@@ -127,7 +128,8 @@ def test_api_server_address_and_host_network_for_clusters_without_kube_proxy(api
         pod = dep["spec"]["template"]["spec"]
         assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet", name
         if name.endswith("k8s-watch"):  # only k8s-watch talks to the API server
-            assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == (host, api.rsplit(":", 1)[1])
+            port = api.rsplit(":", 1)[1]
+            assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == (host, port)
         else:
             assert "KUBERNETES_SERVICE_HOST" not in env, name
     for name, dep in by_kind(render("minimal.yaml"), "Deployment").items():  # the defaults: neither
@@ -222,6 +224,7 @@ BAD = [
     (("archive.enabled=true",), "url"),
     (("tap.regex=(unclosed",), "regex"),
     (("log.level=loud",), "level"),
+    (("agent.codec=lz4",), "codec"),
     (("k8sWatch.apiServer=https://10.0.0.1",), "apiServer"),
 ]
 

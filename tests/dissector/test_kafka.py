@@ -21,6 +21,7 @@ from rawcap.kafka import ensure_topics
 from rawcap.timeparse import format_ns
 from schemas import Packet, encode_batch, topics
 from schemas.calls import decode_calls
+from tests.archiver.helpers import precommit_end
 
 from .test_engine import dissect, frames
 
@@ -124,6 +125,8 @@ def test_switch_and_follow(real_pcap: Path, make_config: Callable[..., Config],
     node = f"live-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "RAWCAP_BOOTSTRAP": cfg.get("kafka.bootstrap")}
     db = tmp_path / "live.db"
+    # start the group at the end: the session's other tests' packets are not this test's
+    anyio.run(precommit_end, cfg.get("kafka.bootstrap"), "rawcap-dissector")
     follow = subprocess.Popen([*RAWCAP, "dissect", "--follow", "--json", "--db", str(db)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env)

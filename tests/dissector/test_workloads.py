@@ -27,13 +27,14 @@ from dissector._run import CallOutput
 from dissector._workloads import CallFilter
 from rawcap.config import Config
 from rawcap.kafka import ensure_topics, producer_kwargs
-from rawcap.pcapfile import PcapWriter
+from rawcap.pcap import PcapWriter
 from rawcap.timeparse import format_ns
 from rawcap.workloads import Workloads
 from schemas import topics
 from schemas.calls import Call, decode_calls
 from schemas.errors import ConfigError
 from schemas.k8s import K8sRecord, PodRecord, ServiceRecord, encode_k8s
+from tests.archiver.helpers import precommit_end
 
 from .test_kafka import RAWCAP, cli, produce
 
@@ -295,6 +296,9 @@ def test_follow_applies_k8s_records_published_while_running(
     r = cli(cfg, "dissection", "start", "--stop-after", "180s")
     assert r.returncode == 0, r.stderr
     db = tmp_path / "live.db"
+    # the group starts where it left off: at the end, not behind every packet the session's
+    # other tests produced since the last --follow (minutes of backlog on a loaded machine)
+    anyio.run(precommit_end, cfg.get("kafka.bootstrap"), "rawcap-dissector")
     env = {**os.environ, "RAWCAP_BOOTSTRAP": cfg.get("kafka.bootstrap")}
     follow = subprocess.Popen([*RAWCAP, "dissect", "--follow", "--json", "--db", str(db),
                                "--no-publish"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -48,7 +48,7 @@ def test_every_command_starts_as_the_non_root_user(image: RawcapImage) -> None:
     assert r.returncode == 0, r.stderr
     for command in ("capture", "consume", "archive", "dissect", "enrich", "k8s-watch", "pcap"):
         assert f"\n    {command} " in r.stdout, command
-    probe = image.container(["-c", "import os, bcc, rawcap._fastpcap, zstandard\n"
+    probe = image.container(["-c", "import os, bcc, rawcap.pcap._fastpcap, zstandard\n"
                                    "print(os.getuid(), os.getgid(), zstandard.backend)\n"
                                    "import importlib.util as u; print(u.find_spec('pip'))"],
                             command=[PY]).run()
