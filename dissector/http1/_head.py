@@ -23,6 +23,7 @@ reference.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Callable
@@ -110,7 +111,8 @@ parse_head: Callable[[bytes | bytearray, int, bool], Any]
 try:
     if os.environ.get("RAWCAP_PURE_PYTHON"):
         raise ImportError("RAWCAP_PURE_PYTHON is set")
-    from ._chttp1 import parse_head as _c_parse_head
+    # by its full name: the C module (no Python source) is no import of this package
+    _c_parse_head = importlib.import_module("dissector.http1._chttp1").parse_head
 except ImportError:
     COMPILED: bool = False
     parse_head = py_parse_head

@@ -15,6 +15,7 @@ else the reference itself (``RAWCAP_PURE_PYTHON=1`` picks the reference too).
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections import deque
 from typing import Final, cast
@@ -347,8 +348,7 @@ class PyHTTP1Reader:
 def _compiled() -> type[PyHTTP1Reader] | None:
     if not COMPILED:
         return None
-    from . import _chttp1
-
+    _chttp1 = importlib.import_module("dissector.http1._chttp1")  # C: no import of the package
     _chttp1.setup(Request, Response, EndOfMessage, Resync, Malformed, Truncated, NEED_DATA,
                   tuple(State), _REQ_START, _RESP_START, CLIENT, SERVER)
     return cast(type[PyHTTP1Reader], _chttp1.HTTP1Reader)
