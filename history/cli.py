@@ -138,6 +138,14 @@ async def _frames(cfg: Config, args: argparse.Namespace, kinds: list[str], lo: i
     return frames, src
 
 
+def _need_matplotlib() -> None:
+    """--png draws with matplotlib, an optional extra (`rawcap[png]`, not in the image)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError("--png needs matplotlib, which is not installed: pip install 'rawcap[png]'")
+
+
 async def run_trends(args: argparse.Namespace, cfg: Config) -> int:
     from ._render import trend_json, trend_png, trend_table
     from ._trends import ROLLUP_OF_KIND, TrendQuery, trends
@@ -149,6 +157,8 @@ async def run_trends(args: argparse.Namespace, cfg: Config) -> int:
         every = parse_duration(args.every)
     except ValueError as exc:
         raise ConfigError(f"--every {args.every!r} is invalid: expected {exc}") from None
+    if args.png:
+        _need_matplotlib()
     q = TrendQuery(lo, hi, int(every * 1e9), args.by, tuple(dict.fromkeys(metrics)), args.side,
                    _filters(args), args.exact)
     reasons = {kind: q.rollup_reason(kind) for kind in q.kinds()}

@@ -13,14 +13,35 @@ ever skips: a test that needs a stack and cannot get it fails (run ``make setup`
 
 from __future__ import annotations
 
+import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rawcap.config import Config, load_config
 from rawcap.stack import KubeCluster, Stack
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def image_cache() -> Path:
+    """Where compose/image/build.sh keeps the image (``$RAWCAP_STACK_CACHE/image``)."""
+    return Path(os.environ.get("RAWCAP_STACK_CACHE") or REPO / "compose" / ".cache") / "image"
+
+
+@pytest.fixture(scope="session")
+def image_tag() -> str:
+    """The src-<key> tag of this checkout's container image in ``image_cache()/oci``, built if
+    it is not (make setup builds it first; cached: a no-op when nothing changed, the rawcap
+    layer alone when a source file did)."""
+    r = subprocess.run(["bash", str(REPO / "compose/image/build.sh"), "--print-tag"],
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout.strip()
 
 
 @pytest.fixture(scope="session")

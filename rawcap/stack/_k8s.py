@@ -240,6 +240,9 @@ class KubeCluster:
                     f"--client-ca-file={pki / 'ca.crt'}",
                     f"--kubelet-client-certificate={pki / 'admin.crt'}",
                     f"--kubelet-client-key={pki / 'admin.key'}",
+                    # exec/logs/port-forward dial the kubelet at the node's InternalIP: a
+                    # node name need not resolve (the test node's does not)
+                    "--kubelet-preferred-address-types=InternalIP,Hostname",
                     f"--service-account-issuer={_SA_ISSUER}",
                     f"--service-account-key-file={pki / 'sa.pub'}",
                     f"--service-account-signing-key-file={pki / 'sa.key'}",

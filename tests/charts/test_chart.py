@@ -117,6 +117,24 @@ def test_consumers_deployments_pdbs_and_service_accounts() -> None:
     assert set(by_kind(docs, "ServiceMonitor")) == {"rc-rawcap-agent", "rc-rawcap-archive"}
 
 
+@pytest.mark.parametrize(("api", "host"), [("10.0.0.1:6443", "10.0.0.1"), ("[fd00::1]:443", "fd00::1"),
+                                           ("api.example:6443", "api.example")])
+def test_api_server_address_and_host_network_for_clusters_without_kube_proxy(api: str, host: str) -> None:
+    docs = render("minimal.yaml", sets=(f"k8sWatch.apiServer={api}", "consumers.hostNetwork=true"))
+    deps = by_kind(docs, "Deployment")
+    for name, dep in deps.items():
+        env = {e["name"]: e.get("value") for e in container(dep)["env"]}
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet", name
+        if name.endswith("k8s-watch"):  # only k8s-watch talks to the API server
+            assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == (host, api.rsplit(":", 1)[1])
+        else:
+            assert "KUBERNETES_SERVICE_HOST" not in env, name
+    for name, dep in by_kind(render("minimal.yaml"), "Deployment").items():  # the defaults: neither
+        assert "hostNetwork" not in dep["spec"]["template"]["spec"], name
+        assert "KUBERNETES_SERVICE_HOST" not in {e["name"] for e in container(dep)["env"]}, name
+
+
 def test_rbac_is_list_watch_of_five_kinds_and_a_lease_only_for_standbys() -> None:
     docs = render("minimal.yaml")
     role = one(docs, "ClusterRole", "rc-rawcap-k8s-watch")
@@ -204,6 +222,7 @@ BAD = [
     (("archive.enabled=true",), "url"),
     (("tap.regex=(unclosed",), "regex"),
     (("log.level=loud",), "level"),
+    (("k8sWatch.apiServer=https://10.0.0.1",), "apiServer"),
 ]
 
 

@@ -96,6 +96,31 @@ def test_index_pod_first_seen_finished() -> None:
     assert len(idx._ips[ip]) == 3
 
 
+def test_index_short_pod_first_seen_with_its_ip_when_finished() -> None:
+    """A pod that runs a second: the kubelet's status updates may go from Pending (no IP)
+    straight to Succeeded (with the IP); its traffic still belongs to it (seen on a real node)."""
+    idx = WorkloadIndex()
+    ip = pack_ip("10.231.0.8")
+    pending = PodRecord("ns", "client", "uid-c", "n1", (), phase="Pending", start_ns=100 * S)
+    done = PodRecord("ns", "client", "uid-c", "n1", ("10.231.0.8",), phase="Succeeded",
+                     start_ns=100 * S, end_ns=103 * S)
+    idx.apply(pending.key, pending, 100 * S)
+    idx.apply(done.key, done, 104 * S)
+    assert idx.resolve(ip, 102 * S).name == "client"  # type: ignore[union-attr]
+    assert idx.resolve(ip, 103 * S) is None and idx.resolve(ip, 99 * S) is None
+
+
+def test_finished_at_in_whole_seconds_ends_the_pod_at_the_end_of_that_second() -> None:
+    obj = pod("ns", "client", "10.231.0.8", "n1", phase="Succeeded", start="2026-11-23T00:00:00Z")
+    obj["status"]["containerStatuses"] = [{"name": "c", "state": {"terminated": {
+        "exitCode": 0, "startedAt": "2026-11-23T00:00:01Z", "finishedAt": "2026-11-23T00:00:03Z"}}}]
+    rec = to_record("pod", obj)
+    assert rec.end_ns == rec.start_ns + 4 * S  # [00:00:03, 00:00:04) is when it ended
+    idx = WorkloadIndex()
+    idx.apply(rec.key, rec, rec.start_ns + 10 * S)
+    assert idx.resolve(pack_ip("10.231.0.8"), rec.start_ns + 3 * S + S // 2).name == "client"  # type: ignore[union-attr]
+
+
 def test_index_services_and_membership() -> None:
     idx = WorkloadIndex()
     for kind, obj in [("pod", pod("ns", "api-0", "10.231.0.7", "n1", owner=("StatefulSet", "api"))),

@@ -1,32 +1,18 @@
-"""The image fixture: compose/image/build.sh (cached: a no-op when nothing changed, the
-rawcap layer alone when a source file did), then the image unpacked for runc."""
+"""The image fixture: the image of ``image_tag`` (tests/conftest.py) unpacked for runc."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import image_cache
+
 from .runc import RawcapImage
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def image_cache() -> Path:
-    return Path(os.environ.get("RAWCAP_STACK_CACHE") or REPO / "compose" / ".cache") / "image"
-
-
-@pytest.fixture(scope="session")
-def image_tag() -> str:
-    """The src-<key> tag of this checkout, built if it is not (make setup builds it first)."""
-    r = subprocess.run(["bash", str(REPO / "compose/image/build.sh"), "--print-tag"],
-                       capture_output=True, text=True, timeout=1800)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r.stdout.strip()
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,12 @@ What this machine needs, found by running it (docs/image.md, "Pods that really r
   IP is the CNI bridge's own address (the bridge is no gateway: pods get no default route,
   so nothing they send leaves the pod subnet).
 
-    node = Node(root, kubeconfig=..., ca_file=..., bin_dir=cache/"bin", subnet=7)
-    node.start(); node.import_image(oci_archive, "docker.io/rawcap/rawcap")
+    node = Node(root, kubeconfig=..., ca_file=..., bin_dir=cache/"bin")
+    node.start(); node.import_image(oci_archive, "docker.io/library/rawcap")
     ...; node.stop()
+
+Parallel test sessions get their own bridge, pod subnet (from RAWCAP_TEST_NETNS_TAG) and
+free ports for the kubelet and the scheduler.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ import shutil
 import signal
 import subprocess
 import time
+import zlib
 from pathlib import Path
+
+from rawcap.stack._proc import free_port
 
 __all__ = ("Node",)
 
@@ -50,15 +56,19 @@ class Node:
     """One node named ``name``; its state lives under ``root`` (removed by ``stop``)."""
 
     def __init__(self, root: Path, *, kubeconfig: Path, ca_file: Path, bin_dir: Path,
-                 name: str = "rawcap-node", subnet: int = 7, kubelet_port: int = 10350) -> None:
+                 name: str = "rawcap-node", subnet: int | None = None) -> None:
         self.root, self.kubeconfig, self.ca_file, self.bin_dir = root, kubeconfig, ca_file, bin_dir
-        self.name, self.port = name, kubelet_port
+        self.name = name
+        self.port, self.healthz_port, self.scheduler_port = free_port(), free_port(), free_port()
         tag = os.environ.get("RAWCAP_TEST_NETNS_TAG", "")
+        if subnet is None:  # 10.234.<1-250>.0/24, apart for sessions with different tags
+            subnet = 1 + zlib.crc32(tag.encode()) % 250
         self.bridge = f"{tag}k8sbr{subnet}"[:15]
         self.node_ip = f"10.234.{subnet}.1"
         self.pod_cidr = f"10.234.{subnet}.0/24"
         self.sock = root / "containerd" / "containerd.sock"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.timings: dict[str, float] = {}  # seconds: "Ready" (start), "import <image>"
 
     # --- configuration ------------------------------------------------------------------
     def _write_configs(self) -> None:
@@ -108,7 +118,7 @@ address: {self.node_ip}
 port: {self.port}
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
-healthzPort: {self.port + 1}
+healthzPort: {self.healthz_port}
 authentication:
   anonymous: {{enabled: false}}
   webhook: {{enabled: false}}
@@ -151,9 +161,23 @@ podLogsDir: {r}/pod-logs
 
     def import_image(self, archive: Path, base_name: str) -> None:
         """An oci-archive into containerd's k8s.io namespace as ``base_name:<its tag>``."""
+        t = time.monotonic()
         self.ctr("images", "import", "--base-name", base_name, str(archive))
+        self.timings[f"import {base_name}"] = time.monotonic() - t
+
+    def container_pid(self, container_id: str) -> int:
+        """The host pid of a running container (``containerd://<id>`` or the bare id)."""
+        cid = container_id.removeprefix("containerd://")
+        for line in self.ctr("tasks", "ls").stdout.splitlines()[1:]:
+            task, pid, *_ = line.split()
+            if task == cid:
+                return int(pid)
+        raise LookupError(f"no running task {cid} in containerd")
 
     def start(self, timeout: float = 180) -> None:
+        """containerd, the pause image, kube-scheduler and the kubelet; returns once the
+        node is Ready."""
+        t0 = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True)
         self._write_configs()
         # the bridge exists before any pod, with the node's address on it
@@ -172,7 +196,8 @@ podLogsDir: {r}/pod-logs
         kc = str(self.kubeconfig)
         self._spawn("kube-scheduler", [str(self.bin_dir / "kube-scheduler"), "--kubeconfig", kc,
                                        "--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc,
-                                       "--bind-address", "127.0.0.1", "--secure-port", str(self.port + 9),
+                                       "--bind-address", "127.0.0.1",
+                                       "--secure-port", str(self.scheduler_port),
                                        "--leader-elect=false"])
         kubelet = self.root / "kubelet"
         self._spawn("kubelet", [str(self.bin_dir / "kubelet"), "--config", str(kubelet / "config.yaml"),
@@ -184,6 +209,7 @@ podLogsDir: {r}/pod-logs
                                 "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"],
                                capture_output=True, text=True)
             if r.stdout.strip() == "True":
+                self.timings["Ready"] = time.monotonic() - t0
                 return
             for name, p in self.procs.items():
                 if p.poll() is not None:
