@@ -82,6 +82,8 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     a.add_argument("--baseline", metavar="T", default="-7d",
                    help="baseline start (default -7d); the baseline ends at --from")
     a.add_argument("--limit", type=int, default=50, metavar="N", help="findings printed (default 50)")
+    a.add_argument("--exact", action="store_true",
+                   help="read raw rows only (exact p99; slower over long ranges)")
     _common(a)
     a.set_defaults(func=run_anomalies)
 
@@ -104,9 +106,12 @@ def _filters(args: argparse.Namespace) -> Any:
 
 
 async def _frames(cfg: Config, args: argparse.Namespace, kinds: list[str], lo: int, hi: int,
-                  rollups: dict[str, str] | None = None) -> tuple[dict[str, Any], Any]:
+                  rollups: dict[str, str] | None = None, cuts: list[int] | None = None,
+                  ) -> tuple[dict[str, Any], Any]:
     """kind -> LazyFrame over [lo, hi), and the Source; ``rollups`` (kind -> roll-up kind)
-    names the kinds to read from the hourly roll-ups when every raw object has them."""
+    names the kinds to read from the hourly roll-ups (``span``: interval of ``cuts``, default
+    [lo, hi]) when every raw object has them; the other kinds, or all when roll-ups cannot
+    answer, are raw rows."""
     import polars as pl
 
     from ._source import Source, archive_frame, choose_source, kafka_frame, rollup_frames
@@ -118,7 +123,7 @@ async def _frames(cfg: Config, args: argparse.Namespace, kinds: list[str], lo: i
     src = Source("+".join(name for name, _lo, _hi in plan))
     frames = {}
     if rollups:
-        got = await rollup_frames(cfg, args.source, list(rollups.values()), [lo, hi], now, src)
+        got = await rollup_frames(cfg, args.source, list(rollups.values()), cuts or [lo, hi], now, src)
         if isinstance(got, str):
             src.objects = src.bytes = src.raw_hours = 0
             src.notes.update(dict.fromkeys(rollups, got))
@@ -184,16 +189,26 @@ async def run_trends(args: argparse.Namespace, cfg: Config) -> int:
 
 
 async def run_anomalies(args: argparse.Namespace, cfg: Config) -> int:
-    from ._anomalies import find_anomalies
+    from ._anomalies import find_anomalies, find_anomalies_rollups
+    from ._trends import Filters
 
     lo, hi = parse_window(args.start, args.to)
     base_lo = parse_time(args.baseline, what="--baseline")
     if base_lo >= lo:
         raise ConfigError("--baseline must be before --from (the baseline runs from --baseline to --from)")
-    frames, src = await _frames(cfg, args, ["calls", "flows"], base_lo, hi)
     flt = _filters(args)
-    frames = {k: lf.filter(flt.expr(k)) for k, lf in frames.items()}
-    found = find_anomalies(frames, base_lo, lo, hi)
+    why = "--exact" if args.exact else ("filters: roll-ups keep no client side" if flt != Filters() else "")
+    # from roll-ups: calls_1h for the endpoint and volume rules, peers_1h (from calls and
+    # flows) for the new-peer rule
+    rolled = None if why else {"calls": "calls_1h", "flows": "peers_1h"}
+    frames, src = await _frames(cfg, args, ["calls", "flows"], base_lo, hi, rolled, [base_lo, lo, hi])
+    if src.rolled:
+        found = find_anomalies_rollups({"calls_1h": frames["calls"], "peers_1h": frames["flows"]},
+                                       base_lo, lo, hi)
+    else:
+        src.notes = src.notes or dict.fromkeys(["calls", "flows"], why)
+        frames = {k: lf.filter(flt.expr(k)) for k, lf in frames.items()}
+        found = find_anomalies(frames, base_lo, lo, hi)
     out = sys.stdout
     for i, f in enumerate(found[: args.limit] if args.limit else found, 1):
         if args.json:
@@ -203,6 +218,5 @@ async def run_anomalies(args: argparse.Namespace, cfg: Config) -> int:
         out.write("    evidence: " + ", ".join(f"{k}={v}" for k, v in f.evidence.items()
                                                   if k != "baseline_peers") + "\n")
         out.write(f"    packets:  {f.export_command(f'anomaly-{i}.pcapng')}\n")
-    if not args.json:
-        print(f"{len(found)} finding(s); source: {src.describe()}", file=sys.stderr)
+    print(f"{len(found)} finding(s); source: {src.describe()}", file=sys.stderr)
     return 0
