@@ -186,21 +186,26 @@ def _rollup_aggs(q: TrendQuery, kind: str, lf: Any) -> tuple[Any, Any]:
     from schemas.rollups import sketch_quantiles
 
     rows = lf.filter(q.filters.expr(kind)).with_columns(pl.col("hour").alias("ts")).select(
-        group_expr(kind, q.by, q.side), _bucket(q.every_ns),
+        group_expr(kind, q.by, q.side).cast(pl.Categorical), _bucket(q.every_ns),
         *(["calls", "errors", "lat_bins", "lat_counts"] if kind == "calls" else ["bytes_fwd", "bytes_rev"]),
     ).collect(engine="streaming")
-    out = []
-    for keys in (["group", "bucket"], ["group"]):
-        if kind == "flows":
-            size = pl.col("bytes_fwd") + pl.col("bytes_rev")
-            out.append(rows.group_by(keys).agg(size.sum().alias("bytes")))
-            continue
-        counts = rows.group_by(keys).agg(pl.col("calls").sum().alias("requests"), pl.col("errors").sum())
-        long = rows.select(*keys, pl.col("lat_bins").alias("bin"), pl.col("lat_counts").alias("n")).explode(
-            "bin", "n").drop_nulls("bin").group_by(*keys, "bin").agg(pl.col("n").sum())
-        qs = sketch_quantiles(long, keys, {"p50": 0.5, "p99": 0.99})
-        out.append(counts.join(qs, on=keys, how="left"))
-    return out[0], out[1]
+    keys = ["group", "bucket"]
+    if kind == "flows":
+        per = rows.group_by(keys).agg((pl.col("bytes_fwd") + pl.col("bytes_rev")).sum().alias("bytes"))
+        out = [per, per.group_by("group").agg(pl.col("bytes").sum())]
+    else:
+        per = rows.group_by(keys).agg(pl.col("calls").sum().alias("requests"), pl.col("errors").sum())
+        out = [per, per.group_by("group").agg(pl.col("requests").sum(), pl.col("errors").sum())]
+        if {"p50", "p99"} & set(q.metrics):
+            # the sketches merged per bucket once; the overall merge starts from those
+            sketch = rows.select(*keys, pl.col("lat_bins").alias("bin"), pl.col("lat_counts").alias("n"))
+            long = sketch.explode("bin", "n").drop_nulls("bin").group_by(*keys, "bin").agg(pl.col("n").sum())
+            qs = {"p50": 0.5, "p99": 0.99}
+            overall = long.group_by("group", "bin").agg(pl.col("n").sum())
+            out = [out[0].join(sketch_quantiles(long, keys, qs), on=keys, how="left"),
+                   out[1].join(sketch_quantiles(overall, ["group"], qs), on="group", how="left")]
+    per, total = (o.with_columns(pl.col("group").cast(pl.String)) for o in out)
+    return per, total
 
 
 def trends(q: TrendQuery, frames: dict[str, Any], rolled: Sequence[str] = ()) -> tuple[Any, Any]:

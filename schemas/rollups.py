@@ -166,22 +166,26 @@ def bin_value(b: Any) -> Any:
 
 
 def sketch_quantiles(long: Any, keys: list[str], qs: dict[str, float], scale: float = 1e-6) -> Any:
-    """Quantiles per ``keys`` from merged sketch rows ``(*keys, bin, n)`` (one row per key
-    and bin; ``n`` > 0): columns ``keys`` + one per ``qs`` name, in ns x ``scale`` (ms).
-    Linear interpolation between the closest ranks, on the bins' values."""
+    """Quantiles per ``keys`` from merged sketch rows ``(*keys, bin, n)`` (``n`` > 0; a bin
+    may repeat): columns ``keys`` + one per ``qs`` name, in ns x ``scale`` (ms). Linear
+    interpolation between the closest ranks, on the bins' values: the rank ``r`` falls in
+    the first bin (ascending) whose running count exceeds ``r``."""
     import polars as pl
 
-    s = long.sort([*keys, "bin"]).with_columns(
-        pl.col("n").cum_sum().over(keys).alias("_cum"), pl.col("n").sum().over(keys).alias("_tot"))
+    tot = pl.col("n").sum()
+    cum = pl.col("n").sort_by("bin").cum_sum()
+    bins = pl.col("bin").sort()
+
+    def at(rank: Any) -> Any:
+        return bin_value(bins.gather(cum.search_sorted(rank.cast(pl.Int64), side="right")).first())
+
     aggs = []
     for name, q in qs.items():
-        pos = (pl.col("_tot") - 1).cast(pl.Float64) * q
+        pos = (tot - 1).cast(pl.Float64) * q
         lo = pos.floor()
-        hi = pl.min_horizontal(lo + 1, pl.col("_tot") - 1)
-        b_lo = bin_value(pl.col("bin").filter(pl.col("_cum") > lo).first())
-        b_hi = bin_value(pl.col("bin").filter(pl.col("_cum") > hi).first())
-        aggs.append(((b_lo + (b_hi - b_lo) * (pos - lo).first()) * scale).alias(name))
-    return s.group_by(keys).agg(aggs)
+        b_lo, b_hi = at(lo), at(pl.min_horizontal(lo + 1, tot - 1))
+        aggs.append(((b_lo + (b_hi - b_lo) * (pos - lo)) * scale).alias(name))
+    return long.group_by(keys).agg(aggs)
 
 
 # -- the roll-ups ---------------------------------------------------------------------------
