@@ -257,12 +257,15 @@ def _hourly_first_rollups(calls_1h: Any) -> Any:
         (pl.col("hour").dt.epoch("us") // (HOUR_NS // 1000)).alias("hour"), "calls", "errors", "lat_bins",
         "lat_counts", "dst_ip", "dst_port", "node",
     ).collect(engine="streaming")
+    # one integer per key: the sketches' bins are merged on (key, bin), not on six strings
+    rows = rows.with_columns(pl.struct(keys).rank("dense").alias("_k"))
     counts = rows.group_by(keys).agg(
-        pl.col("calls").sum().alias("n"), pl.col("errors").sum(), pl.col("dst_ip").first().alias("ip"),
-        pl.col("dst_port").first().alias("port"), pl.col("node").first())
-    long = rows.select(*keys, pl.col("lat_bins").alias("bin"), pl.col("lat_counts").alias("n")).explode(
-        "bin", "n").drop_nulls("bin").group_by(*keys, "bin").agg(pl.col("n").sum())
-    return counts.join(sketch_quantiles(long, keys, {"p99": 0.99}), on=keys, how="left", nulls_equal=True)
+        pl.col("_k").first(), pl.col("calls").sum().alias("n"), pl.col("errors").sum(),
+        pl.col("dst_ip").first().alias("ip"), pl.col("dst_port").first().alias("port"),
+        pl.col("node").first())
+    long = rows.select("_k", pl.col("lat_bins").alias("bin"), pl.col("lat_counts").alias("n")).explode(
+        "bin", "n").drop_nulls("bin").group_by("_k", "bin").agg(pl.col("n").sum())
+    return counts.join(sketch_quantiles(long, ["_k"], {"p99": 0.99}), on="_k", how="left").drop("_k")
 
 
 def _hourly(calls: Any, span: tuple[int, int] | None) -> Any:
