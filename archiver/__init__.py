@@ -1,6 +1,6 @@
 """Long-term archive consumer: ``rawcap.packets`` into object storage, exactly once.
 
-The layout, the index format and the reader live in :mod:`rawcap.archive_store` (shared
+The layout, the index format and the reader live in :mod:`rawcap.archive` (shared
 with every reader); this package is the writer: :class:`Archiver` (consumer group
 ``rawcap-archiver``), its sans-I/O bookkeeping :class:`PartitionPlan`, metrics, the
 retention sweep and the ``rawcap archive`` commands. See docs/archiver.md.

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from rawcap import kafka
-from rawcap.archive_store import (
+from rawcap.archive import (
     ArchiveStore,
     build_object,
     escape_node,
@@ -36,7 +36,7 @@ from rawcap.archive_store import (
     parse_object_name,
 )
 from rawcap.config import Config
-from rawcap.lag import GroupLag
+from rawcap.kafka import GroupLag
 from schemas import decode_header, topics
 from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 
-from rawcap.archive_store import ArchiveStore, IndexEntry, hour_of, hour_path
+from rawcap.archive import ArchiveStore, IndexEntry, hour_of, hour_path
 from rawcap.timeparse import format_ns
 
 __all__ = ("format_row", "hour_summaries")

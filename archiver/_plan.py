@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas import BatchHeader
-from schemas._stream import FRAME, STREAM_HEADER
+from schemas.stream import FRAME, STREAM_HEADER
 
 __all__ = ("Buffer", "Known", "PartitionPlan")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from rawcap.archive_store import ArchiveStore, parse_hour_path
+from rawcap.archive import ArchiveStore, parse_hour_path
 
 __all__ = ("sweep",)
 

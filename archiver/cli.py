@@ -224,7 +224,7 @@ async def _backfill(args: argparse.Namespace, cfg: Config, kinds: list[str]) -> 
 
 
 async def run_ls(args: argparse.Namespace, cfg: Config) -> int:
-    from rawcap.archive_store import ArchiveStore
+    from rawcap.archive import ArchiveStore
 
     from ._ls import HEADER, format_row, hour_summaries
 

@@ -4,7 +4,7 @@
 interface set, the buffer layout, capabilities and metrics.
 """
 
-from ._fifo import SEGMENT_SUFFIX, STATE_FILE, Fifo, segment_name
+from ._fifo import Fifo
 from .agent import Agent, Summary
 
-__all__ = ("SEGMENT_SUFFIX", "STATE_FILE", "Agent", "Fifo", "Summary", "segment_name")
+__all__ = ("Agent", "Fifo", "Summary")

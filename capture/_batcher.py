@@ -8,77 +8,42 @@ The batch closes when its raw body reaches ``capture.batch.maxBytes`` or
 A block that fills a batch on its own (the busy case) is compressed in one shot straight
 from the mmap ring and released. Smaller blocks are copied into one reusable buffer
 (released at once, never held in the ring) and compressed in one shot when the batch closes:
-a memcpy costs a tenth of what zstd's streaming mode adds over one-shot compression (its
-window copy and slower cross-input matching, 10-35 % of zstd's time on 64 B traffic). No
-block becomes a fresh ``bytes`` object (DESIGN.md: copying blocks into new objects and holding
-them costs more than compressing from the view).
+a memcpy costs much less than what zstd's streaming mode adds over one-shot compression (its
+window copy and slower cross-input matching; docs/capture.md). No block becomes a fresh
+``bytes`` object (DESIGN.md: copying blocks into new objects and holding them costs more than
+compressing from the view).
 
 The output is byte-compatible with :func:`schemas.encode_block_batch`: ``MAGIC``, the
 msgpack header, one zstd frame over the concatenated blocks (each trimmed to ``blk_len``).
 
-Incompressible traffic (TLS, already-compressed payloads) costs zstd about 1 ms per MiB for
-nothing, which is most of the agent's CPU at high rates. So compression adapts: when a batch
-shrinks by less than ``_WORTH`` the next ``_PLAIN_BATCHES`` batches are stored with codec
-``none`` (a plain copy out of the ring, ~20x cheaper), then one batch probes zstd again.
+Incompressible traffic (TLS, already-compressed payloads) costs zstd CPU for nothing, most
+of the agent's at high rates. So compression adapts: when a batch shrinks by less than
+``_WORTH`` the next ``_PLAIN_BATCHES`` batches are stored with codec ``none`` (a plain copy
+out of the ring, far cheaper), then one batch probes zstd again.
 """
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import zstandard
 
-from schemas import BODY_TPACKET3, MAGIC, BatchHeader, block_summary
+from rawcap.kafka import Framed
+from schemas import BODY_TPACKET3, BatchHeader, block_summary, encode_header
+from schemas.tpacket import BLOCK_DESC_FIELDS, FRAME_HDR_FIELDS, fields_view
 
-__all__ = ("BlockBatcher", "ClosedBatch", "Framed", "Piece")
+__all__ = ("BlockBatcher", "ClosedBatch", "Piece")
 
 #: A piece of a batch's wire bytes: ``bytes``, or a view into a :class:`Framed` buffer.
 Piece = bytes | memoryview
 
 _WORTH = 0.9  # compressed / raw above this: not worth compressing
 _PLAIN_BATCHES = 32
-_FIRST_OFF = struct.Struct("<I")  # tpacket_block_desc.hdr.offset_to_first_pkt at byte 16
-_FRAME_TS = struct.Struct("<II")  # tpacket3_hdr.tp_sec, tp_nsec at byte 4
-
-
-class Framed(bytearray):
-    """A batch value with free room around it, so the Kafka request can be laid out in
-    the same buffer (capture/_produce.py) instead of copied: ``ROOM`` bytes before the
-    value, one after. The value is ``self[start:end]``.
-
-    Only a plain (incompressible) batch of one ring block is framed: there the value is
-    the size of the block, and joining it into the request was the shipper's biggest
-    copy. It is built with ``+=``, which copies without zero-filling the buffer first."""
-
-    ROOM = 16 * 1024
-
-    start: int
-    end: int
-
-    @classmethod
-    def around(cls, block: memoryview) -> Framed:
-        buf = cls()
-        buf += bytes(cls.ROOM)
-        buf += block
-        buf.append(0)
-        buf.start, buf.end = cls.ROOM, len(buf) - 1
-        return buf
-
-    def prepend(self, head: bytes) -> bool:
-        """Put ``head`` right before the value (keeping half the room for Kafka)."""
-        if len(head) > self.start - self.ROOM // 2:
-            return False
-        self.start -= len(head)
-        self[self.start:self.start + len(head)] = head
-        return True
-
-    def value(self) -> memoryview:
-        return memoryview(self)[self.start:self.end]
+_FIRST_OFF = fields_view(BLOCK_DESC_FIELDS, ("offset_to_first_pkt",))
+_FRAME_TS = fields_view(FRAME_HDR_FIELDS, ("tp_sec", "tp_nsec"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +119,8 @@ class BlockBatcher:
             closed.append(self._close())
         # The descriptor's "first" time is when the block was opened; the first frame's own
         # timestamp is the first packet's time, which is what the header promises.
-        first_off = _FIRST_OFF.unpack_from(block, 16)[0]
-        sec, nsec = _FRAME_TS.unpack_from(block, first_off + 4)
+        first_off = _FIRST_OFF.unpack_from(block)[0]
+        sec, nsec = _FRAME_TS.unpack_from(block, first_off)
         t0 = sec * 1_000_000_000 + nsec
         # A block that alone (nearly) fills a batch is the batch, compressed from the ring.
         alone = self._count == 0 and blk_len >= self.max_bytes - (self.max_bytes >> 3)
@@ -213,7 +178,7 @@ class BlockBatcher:
             last_ns=self._last, ifaces=self._ifaces(), body=BODY_TPACKET3,
             codec="none" if self._plain else "zstd", body_len=self._raw, snaplen=self.snaplen,
         )
-        head = MAGIC + msgpack.packb(header.to_msgpack_map(), use_bin_type=True)
+        head = encode_header(header)
         parts = self._parts
         wire: tuple[Any, ...]
         if len(parts) == 1 and isinstance(parts[0], Framed):

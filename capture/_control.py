@@ -14,11 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from rawcap.config import Config
-from rawcap.kafka import consumer_kwargs
+from rawcap.kafka import consumer_kwargs, topic_partitions
 from schemas.control import CaptureFilter, decode_control, filter_key
 from schemas.errors import RawcapError
 from schemas.topics import CONTROL
@@ -84,13 +84,9 @@ class ControlFollower:
             consumer = AIOKafkaConsumer(**_consumer_config(self.cfg))
             try:
                 await consumer.start()
-                parts = consumer.partitions_for_topic(CONTROL)
-                if not parts:
-                    await consumer._client.force_metadata_update()
-                    parts = consumer.partitions_for_topic(CONTROL) or set()
-                if not parts:
+                tps = await topic_partitions(consumer, CONTROL, wait_s=0)
+                if not tps:
                     raise KafkaError(f"topic {CONTROL} does not exist yet")
-                tps = [TopicPartition(CONTROL, p) for p in sorted(parts)]
                 consumer.assign(tps)
                 await consumer.seek_to_beginning(*tps)
                 ends = await consumer.end_offsets(tps) if self._on_synced is not None else {}

@@ -1,69 +1,61 @@
-"""The node FIFO buffer: append-only segment files of batches, bounded by a byte budget.
+"""The node FIFO buffer: batches appended to segment files, bounded by a byte budget.
 
-Layout (``docs/capture.md``; ``rawcap pcap export --source local`` reads it without
-importing this package)::
-
-    <bufferDir>/<node>/
-        00000000000000000001.rcsg   segment: first batch sequence as 20 digits, then
-        00000000000000000042.rcsg   schemas/_stream.py framing, one batch per frame
-        shipped.json                {"node", "acked_seq", "lost_*"}, replaced atomically
-        .lock                       flock held by the running agent
-
-Sequence numbers are per node, start at 1 and never repeat: on restart the next one is
-one past the highest found in the segments or in ``shipped.json``. When a batch would push
-the buffer over its budget the oldest segment is deleted first; batches in it that the
-broker had not acknowledged are counted as lost (batches, packets, raw bytes) and logged.
+The on-disk format (segment files, ``shipped.json``) is :mod:`rawcap.segments`'s; this
+module decides what goes where. Sequence numbers are per node, start at 1 and never
+repeat: on restart the next one is one past the highest found in the segments or in
+``shipped.json``. When a batch would push the buffer over its budget the oldest segment is
+deleted first; batches in it that the broker had not acknowledged are counted as lost
+(batches, packets, raw bytes) and logged.
 
 While a shipper is connected (``holding``) the FIFO keeps new batches in memory first and
 writes a batch to disk only when Kafka has not acknowledged it within ``hold_for`` seconds
 or when more than ``hold_bytes`` wait. A healthy broker acknowledges a batch in tens of
-milliseconds, so the node's disk sees almost nothing, and the page-cache write, which
-was the agent's largest single cost, is gone. Without a shipper (``--no-kafka``, broker
-down) every batch goes to disk at once, as before. A crash loses what only memory held;
-so that consumers still see the loss, the sequence numbers memory may use are reserved in
+milliseconds, so the node's disk sees almost nothing. Without a shipper (``--no-kafka``,
+broker down) every batch goes to disk at once. A crash loses what only memory held; so
+that consumers still see the loss, the sequence numbers memory may use are reserved in
 ``shipped.json`` first (``reserved_seq``) and a restart after a crash starts past them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import functools
-import json
 import logging
 import os
 import threading
 import time
-import zlib
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from io import BufferedWriter
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
-from schemas import decode_header
-from schemas._stream import FRAME, STREAM_HEADER, split_frames, stream_header
-from schemas.errors import BatchError, RawcapError
+from rawcap.segments import (
+    LOCK_FILE,
+    SegmentFile,
+    crc32,
+    read_state,
+    scan_segment,
+    segment_name,
+    segment_paths,
+    write_state,
+)
+from schemas.errors import RawcapError
 
 from ._batcher import ClosedBatch, Piece
 
-__all__ = ("SEGMENT_SUFFIX", "STATE_FILE", "Entry", "Fifo", "segment_name")
+__all__ = ("Entry", "Fifo")
 
 log = logging.getLogger("rawcap.capture")
 
-SEGMENT_SUFFIX = ".rcsg"
 _RECENT = 16
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-STATE_FILE = "shipped.json"
 #: ``shipped.json`` is rewritten once a second or every 32 acknowledged batches, whichever
-#: comes first (and by the agent's stats loop when acknowledgements stop). Each rewrite is a
-#: rename, which costs an ext4 journal round trip (1-4 ms here); once per batch it was a
-#: visible share of the agent's time. A crash forgets at most these acknowledgements plus
+#: comes first (and by the agent's stats loop when acknowledgements stop): each rewrite is a
+#: rename, an ext4 journal round trip. A crash forgets at most these acknowledgements plus
 #: the batches in flight; the restarted shipper finds them at the tail of its partition and
 #: does not resend them (``Shipper._skip_already_in_kafka`` reads the last 64 records,
 #: ``tests/capture/test_units.py`` checks that the window fits).
@@ -71,88 +63,6 @@ STATE_EVERY_S = 1.0
 STATE_EVERY_BATCHES = 32
 #: Sequence numbers reserved in ``shipped.json`` ahead of the batches held in memory.
 RESERVE = 256
-
-
-def _load_crc32() -> Callable[..., int]:
-    """The segment frame's crc32 (zlib's polynomial). libdeflate's PCLMUL version is about
-    twice as fast as zlib 1.2's and releases the GIL; zlib is the fallback. Same result."""
-    name = ctypes.util.find_library("deflate")
-    if name:
-        try:
-            fn = ctypes.CDLL(name).libdeflate_crc32
-            fn.restype = ctypes.c_uint32
-            fn.argtypes = (ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t)
-
-            def crc(data: Any, value: int = 0) -> int:
-                if not isinstance(data, bytes):
-                    try:  # a writable buffer (a Framed batch value), without a copy
-                        data = (ctypes.c_char * len(data)).from_buffer(data)
-                    except TypeError:
-                        return zlib.crc32(data, value)
-                return int(fn(value, data, len(data)))
-
-            if crc(b"123456789") == crc(memoryview(bytearray(b"123456789"))) == zlib.crc32(b"123456789"):
-                return crc
-        except (OSError, AttributeError):
-            pass
-    return zlib.crc32
-
-
-#: ``crc32(data, value=0)``, chainable over pieces like ``zlib.crc32``.
-crc32: Callable[..., int] = _load_crc32()
-
-
-def _sync_close(fh: BufferedWriter) -> None:
-    """fsync and close a finished segment (in a helper thread: fsync takes ~20 ms here, and
-    on the event loop it stalled the ring thread's hand-off and the shipper)."""
-    try:
-        os.fsync(fh.fileno())
-    except OSError as exc:
-        log.warning("fsync of %s failed: %s", fh.name, exc)
-    finally:
-        fh.close()
-
-
-#: Largest single write(2). ext4 sizes page-cache folios by the write: a 4 MiB write gets
-#: large folios, which on this VM come from memory the guest never touched and cost up to
-#: 10x more to fill (``dd bs=4M`` 1.1-6.7 s of system time for 1.5 GB, ``bs=256k`` 0.45 s;
-#: bench/capture FIFO-only 1400 B: 3.4 CPU s/Mpkt with one writev per 4 MiB batch, ~2 in
-#: 256 KiB writes). Elsewhere small writes cost nothing extra.
-WRITE_CHUNK = 256 * 1024
-
-
-def _write_all(fh: BufferedWriter, parts: list[Piece]) -> None:
-    """Write a frame's pieces in order, at most ``WRITE_CHUNK`` per system call (the
-    segment's buffer is always flushed, so the raw descriptor is at the end). A short
-    write (disk full, a signal) is finished, or raises ``OSError`` like ``write`` would."""
-    fd = fh.fileno()
-    small: list[Piece] = []
-    queued = 0
-    for p in parts:
-        if len(p) < WRITE_CHUNK and queued + len(p) <= WRITE_CHUNK:
-            small.append(p)  # the frame header and msgpack header go out with what follows
-            queued += len(p)
-            continue
-        if small:
-            _write_pieces(fd, small)
-            small, queued = [], 0
-        view = memoryview(p)
-        for off in range(0, len(view), WRITE_CHUNK):
-            _write_pieces(fd, [view[off:off + WRITE_CHUNK]])
-    if small:
-        _write_pieces(fd, small)
-
-
-def _write_pieces(fd: int, pieces: list[Piece]) -> None:
-    done = os.writev(fd, pieces)
-    for p in pieces:
-        if done >= len(p):
-            done -= len(p)
-            continue
-        view = memoryview(p)[done:]
-        while view:
-            view = view[os.write(fd, view):]
-        done = 0
 
 
 _P = ParamSpec("_P")
@@ -169,10 +79,6 @@ def _locked(method: Callable[Concatenate[Fifo, _P], _R]) -> Callable[Concatenate
             return method(self, *args, **kwargs)
 
     return wrapper
-
-
-def segment_name(first_seq: int) -> str:
-    return f"{first_seq:020d}{SEGMENT_SUFFIX}"
 
 
 @dataclass(slots=True)
@@ -227,7 +133,7 @@ class Fifo:
         self._full_logged = -1e9
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._lockfd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            self._lockfd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         except PermissionError:
             raise RawcapError(f"buffer directory {self.dir} is not writable") from None
         except OSError as exc:
@@ -264,7 +170,7 @@ class Fifo:
         self._held: OrderedDict[int, Held] = OrderedDict()
         self.held_bytes = 0
         self._clock = clock
-        self._fh: BufferedWriter | None = None
+        self._file: SegmentFile | None = None  # the segment being written
         self._syncs: list[threading.Thread] = []
         self._state_at = 0.0
         self._state_seq = self.acked_seq
@@ -277,43 +183,21 @@ class Fifo:
     # --- start-up ---------------------------------------------------------------------
 
     def _load_state(self) -> None:
-        path = self.dir / STATE_FILE
-        try:
-            doc = json.loads(path.read_text())
-            self.acked_seq = int(doc.get("acked_seq", 0))
-            self.lost_batches = int(doc.get("lost_batches", 0))
-            self.lost_packets = int(doc.get("lost_packets", 0))
-            self.lost_bytes = int(doc.get("lost_bytes", 0))
-            self._reserved = int(doc.get("reserved_seq", 0))
-        except FileNotFoundError:
-            pass
-        except (ValueError, TypeError, AttributeError) as exc:
-            log.warning("ignoring unreadable %s: %s", path, exc)
+        doc = read_state(self.dir)
+        self.acked_seq = doc.get("acked_seq", 0)
+        self.lost_batches = doc.get("lost_batches", 0)
+        self.lost_packets = doc.get("lost_packets", 0)
+        self.lost_bytes = doc.get("lost_bytes", 0)
+        self._reserved = doc.get("reserved_seq", 0)
 
     def _scan(self) -> None:
-        for path in sorted(self.dir.glob("*" + SEGMENT_SUFFIX)):
-            data = path.read_bytes()
-            try:
-                frames, end = split_frames(data, final=False, name=str(path))
-            except BatchError as exc:
-                log.warning("segment %s is damaged (%s); keeping its readable prefix", path, exc)
-                frames, end = [], STREAM_HEADER.size if len(data) >= STREAM_HEADER.size else 0
-            if end < len(data):
-                # A crash left half a frame: cut it so appends stay readable.
-                with open(path, "r+b") as fh:
-                    fh.truncate(end)
-            seg = Segment(path, end)
-            for fr in frames:
-                try:
-                    header, _ = decode_header(fr.value)
-                except BatchError:
-                    continue
-                seg.entries.append(Entry(header.seq, fr.offset + 8, len(fr.value), header.count,
-                                         header.body_len, header.first_ns))
+        for path in segment_paths(self.dir):
+            entries, end = scan_segment(path)
             if end == 0:
                 path.unlink()
                 continue
-            self.segments.append(seg)
+            self.segments.append(Segment(path, end, [
+                Entry(e.seq, e.offset, e.length, e.packets, e.raw_bytes, e.first_ns) for e in entries]))
 
     # --- writing ----------------------------------------------------------------------
 
@@ -382,10 +266,10 @@ class Fifo:
                 if self._cur is None or (self._cur.size + need > self.segment_size
                                          and self._cur.entries):
                     self._roll(entry.seq)
-                assert self._cur is not None and self._fh is not None
+                assert self._cur is not None and self._file is not None
                 while self.total_bytes + need > self.budget and len(self.segments) > 1:
                     self._recycle_oldest()
-                _write_all(self._fh, [FRAME.pack(size, crc), *parts])
+                offset = self._file.append(parts, size, crc)
                 break
             except OSError as exc:
                 if exc.errno not in _DISK_FULL:
@@ -396,9 +280,9 @@ class Fifo:
                 if not self._undo_partial_write_and_recycle():
                     self._lose(entry, exc)
                     return
-        assert self._cur is not None
-        entry.offset = self._cur.size + 8
-        self._cur.size += need
+        assert self._cur is not None and self._file is not None
+        entry.offset = offset
+        self._cur.size = self._file.size
         self._cur.entries.append(entry)
         self._recent[entry.seq] = parts
         self._recent.pop(entry.seq - _RECENT, None)
@@ -407,10 +291,8 @@ class Fifo:
         """After ENOSPC: cut the current segment back to its last whole frame (a short
         ``writev`` may have left part of one), then free the oldest other segment. False
         when there is no other segment to free."""
-        if self._fh is not None and self._cur is not None:
-            fd = self._fh.fileno()
-            os.ftruncate(fd, self._cur.size)
-            os.lseek(fd, self._cur.size, os.SEEK_SET)
+        if self._file is not None:
+            self._file.undo_partial()
         if len(self.segments) <= 1:
             return False
         self._recycle_oldest()
@@ -434,30 +316,17 @@ class Fifo:
     def _roll(self, first_seq: int) -> None:
         self._close_current()
         self._cur = None  # until the new segment exists (a full disk can refuse it)
-        path = self.dir / segment_name(first_seq)
-        fh = open(path, "wb")
-        try:
-            fh.write(stream_header())
-            fh.flush()
-        except OSError:
-            with contextlib.suppress(OSError):
-                fh.close()
-            path.unlink(missing_ok=True)
-            raise
-        self._fh = fh
-        self._cur = Segment(path, STREAM_HEADER.size)
+        self._file = SegmentFile(self.dir / segment_name(first_seq))
+        self._cur = Segment(self._file.path, self._file.size)
         self.segments.append(self._cur)
 
     def _close_current(self, *, wait: bool = False) -> None:
-        if self._fh is not None:
-            fh, self._fh = self._fh, None
-            fh.flush()
-            if wait:
-                _sync_close(fh)
-            else:
-                t = threading.Thread(target=_sync_close, args=(fh,), name="rawcap-fifo-fsync",
-                                     daemon=True)
-                t.start()
+        """Close the segment being written; its fsync runs in a thread the FIFO owns (joined
+        by :meth:`close`) unless ``wait``."""
+        if self._file is not None:
+            file, self._file = self._file, None
+            t = file.close(wait=wait)
+            if t is not None:
                 self._syncs = [x for x in self._syncs if x.is_alive()]
                 self._syncs.append(t)
 
@@ -562,15 +431,7 @@ class Fifo:
                "reserved_seq": reserved,
                "lost_batches": self.lost_batches, "lost_packets": self.lost_packets,
                "lost_bytes": self.lost_bytes}
-        tmp = self.dir / (STATE_FILE + ".tmp")
-        try:
-            tmp.write_text(json.dumps(doc))
-            os.replace(tmp, self.dir / STATE_FILE)
-        except OSError as exc:
-            if exc.errno not in _DISK_FULL:
-                raise
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        if not write_state(self.dir, doc, full_errnos=_DISK_FULL):
             return
         self._state_at, self._state_seq = time.monotonic(), self.acked_seq
         self._reserved = reserved

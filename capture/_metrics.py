@@ -61,7 +61,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class Metrics:
     def __init__(self, node: str) -> None:
-        self._server: _Server | None = None
+        self._server: tuple[_Server, threading.Thread] | None = None
         r = self.registry = CollectorRegistry()
         lbl = ("node",)
 
@@ -103,12 +103,15 @@ class Metrics:
         server = _Server((addr, port), _Handler)
         server.registry = self.registry
         server.checks = {"/ready": ready, "/live": live}
-        threading.Thread(target=server.serve_forever, name="rawcap-metrics", daemon=True).start()
-        self._server = server
+        thread = threading.Thread(target=server.serve_forever, name="rawcap-metrics", daemon=True)
+        thread.start()
+        self._server = (server, thread)
 
     def close(self) -> None:
+        """Stop the ``/metrics`` server and join its thread."""
         server = self._server
         if server:
-            server.shutdown()
-            server.server_close()
+            server[0].shutdown()
+            server[0].server_close()
+            server[1].join(5)
             self._server = None

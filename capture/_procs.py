@@ -1,13 +1,14 @@
 """Process context: tracepoint events (bcc ring buffer) -> ``rawcap.procs`` records.
 
-A worker thread polls the bcc ring buffer (a blocking call) and turns each event into a
-:class:`schemas.procs.ProcRecord`, resolving the cgroup path (``/proc/<pid>/cgroup``, else
-the cgroup v2 inode walk) and the container id. Records pass to the publisher task through
-a bounded memory object stream (fed on the loop, see :meth:`ProcsTracer._poll`); when
-Kafka is slow the stream fills and records are dropped and counted
-(``rawcap_capture_procs_dropped``) rather than slowing capture. Process context is an
-enrichment, so a machine without tracefs or tracepoints logs one warning and captures
-without it.
+A thread of the tracer's own polls the bcc ring buffer (a blocking call) and turns each
+event into a :class:`schemas.procs.ProcRecord`, resolving the cgroup path
+(``/proc/<pid>/cgroup``, else the cgroup v2 inode walk) and the container id. Records pass
+to the publisher task through a bounded memory object stream (fed on the loop, see
+:meth:`ProcsTracer._poll`); when Kafka is slow the stream fills and records are dropped and
+counted (``rawcap_capture_procs_dropped``) rather than slowing capture. :meth:`ProcsTracer.close`
+stops the thread and joins it before it frees the BPF program the thread polls. Process
+context is an enrichment, so a machine without tracefs or tracepoints logs one warning and
+captures without it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import anyio.to_thread
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from anyio.streams.memory import MemoryObjectSendStream
@@ -41,6 +41,11 @@ __all__ = ("ProcsTracer", "cgroup_v2_root")
 log = logging.getLogger("rawcap.capture")
 
 _KINDS = {1: "tcp", 2: "listen", 3: "connect", 4: "udp"}
+#: ``ring_buffer_poll`` returns at least this often (ms): how long a stop waits for the thread.
+_POLL_MS = 200
+#: How long :meth:`ProcsTracer.close` waits for the poll thread before giving up on freeing
+#: the BPF program (a poll never takes this long).
+_JOIN_TIMEOUT = 10.0
 _CGROUP_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
 
 
@@ -127,6 +132,7 @@ class ProcsTracer:
         self.cfg, self.node, self.metrics = cfg, node, metrics
         self.cgroups = _Cgroups()
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None  # the poll thread, joined by close()
         self._mono_to_wall = time.time_ns() - time.monotonic_ns()
         self._polled: list[ProcRecord] = []  # by _event, during one ring_buffer_poll
 
@@ -157,7 +163,7 @@ class ProcsTracer:
         """
         self._bpf[b"events"].open_ring_buffer(self._event)
         while not self._stop.is_set():
-            self._bpf.ring_buffer_poll(200)
+            self._bpf.ring_buffer_poll(_POLL_MS)
             items, self._polled = self._polled, []
             if items:
                 try:
@@ -177,13 +183,33 @@ class ProcsTracer:
                 return
 
     async def run(self) -> None:
+        """Poll (in the tracer's thread) and publish until cancelled; the thread is told to
+        stop on the way out, and :meth:`close` joins it."""
         send, recv = anyio.create_memory_object_stream[ProcRecord](4096)
+        loop = asyncio.get_running_loop()
+        ended = anyio.Event()
+        failure: list[BaseException] = []
+
+        def poll() -> None:
+            try:
+                self._poll(loop, send)
+            except BaseException as exc:  # re-raised by run()
+                failure.append(exc)
+            finally:
+                try:
+                    loop.call_soon_threadsafe(ended.set)
+                except RuntimeError:  # the event loop is closed
+                    pass
+
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._publish, recv)
             try:
                 async with send:
-                    await anyio.to_thread.run_sync(self._poll, asyncio.get_running_loop(), send,
-                                                   abandon_on_cancel=True)
+                    self._thread = threading.Thread(target=poll, name="rawcap-procs-poll", daemon=True)
+                    self._thread.start()
+                    await ended.wait()
+                    if failure:
+                        raise failure[0]
             finally:
                 self._stop.set()
 
@@ -208,7 +234,15 @@ class ProcsTracer:
                 await anyio.sleep(2)
 
     def close(self) -> None:
+        """Stop the poll thread, join it, then free the BPF program (never under a poll)."""
         self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(_JOIN_TIMEOUT)
+            if thread.is_alive():
+                log.warning("process-context poll thread did not stop within %.0f s; "
+                            "its BPF program is left to the kernel", _JOIN_TIMEOUT)
+                return
         try:
             self._bpf.cleanup()
         except Exception:  # best effort at exit

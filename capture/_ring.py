@@ -18,12 +18,19 @@ import mmap
 import os
 import select
 import socket
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from schemas.errors import RawcapError
+from schemas.tpacket import (
+    BLOCK_DESC_FIELDS,
+    SOCKADDR_LL_FIELDS,
+    TPACKET_REQ3_FIELDS,
+    TPACKET_STATS_V3_FIELDS,
+    field_offset,
+    fields_struct,
+)
 
 __all__ = ("CaptureDenied", "NoSuchInterface", "Ring", "RingStats", "ifindex_of")
 
@@ -36,13 +43,11 @@ TPACKET_V3: Final = 2
 ETH_P_ALL: Final = 0x0003
 TP_STATUS_KERNEL: Final = 0
 TP_STATUS_USER: Final = 1
-#: struct tpacket_req3
-TPACKET_REQ3: Final = struct.Struct("7I")
-#: struct tpacket_stats_v3 (reading it resets the kernel's counters)
-TPACKET_STATS_V3: Final = struct.Struct("3I")
-_STATUS_OFFSET: Final = 8  # tpacket_block_desc.hdr.block_status
-#: struct sockaddr_ll: family, protocol (network order), ifindex, hatype, pkttype, halen, addr
-SOCKADDR_LL: Final = struct.Struct("=HHiHBB8s")
+# The kernel's structures in the running machine's byte order (schemas.tpacket's tables).
+TPACKET_REQ3: Final = fields_struct(TPACKET_REQ3_FIELDS, "=")
+TPACKET_STATS_V3: Final = fields_struct(TPACKET_STATS_V3_FIELDS, "=")
+SOCKADDR_LL: Final = fields_struct(SOCKADDR_LL_FIELDS, "=")
+_STATUS_OFFSET: Final = field_offset(BLOCK_DESC_FIELDS, "block_status")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 

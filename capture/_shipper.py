@@ -1,11 +1,13 @@
 """Tails the node FIFO into ``rawcap.packets``: in order, once, resuming after outages.
 
 The shipper never holds the only copy of a batch: it reads from the FIFO (which keeps a
-batch in memory until it is acknowledged, or on disk once it is older), sends with an
-idempotent ``acks=all`` producer (which retries through a broker outage without expiring
-batches and without duplicating them), and moves ``acked_seq`` forward only in sequence
-order as acknowledgements arrive. Should the producer itself fail, it is closed and a new
-one resumes at ``acked_seq + 1``. In-flight work is bounded by ``IN_FLIGHT`` batches.
+batch in memory until it is acknowledged, or on disk once it is older), sends with the
+idempotent ``acks=all`` producer of ``rawcap.kafka`` (which retries through a broker outage
+without expiring batches and without duplicating them), and moves ``acked_seq`` forward only
+in sequence order as acknowledgements arrive. Should the producer itself fail, it is closed
+and a new one resumes at ``acked_seq + 1``. Each send carries the FIFO batches that are
+waiting, up to ``BatchProducer``'s request size (one record each); at most
+``BatchProducer.IN_FLIGHT`` sends, ``IN_FLIGHT`` batches, are unacknowledged at a time.
 """
 
 from __future__ import annotations
@@ -17,25 +19,25 @@ from collections import deque
 from typing import Any
 
 import anyio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 
 from rawcap.config import Config
-from rawcap.kafka import consumer_kwargs, ensure_topics, producer_kwargs
+from rawcap.kafka import BatchProducer, consumer_kwargs, ensure_topics, node_partition, topic_partitions
 from schemas import decode_header
 from schemas.errors import BatchError, TransportError
 from schemas.topics import PACKETS
 
 from ._fifo import Fifo
 from ._metrics import Metrics
-from ._produce import OneRecordBatch, install
 
-__all__ = ("IN_FLIGHT", "Shipper", "producer_config")
+__all__ = ("IN_FLIGHT", "Shipper")
 
 log = logging.getLogger("rawcap.capture")
 
-IN_FLIGHT = 8
+#: FIFO batches (Kafka records) unacknowledged at most: a resend check after a crash must
+#: find them all in the partition's tail (``_TAIL``).
+IN_FLIGHT = BatchProducer.IN_FLIGHT * BatchProducer.RECORDS_PER_REQUEST
 #: Records read back from our partition's tail when (re)connecting (see _skip_already_in_kafka).
 _TAIL = 64
 _BACKOFF_MAX = 5.0
@@ -43,18 +45,6 @@ _BACKOFF_MAX = 5.0
 #: agent forwards the FIFO's callback), so this is a safety net, not a latency: at 0.5 s
 #: its wake-ups were a visible part of an idle agent's CPU.
 _IDLE_WAIT = 5.0
-
-
-def producer_config(cfg: Config) -> dict[str, Any]:
-    """Shared producer settings (TLS/SASL) from ``rawcap.kafka`` plus what shipping needs."""
-    return producer_kwargs(
-        cfg,
-        acks="all",
-        enable_idempotence=True,
-        max_batch_size=1024 * 1024,
-        linger_ms=0,
-        compression_type=None,  # batch bodies are zstd already
-    )
 
 
 class Shipper:
@@ -67,10 +57,9 @@ class Shipper:
         self.connected = False
         self.shipped_batches = 0
         self._topics_ok = False
-        self._leader: tuple[Any, TopicPartition] | None = None  # (cluster metadata, partition)
+        self._producer: BatchProducer | None = None  # the one shipping, for its partition's leader
+        self._partition = -1
         self.leader = -1
-        # One prebuilt record per batch (capture/_produce.py), unless aiokafka changed shape.
-        self._fast = install()
 
     def notify(self) -> None:
         """Wake the shipper: on the event loop thread (the agent forwards the FIFO's
@@ -88,7 +77,7 @@ class Shipper:
         while True:
             if until_caught_up and self.fifo.acked_seq >= self.fifo.last_seq:
                 return
-            producer = AIOKafkaProducer(**producer_config(self.cfg))
+            producer = BatchProducer(self.cfg)
             try:
                 if not self._topics_ok:
                     await ensure_topics(self.cfg, 10.0)
@@ -136,11 +125,10 @@ class Shipper:
         consumer = AIOKafkaConsumer(**consumer_kwargs(self.cfg, None, enable_auto_commit=False))
         try:
             await consumer.start()
-            md = await consumer._client.fetch_all_metadata()
-            parts = sorted(md.partitions_for_topic(PACKETS) or ())
+            parts = await topic_partitions(consumer, PACKETS)
             if not parts:
                 return 0
-            tp = TopicPartition(PACKETS, DefaultPartitioner()(self.key, parts, parts))
+            tp = TopicPartition(PACKETS, node_partition(self.fifo.node, len(parts)))
             consumer.assign([tp])
             end = (await consumer.end_offsets([tp]))[tp]
             start = max(0, end - _TAIL)
@@ -162,13 +150,11 @@ class Shipper:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await consumer.stop()
 
-    async def _ship(self, producer: AIOKafkaProducer, until_caught_up: bool) -> None:
-        # send_batch needs the partition that send() would pick for our key.
-        partitions = sorted(await producer.partitions_for(PACKETS))
-        partition = DefaultPartitioner()(self.key, partitions, partitions)
-        self._leader = (producer.client.cluster, TopicPartition(PACKETS, partition))
+    async def _ship(self, producer: BatchProducer, until_caught_up: bool) -> None:
+        partition = await producer.partition_of(PACKETS, self.key)
+        self._producer, self._partition = producer, partition
         self._watch_leader()
-        window = _InFlight(self)
+        window = _InFlight(self, producer.in_flight)
         try:
             nxt = self.fifo.acked_seq + 1
             while True:
@@ -185,37 +171,47 @@ class Shipper:
                     # Recycled before we got to it: the FIFO already counted it lost.
                     nxt = self.fifo.first_seq
                     continue
-                got = self.fifo.read(nxt)
-                if got is None:
+                records, first = self._take(nxt)
+                if not records:
                     nxt += 1  # recycled between the checks above
                     continue
-                entry, parts = got
-                ts_ms = entry.first_ns // 1_000_000
-                if self._fast:
-                    fut = await producer.send_batch(OneRecordBatch(self.key, list(parts), ts_ms),
-                                                    PACKETS, partition=partition)
-                else:
-                    fut = await producer.send(PACKETS, value=b"".join(parts), key=self.key,
-                                              timestamp_ms=ts_ms)
-                window.add(entry.seq, fut)
-                nxt += 1
+                nxt = first + len(records)
+                fut = await producer.send(PACKETS, partition, self.key, records)
+                window.add(nxt - 1, fut, len(records))
             while window.pending:
                 window.raise_failure()
                 await self._wait_new_data(_IDLE_WAIT)
         finally:
             window.close()
 
-    def _acked(self, seq: int) -> None:
+    def _take(self, seq: int) -> tuple[list[tuple[tuple[Any, ...], int]], int]:
+        """The batches from ``seq`` on that one send carries (``(pieces, timestamp ms)``, in
+        sequence order, with no gap) and the sequence number of the first."""
+        records: list[tuple[tuple[Any, ...], int]] = []
+        sizes: list[int] = []
+        while seq <= self.fifo.last_seq and len(records) < BatchProducer.RECORDS_PER_REQUEST:
+            got = self.fifo.read(seq)
+            if got is None:
+                break
+            entry, parts = got
+            if BatchProducer.records_for([*sizes, entry.length]) <= len(records):
+                break
+            records.append((parts, entry.first_ns // 1_000_000))
+            sizes.append(entry.length)
+            seq += 1
+        return records, seq - len(records)
+
+    def _acked(self, seq: int, count: int = 1) -> None:
         self.fifo.mark_acked(seq)
-        self.shipped_batches += 1
-        self.metrics.batches_shipped.inc()
+        self.shipped_batches += count
+        self.metrics.batches_shipped.inc(count)
         self._watch_leader()
 
     def _watch_leader(self) -> None:
         """Follow the leader of our partition (metrics: a failover shows as a change)."""
-        if self._leader is None:
+        if self._producer is None:
             return
-        leader = self._leader[0].leader_for_partition(self._leader[1])
+        leader = self._producer.leader_of(PACKETS, self._partition)
         if leader is None or leader < 0 or leader == self.leader:
             return
         if self.leader >= 0:
@@ -233,53 +229,54 @@ class Shipper:
 
 
 class _InFlight:
-    """The batches sent and not yet acknowledged, oldest first (at most ``IN_FLIGHT``).
+    """The sends not yet acknowledged, oldest first (at most ``limit``), each with the
+    sequence number of its last batch and how many batches it carries.
 
     Acknowledgements are taken in done-callbacks on the event loop, not by an acker task
-    reading a queue: per batch that saves the queue's checkpoints and a task wake-up, a
-    tenth of the shipper's event-loop work. ``acked_seq`` moves only across a run of
-    successful futures from the oldest; a failed one stays at the head for the send loop
-    to raise (``run()`` then resumes with a new producer at ``acked_seq + 1``). The shipper
-    is woken when room frees up or a send failed; after ``close()`` late callbacks (from a
-    producer being stopped) change nothing."""
+    reading a queue: per send that saves the queue's checkpoints and a task wake-up.
+    ``acked_seq`` moves only across a run of successful futures from the oldest; a failed
+    one stays at the head for the send loop to raise (``run()`` then resumes with a new
+    producer at ``acked_seq + 1``). The shipper is woken when room frees up or a send failed;
+    after ``close()`` late callbacks (from a producer being stopped) change nothing."""
 
-    def __init__(self, shipper: Shipper) -> None:
+    def __init__(self, shipper: Shipper, limit: int = BatchProducer.IN_FLIGHT) -> None:
         self._shipper = shipper
-        self._futs: deque[tuple[int, asyncio.Future[Any]]] = deque()
+        self._limit = limit
+        self._futs: deque[tuple[int, int, asyncio.Future[Any]]] = deque()
         self._open = True
 
     @property
     def full(self) -> bool:
-        return len(self._futs) >= IN_FLIGHT
+        return len(self._futs) >= self._limit
 
     @property
     def pending(self) -> bool:
         return bool(self._futs)
 
-    def add(self, seq: int, fut: asyncio.Future[Any]) -> None:
-        self._futs.append((seq, fut))
+    def add(self, seq: int, fut: asyncio.Future[Any], count: int = 1) -> None:
+        self._futs.append((seq, count, fut))
         fut.add_done_callback(self._done)
 
     def _done(self, _fut: asyncio.Future[Any]) -> None:
         futs, shipper = self._futs, self._shipper
         if not self._open:
             return
-        was_full = len(futs) >= IN_FLIGHT
-        while futs and futs[0][1].done():
-            seq, fut = futs[0]
+        was_full = len(futs) >= self._limit
+        while futs and futs[0][2].done():
+            seq, count, fut = futs[0]
             if fut.cancelled() or fut.exception() is not None:
                 shipper.notify()
                 return
             futs.popleft()
-            shipper._acked(seq)
+            shipper._acked(seq, count)
         if was_full or not futs:
             shipper.notify()
 
     def raise_failure(self) -> None:
         """Raise the oldest send's error, if it failed (``KafkaError`` if the producer
         gave up)."""
-        if self._futs and self._futs[0][1].done():
-            fut = self._futs[0][1]
+        if self._futs and self._futs[0][2].done():
+            fut = self._futs[0][2]
             if fut.cancelled():  # not our cancellation: a producer torn down under us
                 raise KafkaError("the producer cancelled a send")
             fut.result()

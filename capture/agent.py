@@ -34,8 +34,8 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from rawcap._malloc import tune as malloc_tune
 from rawcap.config import Config, ConfigError
+from rawcap.malloc import tune as malloc_tune
 from schemas.control import CaptureFilter
 from schemas.topics import MAX_MESSAGE_BYTES
 
@@ -129,7 +129,7 @@ class Agent:
     """Build with a :class:`Config` (CLI flags already folded in); ``await run()``."""
 
     def __init__(self, cfg: Config, *, procs: bool | None = None, netns: str | None = None) -> None:
-        malloc_tune()  # MiB-sized buffers from the heap, not fresh mmap pages (rawcap/_malloc.py)
+        malloc_tune()  # MiB-sized buffers from the heap, not fresh mmap pages (rawcap/malloc.py)
         _check_batch_fits(cfg)
         self.cfg = cfg
         self.netns = netns

@@ -81,7 +81,7 @@ async def run_capture(args: argparse.Namespace, cfg: Config) -> int:
         # the FIFO should ride out: one line, exit 2 (an unreachable broker passes here).
         import anyio
 
-        from rawcap.kafkadiag import probe
+        from rawcap.kafka import probe
 
         refused = await anyio.to_thread.run_sync(probe, cfg)
         if refused:

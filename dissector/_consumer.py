@@ -167,11 +167,9 @@ async def run_dissect(args: argparse.Namespace, cfg: Config) -> int:
 
 async def _partitions(consumer: Any, topic: str) -> set[int]:
     """Partitions of ``topic``; an unsubscribed consumer has no metadata for it yet."""
-    parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        await consumer._client.force_metadata_update()  # as rawcap.window does
-        parts = consumer.partitions_for_topic(topic)
-    return set(parts or ())
+    from rawcap.kafka import topic_partitions
+
+    return {tp.partition for tp in await topic_partitions(consumer, topic, wait_s=0)}
 
 
 async def read_switch(cfg: Config) -> DissectionSwitch | None:
@@ -253,10 +251,10 @@ async def dissection_switch(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _lag_metrics(cfg: Config) -> tuple[Any, Any]:
-    """The group's lag gauges (rawcap/lag.py), on /metrics when ``metrics.port`` is set."""
+    """The group's lag gauges (rawcap/kafka/_lag.py), on /metrics when ``metrics.port`` is set."""
     from prometheus_client import CollectorRegistry
 
-    from rawcap.lag import GroupLag, serve_metrics
+    from rawcap.kafka import GroupLag, serve_metrics
 
     registry = CollectorRegistry()
     lag = GroupLag(GROUP_ID, registry)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from rawcap.packet import format_addr, parse_l4
+from rawcap.pcap import PCAP_RECORD_FIELDS, layout
 from schemas.calls import Call
 
 from ._calls import DnsPairer, Endpoints, Redactor, SessionStats, new_session
@@ -312,7 +313,7 @@ class Dissector:
         The same work as calling :meth:`packet` per record, with the TCP/IPv4 fast path
         inlined: a file of millions of packets is where per-call overhead shows.
         """
-        rec = struct.Struct((">" if big_endian else "<") + "IIII").unpack_from
+        rec = layout(PCAP_RECORD_FIELDS, ">" if big_endian else "<").unpack_from
         fast = _FAST
         flows = self.flows
         packet = self.packet

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from rawcap.config import Config
-from rawcap.pcapfile import LINKTYPE_ETHERNET, TruncatedCapture, read_capture
+from rawcap.pcap import (
+    LINKTYPE_ETHERNET,
+    PCAP_HEADER,
+    PCAP_HEADER_FIELDS,
+    PCAP_MAGIC_NS,
+    PCAP_MAGIC_US,
+    TruncatedCapture,
+    layout,
+    read_capture,
+)
 from rawcap.timeparse import format_ns
 from schemas.calls import Call
 from schemas.errors import ConfigError
@@ -110,7 +119,7 @@ def dissect_pcap(path: str | Path, dissector: Dissector) -> int:
     if classic is not None:
         mm, big, mul = classic
         try:
-            n, end = dissector.run_pcap_records(mm, 24, big, mul)
+            n, end = dissector.run_pcap_records(mm, PCAP_HEADER.size, big, mul)
             size = len(mm)
         finally:
             mm.close()
@@ -135,22 +144,23 @@ def stderr_stats(d: Dissector) -> None:
     print(json.dumps({"dissector": d.stats()}), file=sys.stderr)
 
 
-_PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", 1000), b"\xa1\xb2\xc3\xd4": (">", 1000),
-               b"\x4d\x3c\xb2\xa1": ("<", 1), b"\xa1\xb2\x3c\x4d": (">", 1)}
+#: The magic's bytes in either byte order -> (byte order, ns per timestamp fraction unit).
+_PCAP_MAGIC = {magic.to_bytes(4, order): ("<" if order == "little" else ">", mul)
+               for magic, mul in ((PCAP_MAGIC_US, 1000), (PCAP_MAGIC_NS, 1))
+               for order in ("little", "big")}
 
 
 def _classic_pcap(path: Path) -> tuple[Any, bool, int] | None:
     """mmap a classic Ethernet pcap (the common case) for the record walker; ``None`` for
-    anything else (``rawcap.pcapfile`` reads those, pcapng included)."""
+    anything else (``rawcap.pcap`` reads those, pcapng included)."""
     import mmap
-    import struct
 
     with open(path, "rb") as fh:
-        head = fh.read(24)
-        if len(head) < 24 or head[:4] not in _PCAP_MAGIC:
+        head = fh.read(PCAP_HEADER.size)
+        if len(head) < PCAP_HEADER.size or head[:4] not in _PCAP_MAGIC:
             return None
         endian, mul = _PCAP_MAGIC[head[:4]]
-        linktype = struct.unpack(endian + "I", head[20:24])[0] & 0x0FFFFFFF
+        linktype = layout(PCAP_HEADER_FIELDS, endian).unpack(head)[-1] & 0x0FFFFFFF
         if linktype != LINKTYPE_ETHERNET:
             return None
         mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)

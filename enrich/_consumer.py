@@ -25,14 +25,15 @@ from prometheus_client import CollectorRegistry
 
 from rawcap.config import Config
 from rawcap.kafka import (
+    GroupLag,
     consumer_kwargs,
     ensure_topics,
     follow_topic,
     producer_kwargs,
     read_topic_to_end,
+    serve_metrics,
     stop_client,
 )
-from rawcap.lag import GroupLag, serve_metrics
 from rawcap.packet import format_addr
 from schemas import topics
 from schemas.control import CaptureFilter, decode_control

@@ -22,35 +22,48 @@ from rawcap.packet import parse_l4
 from schemas import (
     BODY_RECORDS,
     BODY_TPACKET3,
+    REC_HEADER,
+    REC_HEADER_FIELDS,
     BatchHeader,
     CorruptBody,
     RecordOverrun,
     decode_header,
     decompress_body,
 )
+from schemas.tpacket import (
+    BLOCK_DESC,
+    BLOCK_DESC_FIELDS,
+    FRAME_HDR_FIELDS,
+    SOCKADDR_LL,
+    SOCKADDR_LL_OFFSET,
+    TP_STATUS_VLAN_TPID_VALID,
+    TP_STATUS_VLAN_VALID,
+    fields_view,
+)
 
 from ._flows import FlowTable
 
 __all__ = ("add_batch", "decode_body")
 
-_REC: Final = struct.Struct("<QII8x")  # ts_ns, caplen, origlen (ifindex, pkttype unused here)
-_REC_SIZE: Final = 24
-_CAPLEN: Final = struct.Struct("<I")
+# The fields used here of the layouts schemas declares (FORMAT.md, "Body layout rec" and
+# "tpacket3"), each read where its structure starts.
+_REC: Final = fields_view(REC_HEADER_FIELDS, ("ts_ns", "caplen", "origlen"))
+_REC_SIZE: Final = REC_HEADER.size
+_CAPLEN: Final = fields_view(REC_HEADER_FIELDS, ("caplen",))
 #: Ethernet II + IPv4 without options + the first 14 bytes of TCP (UDP: ports and 6 bytes of
 #: payload, ignored): etype, version/IHL, total length, frag, proto, src, dst, sport, dport,
 #: TCP data offset, TCP flags
 _FAST: Final = struct.Struct("!12xHBxH2xHxB2x4s4sHH8xBB")
 _FAST_SIZE: Final = _FAST.size  # 48
 _IPV4: Final = 0x0800
-# TPACKET_V3 (schemas/FORMAT.md, "Body layout tpacket3"): block descriptor num_pkts,
-# offset_to_first_pkt, blk_len; frame header tp_next_offset .. tp_mac; tp_vlan_tci/tpid at 32
-_BLOCK: Final = struct.Struct("<12xIII")
-_BLOCK_DESC_SIZE: Final = 48
-_FRAME: Final = struct.Struct("<IIIIIIH")
-_FRAME_MIN: Final = 48 + 20  # tpacket3_hdr + sockaddr_ll
-_VLAN: Final = struct.Struct("<IH")
-_VLAN_VALID: Final = 1 << 4
-_VLAN_TPID_VALID: Final = 1 << 6
+_BLOCK: Final = fields_view(BLOCK_DESC_FIELDS, ("num_pkts", "offset_to_first_pkt", "blk_len"))
+_BLOCK_DESC_SIZE: Final = BLOCK_DESC.size
+_FRAME: Final = fields_view(FRAME_HDR_FIELDS, ("tp_next_offset", "tp_sec", "tp_nsec", "tp_snaplen",
+                                               "tp_len", "tp_status", "tp_mac"))
+_FRAME_MIN: Final = SOCKADDR_LL_OFFSET + SOCKADDR_LL.size  # tpacket3_hdr + sockaddr_ll
+_VLAN: Final = fields_view(FRAME_HDR_FIELDS, ("tp_vlan_tci", "tp_vlan_tpid"))
+_VLAN_VALID: Final = TP_STATUS_VLAN_VALID
+_VLAN_TPID_VALID: Final = TP_STATUS_VLAN_TPID_VALID
 
 
 def decode_body(value: bytes | memoryview) -> tuple[BatchHeader, bytes | memoryview]:
@@ -65,7 +78,7 @@ def _check_records(view: memoryview, count: int) -> None:
     for i in range(count):
         if pos + _REC_SIZE > end:
             raise RecordOverrun(f"record {i} header runs past the end of the body")
-        pos += _REC_SIZE + caplen_at(view, pos + 8)[0]
+        pos += _REC_SIZE + caplen_at(view, pos)[0]
         if pos > end:
             raise RecordOverrun(f"record {i} runs past the end of the body")
     if pos != end:
@@ -124,7 +137,7 @@ def add_batch(table: FlowTable, header: BatchHeader, raw: bytes | memoryview, ta
             frame += nxt
             ts = sec * 1_000_000_000 + nsec
             if status & _VLAN_VALID and snaplen >= 12:  # the tag goes back in, as decoders do
-                tci, tpid = _VLAN.unpack_from(view, frame - nxt + 32)
+                tci, tpid = _VLAN.unpack_from(view, frame - nxt)
                 tpid = tpid if status & _VLAN_TPID_VALID and tpid else 0x8100
                 data = bytes(view[start:start + 12]) + struct.pack("!HH", tpid, tci & 0xFFFF) \
                     + bytes(view[start + 12:start + snaplen])

@@ -2,8 +2,8 @@
 
 What an incident responder runs: any time window, node set and filter out of
 ``rawcap.packets`` (or a node buffer, the archive, a snapshot) as lines, JSON or pcapng, and
-immutable snapshots that outlive the rolling topic. Reading a snapshot is shared plumbing
-(``rawcap.snapshots``), so the dissector reads them too.
+immutable snapshots that outlive the rolling topic. The snapshot format is shared plumbing
+(``rawcap.snapshots``), so the dissector reads snapshots too.
 
 The names below are imported on first use, so that ``rawcap pcap export`` does not load the
 snapshot and import code it does not run.
@@ -17,15 +17,13 @@ import typing
 if typing.TYPE_CHECKING:
     from ._export import OutputFile, write_capture
     from ._import import import_capture, iter_batches
-    from ._snapshot import create_snapshot, delete_snapshot, verify_snapshot
+    from ._snapshot import create_snapshot
 
 __all__ = (
     "OutputFile",
     "create_snapshot",
-    "delete_snapshot",
     "import_capture",
     "iter_batches",
-    "verify_snapshot",
     "write_capture",
 )
 
@@ -35,8 +33,6 @@ _HOME = {
     "import_capture": "._import",
     "iter_batches": "._import",
     "create_snapshot": "._snapshot",
-    "delete_snapshot": "._snapshot",
-    "verify_snapshot": "._snapshot",
 }
 
 

@@ -23,7 +23,6 @@ import errno
 import gc
 import os
 import queue
-import struct
 import sys
 import threading
 import time
@@ -32,30 +31,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from forensics._fastexport import FAST as _FAST
-from forensics._fastexport import FAST_ZSTD as _FAST_ZSTD
-from forensics._fastexport import fast_batch, fast_zstd_batch
-from rawcap.pcapfile import LINKTYPE_ETHERNET, PcapngWriter, PcapWriter
+from rawcap.hooks import hook
 from rawcap.window import RawBatch, WindowReader, WPacket
-from schemas import BODY_RECORDS, BatchHeader, decompress_body, iter_packets
-from schemas.errors import BatchError, ConfigError, RawcapError, RecordOverrun
+from schemas import decompress_body
+from schemas.errors import BatchError, ConfigError, RawcapError
+
+from ._sinks import PcapngSink, PcapSink
 
 if TYPE_CHECKING:
     from rawcap.workloads import Workloads
 
 __all__ = ("OutputFile", "write_capture")
 
-_EPB = struct.Struct("<IIIIIII")
-_U32 = struct.Struct("<I")
-_REC = struct.Struct("<IIII")
-#: A ``rec`` record header read as (ts low, ts high, caplen, origlen, ifindex): the u64
-#: timestamp's halves come out in the order an EPB does not want, but without a shift.
-_REC_SPLIT = struct.Struct("<IIIIi4x")
-#: Padding + block length of the previous EPB, then this EPB's header, in one pack.
-_JOIN = tuple(struct.Struct(f"<{pad}xIIIIIIII") for pad in range(4))
-_TRAIL = tuple(struct.Struct(f"<{pad}xI") for pad in range(4))
-_JOIN_PACK = (*(j.pack for j in _JOIN), lambda _prev_blen, *hdr: _EPB.pack(*hdr))
-_PAD = (b"", b"\0", b"\0\0", b"\0\0\0")
 _FLUSH_BYTES = 4 * 1024 * 1024
 #: Items (compressed batches, packet lists) queued for the converter: enough to ride out
 #: one fetch response's burst, a few MiB of memory.
@@ -105,7 +92,7 @@ class OutputFile:
 
 def _create_temp(parent: Path, prefix: str, suffix: str) -> tuple[int, str]:
     """``tempfile.mkstemp`` (a new file, mode 0600, exclusive create), without importing
-    ``tempfile`` (with ``shutil``, ``random``, ``bz2`` and ``lzma``: ~3.5 ms of start-up)."""
+    ``tempfile`` (which imports ``shutil``, ``random``, ``bz2`` and ``lzma`` at start-up)."""
     for _ in range(100):
         name = os.path.join(parent, f"{prefix}{os.urandom(6).hex()}{suffix}")
         try:
@@ -128,7 +115,7 @@ async def write_capture(
 ) -> int:
     """Stream the reader's packets into ``out``; returns the number of packets written.
     ``workloads``: every EPB gets an ``opt_comment`` ``node=N src=... dst=...`` (pcapng)."""
-    sink = _PcapSink(snaplen) if fmt == "pcap" else _PcapngSink(snaplen, comment_node, workloads)
+    sink = PcapSink(snaplen) if fmt == "pcap" else PcapngSink(snaplen, comment_node, workloads)
     t0 = time.perf_counter()
     writer = _BackgroundWriter(out)
     conv = _Converter(sink, writer)
@@ -147,7 +134,7 @@ async def write_capture(
         writer.abort()
         if gc_was_enabled:
             gc.enable()
-    if os.environ.get("RAWCAP_EXPORT_STATS"):
+    if hook("export-stats"):
         loop, process = time.thread_time(), time.process_time()
         print(
             f"rawcap: export stats: {time.perf_counter() - t0:.2f} s in write_capture; CPU s: "
@@ -287,7 +274,7 @@ class _Converter:
     (a write error) stops the thread and is raised by the next :meth:`put` or :meth:`close`.
     """
 
-    def __init__(self, sink: _PcapngSink | _PcapSink, writer: _BackgroundWriter) -> None:
+    def __init__(self, sink: PcapngSink | PcapSink, writer: _BackgroundWriter) -> None:
         self._sink, self._writer = sink, writer
         header = sink.header()
         self._parts: list[Any] = [header]
@@ -296,7 +283,7 @@ class _Converter:
         self._done: deque[_Result] = deque()
         self._exc: BaseException | None = None
         self._aborted = False
-        self.cpu = 0.0  # seconds of CPU the thread used (RAWCAP_EXPORT_STATS)
+        self.cpu = 0.0  # seconds of CPU the thread used (the export-stats test hook)
         self._finished = _Finished()
         self._t = threading.Thread(target=self._run, name="rawcap-pcap-convert", daemon=True)
         self._t.start()
@@ -397,7 +384,7 @@ class _BackgroundWriter:
         self._q = _LoopQueue(maxsize=3)  # of list[Any] | None
         self._exc: BaseException | None = None
         self._aborted = False
-        self.cpu = 0.0  # seconds of CPU the thread used (RAWCAP_EXPORT_STATS)
+        self.cpu = 0.0  # seconds of CPU the thread used (the export-stats test hook)
         self._finished = _Finished()
         self._t = threading.Thread(target=self._run, args=(out,), name="rawcap-pcap-writer", daemon=True)
         self._t.start()
@@ -465,194 +452,3 @@ def _drop_queued(q: queue.Queue[Any]) -> None:
             return
         except queue.Full:  # refilled meanwhile by a converter that is itself ending
             continue
-
-
-class _PcapngSink:
-    """EPBs straight from batch bodies: one struct pack per packet, data by reference."""
-
-    def __init__(self, snaplen: int, comment_node: bool, workloads: Workloads | None = None) -> None:
-        self.w = PcapngWriter(snaplen=snaplen)
-        self.comment_node = comment_node
-        self.wl = workloads  # per-packet workload comments (the per-packet path)
-        # (node, ifindex) -> (interface id, options bytes); names resolved once per interface.
-        self.ids: dict[tuple[str, int | str], tuple[int, bytes]] = {}
-        self._added: list[tuple[tuple[str, int | str], str]] = []  # in the current batch
-
-    def begin_batch(self) -> None:
-        self._added.clear()
-
-    def forget_batch(self) -> None:
-        """Undo the interfaces the failed batch described (their IDBs were dropped with it)."""
-        for key, name in reversed(self._added):
-            del self.ids[key]
-            self.w.forget_interface(name, LINKTYPE_ETHERNET)
-        self._added.clear()
-
-    def header(self) -> bytes:
-        return self.w.header()
-
-    def _iface(self, node: str, key: int | str, name: str, parts: list[Any]) -> tuple[int, bytes]:
-        idx, idb = self.w.interface(f"{node}:{name}", LINKTYPE_ETHERNET)
-        parts.append(idb)
-        if idb:
-            self._added.append(((node, key), f"{node}:{name}"))
-        opts = b""
-        if self.comment_node:
-            c = f"node={node}".encode()
-            opts = struct.pack("<HH", 1, len(c)) + c + b"\0" * (-len(c) % 4) + b"\0\0\0\0"
-        ent = self.ids[(node, key)] = (idx, opts)
-        return ent
-
-    def compressed_batch(
-        self, h: BatchHeader, frame: bytes | memoryview, parts: list[Any]
-    ) -> tuple[int, int, int] | None:
-        """:meth:`batch` of a body still compressed, when the C converter can inflate it
-        itself (forensics/_fastexport.py); None: decompress it and call :meth:`batch`."""
-        if _FAST_ZSTD and not self.comment_node and self.wl is None:
-            return fast_zstd_batch(self, h, frame, parts)
-        return None
-
-    def batch(self, h: BatchHeader, body: bytes | memoryview, parts: list[Any]) -> tuple[int, int, int]:
-        """Append the EPBs of a whole batch; returns (packets, packet bytes, output bytes)."""
-        node, ids, ifaces = h.node, self.ids, h.ifaces
-        add, pack, pads = parts.append, _EPB.pack, _PAD
-        nbytes = out = 0
-        if _FAST and not self.comment_node and self.wl is None:
-            return fast_batch(self, h, body, parts)  # the C twin (forensics/_fastexport.py)
-        if h.body == BODY_RECORDS and not self.comment_node and self.wl is None:
-            return self._records(h, body, parts)
-        wl = self.wl
-        n = 0
-        for p in iter_packets(h, body):
-            ent = ids.get((node, p.ifindex)) or self._iface(
-                node, p.ifindex, ifaces.get(p.ifindex, str(p.ifindex)), parts
-            )
-            idx, opts = ent
-            caplen, ts = p.caplen, p.ts_ns
-            if wl is not None:
-                opts = _workload_opts(wl, node, p.data, ts)
-            pad = -caplen & 3
-            blen = 32 + caplen + pad + len(opts)
-            add(pack(6, blen, idx, ts >> 32, ts & 0xFFFFFFFF, caplen, p.origlen))
-            add(p.data)
-            add(pads[pad] + opts + _U32.pack(blen))
-            nbytes += caplen
-            out += blen
-            n += 1
-        return n, nbytes, out
-
-    def _records(self, h: BatchHeader, body: bytes | memoryview, parts: list[Any]) -> tuple[int, int, int]:
-        """The hot path: a ``rec`` body to EPBs with one ``pack`` per packet (the previous
-        EPB's padding and trailing length fused with this one's header) and the packet bytes
-        by reference. Bounds are checked once: a record that overruns makes ``unpack_from``
-        fail or leaves ``pos`` past the end."""
-        count = h.count
-        if count == 0:
-            return 0, 0, 0
-        node, ids, ifaces = h.node, self.ids, h.ifaces
-        add, packs = parts.append, _JOIN_PACK
-        view = memoryview(body)
-        end, unpack = len(view), _REC_SPLIT.unpack_from
-        try:
-            ts_lo, ts_hi, caplen, origlen, ifindex = unpack(view, 0)
-            cur_if = ifindex
-            ent = ids.get((node, ifindex)) or self._iface(
-                node, ifindex, ifaces.get(ifindex, str(ifindex)), parts
-            )
-            idx = ent[0]
-            prev_pad = -caplen & 3
-            prev_blen = 32 + caplen + prev_pad
-            add(_EPB.pack(6, prev_blen, idx, ts_hi, ts_lo, caplen, origlen))
-            pos = 24 + caplen
-            add(view[24:pos])
-            for _ in range(count - 1):
-                ts_lo, ts_hi, caplen, origlen, ifindex = unpack(view, pos)
-                if ifindex != cur_if:
-                    got = ids.get((node, ifindex))
-                    if got is None:
-                        # A new interface: its IDB goes after the previous EPB's trailer,
-                        # and the next pack has no trailer left to fuse (_JOIN_PACK[4]).
-                        add(_TRAIL[prev_pad].pack(prev_blen))
-                        got = self._iface(node, ifindex, ifaces.get(ifindex, str(ifindex)), parts)
-                        prev_pad = 4
-                    idx, cur_if = got[0], ifindex
-                pad = -caplen & 3
-                blen = 32 + caplen + pad
-                add(packs[prev_pad](prev_blen, 6, blen, idx, ts_hi, ts_lo, caplen, origlen))
-                pos += 24
-                stop = pos + caplen
-                add(view[pos:stop])
-                prev_pad, prev_blen, pos = pad, blen, stop
-        except struct.error:
-            raise RecordOverrun("a record header runs past the end of the body") from None
-        if pos != end:
-            raise RecordOverrun(f"records end at byte {pos} of a {end}-byte body ({count} records)")
-        add(_TRAIL[prev_pad].pack(prev_blen))
-        nbytes = end - 24 * count
-        return count, nbytes, nbytes + 36 * count
-
-    def packets(self, chunk: list[WPacket], parts: list[Any]) -> int:
-        ids, add, pack, pads = self.ids, parts.append, _EPB.pack, _PAD
-        wl = self.wl
-        out = 0
-        for p in chunk:
-            ent = ids.get((p.node, p.iface)) or self._iface(p.node, p.iface, p.iface, parts)
-            idx, opts = ent
-            caplen, ts = p.caplen, p.ts_ns
-            if wl is not None:
-                opts = _workload_opts(wl, p.node, p.data, ts)
-            pad = -caplen & 3
-            blen = 32 + caplen + pad + len(opts)
-            add(pack(6, blen, idx, ts >> 32, ts & 0xFFFFFFFF, caplen, p.origlen))
-            add(p.data)
-            add(pads[pad] + opts + _U32.pack(blen))
-            out += blen
-        return out
-
-
-def _workload_opts(wl: Workloads, node: str, data: bytes | memoryview, ts_ns: int) -> bytes:
-    """EPB options: one ``opt_comment`` ``node=N src=LABEL dst=LABEL`` (``node=N`` alone when
-    neither end is known at ``ts_ns``), then ``opt_endofopt``."""
-    ends = wl.comment(data, ts_ns)
-    c = f"node={node}".encode() + (b" " + ends if ends else b"")
-    return struct.pack("<HH", 1, len(c)) + c + b"\0" * (-len(c) % 4) + b"\0\0\0\0"
-
-
-class _PcapSink:
-    """Classic pcap, nanosecond magic: one link type, no interface names."""
-
-    def __init__(self, snaplen: int) -> None:
-        self.w = PcapWriter(snaplen=snaplen)
-
-    def begin_batch(self) -> None:
-        pass  # classic pcap has no interface blocks to undo
-
-    def forget_batch(self) -> None:
-        pass
-
-    def header(self) -> bytes:
-        return self.w.header()
-
-    def compressed_batch(self, h: BatchHeader, frame: bytes | memoryview, parts: list[Any]) -> None:
-        return None  # decompressed first (no compiled path for classic pcap)
-
-    def batch(self, h: BatchHeader, body: bytes | memoryview, parts: list[Any]) -> tuple[int, int, int]:
-        add, pack = parts.append, _REC.pack
-        n = nbytes = 0
-        for p in iter_packets(h, body):
-            sec, ns = divmod(p.ts_ns, 1_000_000_000)
-            add(pack(sec, ns, p.caplen, p.origlen))
-            add(p.data)
-            nbytes += p.caplen
-            n += 1
-        return n, nbytes, nbytes + 16 * n
-
-    def packets(self, chunk: list[WPacket], parts: list[Any]) -> int:
-        add, pack = parts.append, _REC.pack
-        out = 0
-        for p in chunk:
-            sec, ns = divmod(p.ts_ns, 1_000_000_000)
-            add(pack(sec, ns, p.caplen, p.origlen))
-            add(p.data)
-            out += 16 + p.caplen
-        return out

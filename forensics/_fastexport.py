@@ -1,11 +1,11 @@
 """The compiled export hot path: a whole in-window batch straight to pcapng EPBs.
 
-:func:`fast_batch` stands in for ``_PcapngSink.batch`` when :data:`rawcap._epbs.FAST` (the C
-extension is built and ``RAWCAP_NO_FASTPCAP`` is unset) and no EPB gets options (no
+:func:`fast_batch` stands in for ``_PcapngSink.batch`` when :data:`rawcap.pcap._convert.FAST` (the C
+extension is built and the test hook ``no-fastpcap`` is off) and no EPB gets options (no
 ``--comment-node``, no per-packet comments). It produces the same bytes as the Python sink:
 interfaces are registered through the sink (same ids, same IDBs, at the same place in the
 stream), and the whole batch comes back as one ``bytes`` object. :func:`fast_zstd_batch`
-does the same from the batch body still compressed (:func:`rawcap._epbs.epbs_zstd`), or
+does the same from the batch body still compressed (:func:`rawcap.pcap._convert.epbs_zstd`), or
 returns None for the caller to decompress first.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from rawcap._epbs import FAST, FAST_ZSTD, Resolve, epbs, epbs_zstd
+from rawcap.pcap._convert import FAST, FAST_ZSTD, Resolve, epbs, epbs_zstd
 from schemas import BatchHeader
 
 __all__ = ("FAST", "FAST_ZSTD", "fast_batch", "fast_zstd_batch")

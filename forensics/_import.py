@@ -19,7 +19,7 @@ import anyio
 
 from rawcap.config import Config
 from rawcap.kafka import ensure_topics
-from rawcap.pcapfile import PcapError, Record, TruncatedCapture, read_capture
+from rawcap.pcap import PcapError, Record, TruncatedCapture, read_capture
 from rawcap.window import kafka_client_kwargs
 from schemas import Packet, encode_batch, topics
 from schemas.errors import ConfigError, RawcapError, TransportError

@@ -97,9 +97,8 @@ def _nodes(args: argparse.Namespace) -> list[str] | None:
 
 async def _workloads(cfg: Config, *, record: bool = False) -> Workloads:
     """``rawcap.k8s`` read to its end (once per command)."""
+    from rawcap.snapshots import RecordingWorkloads
     from rawcap.workloads import Workloads
-
-    from ._snapshot import RecordingWorkloads
 
     wl = await (RecordingWorkloads if record else Workloads).load(cfg)
     if wl.bad:
@@ -164,8 +163,8 @@ def _prepare_export(args: argparse.Namespace, cfg: Config) -> None:
     configuration is loaded): parses the window once (``args.window``) and, for a Kafka read,
     starts its Kafka side in a thread (``args.kafka_lookup``,
     :func:`rawcap.window.start_kafka_lookup`: metadata, offsets, the first fetch), so that the
-    broker works while asyncio and the export's modules are imported (~20-30 ms of a 1M-packet
-    export). Bad input is left for the command to report, as without this."""
+    broker works while asyncio and the export's modules are imported. Bad input is left for
+    the command to report, as without this."""
     source = getattr(args, "source", "kafka") or "kafka"
     if source != "kafka" or not args.output:
         return
@@ -192,7 +191,7 @@ async def _cmd_export(args: argparse.Namespace, cfg: Config) -> int:
 async def _export(args: argparse.Namespace, cfg: Config) -> int:
     if not args.output:
         raise ConfigError("pcap export needs -o FILE (or -o - for stdout)")
-    from rawcap._malloc import tune as malloc_tune
+    from rawcap.malloc import tune as malloc_tune
 
     from ._export import OutputFile, write_capture
 
@@ -391,9 +390,7 @@ async def _cmd_snap_export(args: argparse.Namespace, cfg: Config) -> int:
 
 
 async def _cmd_snap_verify(args: argparse.Namespace, cfg: Config) -> int:
-    from rawcap.snapshots import SnapshotStore
-
-    from ._snapshot import verify_snapshot
+    from rawcap.snapshots import SnapshotStore, verify_snapshot
 
     store = SnapshotStore(cfg.get("snapshots.url"))
     problems = await verify_snapshot(store, args.id)
@@ -412,9 +409,7 @@ async def _cmd_snap_delete(args: argparse.Namespace, cfg: Config) -> int:
         raise ConfigError(
             f"snapshots are immutable: 'rawcap snapshot delete {args.id} --force' deletes it for good"
         )
-    from rawcap.snapshots import SnapshotStore
-
-    from ._snapshot import delete_snapshot
+    from rawcap.snapshots import SnapshotStore, delete_snapshot
 
     n = await delete_snapshot(SnapshotStore(cfg.get("snapshots.url")), args.id)
     _notice(f"deleted snapshot {args.id} ({n} objects)")

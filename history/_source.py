@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlparse
 
-from rawcap.archive_store import ArchiveStore
+from rawcap.archive import ArchiveStore
 from rawcap.config import Config
 from schemas import topics
 from schemas.errors import ConfigError, RawcapError

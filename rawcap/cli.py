@@ -180,21 +180,23 @@ def _exit_now(code: int) -> None:
 
     A finished command that opted in (``set_defaults(fast_exit=True)``: ``pcap export``) has
     closed and renamed its output and stopped its clients and threads; what is left for
-    finalization is freeing every object and module one by one, ~40-60 ms after an export of
-    1M packets (its heap of fetch buffers and the imported modules) that changes nothing
+    finalization is freeing every object and module one by one (a large heap of fetch buffers
+    and the imported modules; docs/forensics.md has what it cost), which changes nothing
     outside the process. So: flush what Python still buffers (stdout, stderr, logging
     handlers) and ``os._exit``. Other non-daemon threads are waited for, as finalization
     would, but for ``_THREADS_GRACE`` seconds only (AnyIO's idle workers are told to stop
     when the event loop closes and end right after it); one still running then means work
     this function knows nothing about, and the normal exit follows. So it does when stdout
     cannot be flushed (the normal exit then reports it as before; a reader that went away
-    raises ``BrokenPipeError`` for the caller's handler), and with ``RAWCAP_NO_FAST_EXIT=1``.
+    raises ``BrokenPipeError`` for the caller's handler), and with the test hook ``no-fast-exit``.
     """
     import threading
     import time
 
+    from .hooks import hook
+
     main = threading.main_thread()
-    if os.environ.get("RAWCAP_NO_FAST_EXIT") or threading.current_thread() is not main:
+    if hook("no-fast-exit") or threading.current_thread() is not main:
         return
     deadline = time.monotonic() + _THREADS_GRACE
     for t in threading.enumerate():
@@ -219,10 +221,10 @@ def _exit_now(code: int) -> None:
 
 def _kafka_refusal(exc: BaseException, cfg: Config | None) -> str | None:
     """Why Kafka refused (a wrong password, an untrusted CA, a denied topic), in one line;
-    None for any other error (rawcap/kafkadiag.py, imported only when Kafka was used)."""
+    None for any other error (rawcap/kafka/_diag.py, imported only when Kafka was used)."""
     if cfg is None or ("aiokafka" not in sys.modules and "Kafka" not in str(exc)):
         return None
-    from .kafkadiag import kafka_cause
+    from .kafka import kafka_cause
 
     return kafka_cause(exc, cfg)
 

@@ -206,6 +206,8 @@ KEYS: tuple[Key, ...] = (
     Key("kafka.tls.caFile", "", _str, "CA bundle for TLS"),
     Key("kafka.tls.certFile", "", _str, "client certificate (mTLS)"),
     Key("kafka.tls.keyFile", "", _str, "client key (mTLS)"),
+    Key("kafka.readClient", "auto", _choice("auto", "aiokafka"),
+        "bounded reads: rawcap's plaintext client where it can (auto), or aiokafka always"),
     Key("kafka.topics.packets.partitions", 6, _positive_int, "partitions of rawcap.packets"),
     Key("kafka.topics.replicationFactor", 0, _non_negative_int,
         "replication of created topics (0: 3 when the cluster has 3+ brokers, else 1)"),

@@ -1,32 +1,51 @@
-"""Reading snapshots: the object store, manifests and the batches of a snapshot.
+"""Snapshots: immutable, cluster-wide copies of a time window, writer and reader.
 
-A snapshot (made by ``rawcap snapshot create``, see ``forensics/_snapshot.py`` for the layout
-and the immutability rules) is read by forensics (export, consume) and by the dissector
-(``rawcap dissect --source snapshot:ID``); services may not import each other, so the read
-side lives here, in shared plumbing. :func:`open_snapshot` turns a snapshot id into a
-:class:`~rawcap.window.WindowReader` plus the filter to apply, exactly as forensics always has:
-the stored window and filters are applied again, so a snapshot yields the same packets as the
-window did when it was taken.
+A snapshot copies the batches of a window, byte for byte as they travelled on
+``rawcap.packets``, into an object store (``snapshots.url``: a local directory by default,
+``s3://bucket/prefix`` on the stack), so the window survives the rolling topic recycling it.
+
+Layout under the store root::
+
+    <id>/data/<node>/<000000>.rcsg   batch streams (schemas.stream framing), <= 64 MiB each
+    <id>/k8s.msgpack                 with --namespace/--pod: the rawcap.k8s messages used
+    <id>/manifest.json               written last: the snapshot exists once this exists
+
+Every object is written create-only (``mode="create"``: ``If-None-Match: *`` on S3,
+``O_EXCL`` locally), so nothing is ever overwritten; a second create with the same name is
+refused. The manifest lists the sha256 and size of every object; :func:`verify_snapshot`
+recomputes them and names each changed or missing object. The window and filters are
+recorded in the manifest: :func:`open_snapshot` applies them again, so a snapshot yields
+the same packets as the window did when it was taken, and workloads resolve from the stored
+``k8s.msgpack`` copy after compaction has dropped the old owners of reused IPs.
+
+``forensics`` creates snapshots (:class:`SnapshotWriter`) and reads them; the dissector
+reads them too (``rawcap dissect --source snapshot:ID``).
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
+import re
+import secrets
+import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import anyio
 import msgpack
 
-from schemas._stream import split_frames
 from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
+from schemas.stream import FRAME, STREAM_HEADER, frame_batch, split_frames, stream_header
 
 from .config import Config
 from .filters import PacketFilter, both
+from .timeparse import format_ns
 from .window import ValueLane, WindowReader
 from .workloads import Workloads
 
@@ -38,22 +57,31 @@ __all__ = (
     "K8S_COPY",
     "K8S_FORMAT",
     "MANIFEST",
+    "OBJECT_BYTES",
+    "RecordingWorkloads",
     "SnapshotExists",
     "SnapshotNotFound",
     "SnapshotRead",
     "SnapshotStore",
+    "SnapshotWriter",
+    "delete_snapshot",
     "list_snapshots",
     "load_manifest",
+    "new_id",
     "object_lanes",
     "open_snapshot",
     "snapshot_lanes",
     "snapshot_workloads",
+    "verify_snapshot",
 )
 
 MANIFEST = "manifest.json"
 FORMAT = "rawcap.snapshot/1"
 K8S_COPY = "k8s.msgpack"
 K8S_FORMAT = "rawcap.k8s-copy/1"
+#: Data objects are cut at this size.
+OBJECT_BYTES = 64 * 1024 * 1024
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class SnapshotExists(RawcapError):
@@ -303,3 +331,181 @@ async def open_snapshot(
         lanes = [ln for ln in lanes if ln.name.rsplit(":", 1)[1] in nodes]
     reader = WindowReader(cfg, lo, hi, nodes=nodes, lanes=lanes, source="snapshot", dlq=False)
     return SnapshotRead(reader, both(snap_flt, flt), wl, manifest)
+
+
+# -- writing ---------------------------------------------------------------------------------
+class RecordingWorkloads(Workloads):
+    """:class:`Workloads` that also keeps every ``rawcap.k8s`` message it applied, in order
+    (``RecordingWorkloads.load(cfg)``), so that a snapshot can store the state it used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw: list[tuple[bytes, bytes | None, int]] = []
+
+    def apply(self, key: bytes | str | None, value: bytes | None, timestamp_ms: int) -> None:
+        if key:
+            self.raw.append((key.encode() if isinstance(key, str) else bytes(key), value, timestamp_ms))
+        super().apply(key, value, timestamp_ms)
+
+
+def new_id(name: str | None) -> str:
+    """The snapshot id: ``name`` (checked), else ``snap-<UTC time>-<6 hex digits>``."""
+    if name:
+        if not _NAME_RE.match(name):
+            raise ConfigError(f"--name {name!r} is invalid: letters, digits, '.', '_' and '-' (max 100)")
+        return name
+    return time.strftime("snap-%Y%m%dT%H%M%SZ-", time.gmtime()) + secrets.token_hex(3)
+
+
+@dataclass
+class _NodeObjects:
+    """Packs one node's batches into <= ``OBJECT_BYTES`` stream objects."""
+
+    store: SnapshotStore
+    prefix: str
+    node: str
+    objects: list[dict[str, Any]]
+    buf: list[bytes | memoryview] | None = None
+    size: int = 0
+    count: int = 0
+    batches: int = 0
+
+    async def add(self, value: bytes | memoryview) -> None:
+        if self.buf is None:
+            self.buf, self.size, self.batches = [stream_header()], STREAM_HEADER.size, 0
+        self.buf.append(frame_batch(value))
+        self.buf.append(value)
+        self.size += FRAME.size + len(value)
+        self.batches += 1
+        if self.size >= OBJECT_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.buf is None:
+            return
+        data = b"".join(self.buf)
+        rel = f"data/{self.node}/{self.count:06d}.rcsg"
+        await self.store.put_create(f"{self.prefix}/{rel}", data)
+        self.objects.append(
+            {
+                "path": rel,
+                "node": self.node,
+                "size": len(data),
+                "batches": self.batches,
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+        self.count += 1
+        self.buf = None
+
+
+@dataclass
+class SnapshotWriter:
+    """Writes one new snapshot, create-only: batches (:meth:`add`), the ``rawcap.k8s`` copy
+    (:meth:`put_k8s`), then the manifest (:meth:`finish`), which makes it exist. Objects
+    left by an earlier, interrupted create with the same id are refused
+    (:class:`SnapshotExists`)."""
+
+    store: SnapshotStore
+    sid: str
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    _nodes: dict[str, _NodeObjects] = field(default_factory=dict)
+
+    @classmethod
+    async def create(cls, store: SnapshotStore, name: str | None) -> SnapshotWriter:
+        sid = new_id(name)
+        if await store.exists(f"{sid}/{MANIFEST}"):
+            raise SnapshotExists(f"snapshot {sid!r} already exists in {store.url} (snapshots are immutable)")
+        return cls(store, sid)
+
+    def _leftovers(self) -> SnapshotExists:
+        return SnapshotExists(
+            f"snapshot {self.sid!r} has objects from an earlier, interrupted create; "
+            f"run 'rawcap snapshot delete {self.sid} --force' first"
+        )
+
+    async def add(self, node: str, value: bytes | memoryview) -> None:
+        """One batch of ``node``, in that node's order."""
+        w = self._nodes.get(node)
+        if w is None:
+            w = self._nodes[node] = _NodeObjects(self.store, self.sid, node, self.objects)
+        try:
+            await w.add(value)
+        except FileExistsError:
+            raise self._leftovers() from None
+
+    async def flush(self) -> None:
+        """Write every node's last, partly filled object."""
+        try:
+            for w in self._nodes.values():
+                await w.flush()
+        except FileExistsError:
+            raise self._leftovers() from None
+
+    async def put_k8s(self, workloads: RecordingWorkloads) -> dict[str, Any]:
+        """Store the ``rawcap.k8s`` messages ``workloads`` applied; its manifest entry."""
+        data = msgpack.packb(
+            {"format": K8S_FORMAT, "records": [[k, v, ts] for k, v, ts in workloads.raw]}, use_bin_type=True
+        )
+        try:
+            await self.store.put_create(f"{self.sid}/{K8S_COPY}", data)
+        except FileExistsError:
+            raise self._leftovers() from None
+        return {
+            "path": K8S_COPY,
+            "size": len(data),
+            "records": len(workloads.raw),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+
+    async def finish(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Write the manifest (``doc`` plus format, id, objects and who made it, when)."""
+        manifest = {
+            "format": FORMAT,
+            "id": self.sid,
+            **doc,
+            "objects": self.objects,
+            "created_at": format_ns(time.time_ns()),
+            "created_by": f"{getpass.getuser()}@{socket.gethostname()}",
+        }
+        data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        try:
+            await self.store.put_create(f"{self.sid}/{MANIFEST}", data)
+        except FileExistsError:
+            raise SnapshotExists(f"snapshot {self.sid!r} was created concurrently by someone else") from None
+        return manifest
+
+
+async def verify_snapshot(store: SnapshotStore, sid: str) -> list[str]:
+    """Problems found (empty when intact): each names the object."""
+    manifest = await load_manifest(store, sid)
+    problems: list[str] = []
+    checked = [*manifest["objects"], *([manifest["k8s"]] if manifest.get("k8s") else [])]
+    listed = {f"{sid}/{o['path']}" for o in checked}
+    for obj in checked:
+        path = f"{sid}/{obj['path']}"
+        try:
+            data = await store.get(path)
+        except FileNotFoundError:
+            problems.append(f"missing: {obj['path']}")
+            continue
+        if len(data) != obj["size"]:
+            problems.append(f"changed: {obj['path']} (size {len(data)}, manifest says {obj['size']})")
+        elif hashlib.sha256(data).hexdigest() != obj["sha256"]:
+            problems.append(f"changed: {obj['path']} (sha256 differs from the manifest)")
+    for meta in await store.list_objects(f"{sid}/"):
+        if meta["path"] not in listed and meta["path"] != f"{sid}/{MANIFEST}":
+            problems.append(f"unexpected: {meta['path'][len(sid) + 1 :]} (not in the manifest)")
+    return problems
+
+
+async def delete_snapshot(store: SnapshotStore, sid: str) -> int:
+    """Delete every object of ``sid`` (also the leftovers of an interrupted create)."""
+    paths = [m["path"] for m in await store.list_objects(f"{sid}/")]
+    if not paths:
+        raise SnapshotNotFound(f"unknown snapshot id {sid!r} in {store.url} (see 'rawcap snapshot list')")
+    # Manifest last: an interrupted delete leaves a snapshot that verify reports as damaged.
+    paths.sort(key=lambda p: p.endswith("/" + MANIFEST))
+    for i in range(0, len(paths), 500):
+        await store.delete(paths[i : i + 500])
+    return len(paths)

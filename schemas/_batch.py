@@ -21,15 +21,16 @@ from typing import Any, Final, NamedTuple
 import msgpack
 import zstandard
 
-from ._tpacket import (
+from .errors import BadMagic, CorruptBody, RecordOverrun, TruncatedBatch, UnsupportedVersion
+from .tpacket import (
     BLOCK_DESC,
     FRAME_HDR,
     SOCKADDR_LL,
     SOCKADDR_LL_OFFSET,
     TP_STATUS_VLAN_TPID_VALID,
     TP_STATUS_VLAN_VALID,
+    fields_struct,
 )
-from .errors import BadMagic, CorruptBody, RecordOverrun, TruncatedBatch, UnsupportedVersion
 
 __all__ = (
     "BODY_RECORDS",
@@ -39,6 +40,8 @@ __all__ = (
     "MAGIC",
     "MAX_BODY_BYTES",
     "REC_HEADER",
+    "REC_HEADER_FIELDS",
+    "REC_HEADER_SPLIT",
     "Batch",
     "BatchHeader",
     "Packet",
@@ -48,6 +51,7 @@ __all__ = (
     "decompress_body",
     "encode_batch",
     "encode_block_batch",
+    "encode_header",
     "iter_packets",
 )
 
@@ -59,8 +63,20 @@ LINKTYPE_ETHERNET: Final = 1
 #: Refuse to inflate a body larger than this: a corrupt or hostile header must not make a
 #: consumer allocate gigabytes.
 MAX_BODY_BYTES: Final = 256 * 1024 * 1024
-#: ``rec`` record header: ts_ns, caplen, origlen, ifindex, pkttype, 3 pad bytes.
-REC_HEADER: Final = struct.Struct("<QIIiB3x")
+#: ``rec`` record header (``FORMAT.md``); the packet's bytes follow it.
+REC_HEADER_FIELDS: Final = (
+    ("ts_ns", "Q"),
+    ("caplen", "I"),
+    ("origlen", "I"),
+    ("ifindex", "i"),
+    ("pkttype", "B"),
+    ("pad", "3x"),
+)
+REC_HEADER: Final = fields_struct(REC_HEADER_FIELDS)  # 24 bytes
+#: The same header read as (ts_ns low word, high word, caplen, origlen, ifindex): the
+#: timestamp's halves come out without a shift, the way a pcapng EPB wants them.
+REC_HEADER_SPLIT: Final = struct.Struct("<IIIIi4x")
+assert REC_HEADER.size == REC_HEADER_SPLIT.size == 24
 
 # Packet directions are the kernel's sll_pkttype values (PACKET_HOST, PACKET_OUTGOING, ...).
 PACKET_OUTGOING: Final = 4
@@ -128,8 +144,10 @@ _KNOWN_KEYS: Final = frozenset(
 )
 
 
-def _pack_header(header: BatchHeader) -> bytes:
-    return msgpack.packb(header.to_msgpack_map(), use_bin_type=True)
+def encode_header(header: BatchHeader) -> bytes:
+    """``MAGIC`` and the msgpack header: the bytes of a batch before its body (every writer
+    of batches, the capture agent's batcher included, lays the header out with this)."""
+    return MAGIC + msgpack.packb(header.to_msgpack_map(), use_bin_type=True)
 
 
 def _compress(chunks: Iterable[bytes | memoryview], level: int) -> bytes:
@@ -171,7 +189,7 @@ def encode_batch(
         snaplen=snaplen,
     )
     body = _compress([raw_body], level) if codec == "zstd" else raw_body
-    return MAGIC + _pack_header(header) + body
+    return encode_header(header) + body
 
 
 def block_summary(block: bytes | memoryview) -> tuple[int, int, int, int]:
@@ -226,7 +244,7 @@ def encode_block_batch(
     else:
         cobj = compressor.compressobj()
         body = b"".join([*(cobj.compress(u) for u in used), cobj.flush()])
-    return MAGIC + _pack_header(header) + body
+    return encode_header(header) + body
 
 
 def decode_header(value: bytes | memoryview) -> tuple[BatchHeader, int]:
@@ -242,7 +260,8 @@ def decode_header(value: bytes | memoryview) -> tuple[BatchHeader, int]:
         raw = unpacker.unpack()
     except msgpack.OutOfData:
         raise TruncatedBatch("batch ends inside its msgpack header") from None
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        # TypeError: a map key msgpack cannot hash (an array or a map), e.g. b"\x81\x90\x00".
         raise TruncatedBatch(f"batch header is not valid msgpack: {exc}") from None
     if not isinstance(raw, dict):
         raise TruncatedBatch("batch header is not a msgpack map")
@@ -270,7 +289,7 @@ def decode_header(value: bytes | memoryview) -> tuple[BatchHeader, int]:
             version=(version[0], version[1]),
             extra={k: v for k, v in raw.items() if k not in _KNOWN_KEYS},
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf)
         raise TruncatedBatch(f"batch header is missing or mistypes a field: {exc}") from None
     return header, len(MAGIC) + unpacker.tell()
 

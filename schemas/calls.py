@@ -35,9 +35,9 @@ REDACTED: Final = "[redacted]"
 
 @dataclass(slots=True)
 class Call:
-    """One call. Not frozen on purpose: a frozen 31-field dataclass costs ~7 us to build
-    (one ``object.__setattr__`` per field), a third of the per-call budget of the dissector;
-    treat it as a value and derive changed copies with :meth:`with_`."""
+    """One call. Not frozen on purpose: a frozen dataclass of this many fields costs one
+    ``object.__setattr__`` per field to build, once per call the dissector makes; treat it as
+    a value and derive changed copies with :meth:`with_`."""
 
     proto: str
     node: str = ""

@@ -124,10 +124,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV with $("$PYTHON" --version)"
   "$PYTHON" -m venv "$VENV"
 fi
-# The C extension (rawcap/_fastpcap.c) is built in place by the editable install: rebuild
-# when its source is newer than the stamp or the .so does not import.
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt rawcap/_fastpcap.c ] \
-   && [ -x "$VENV/bin/rawcap" ] && "$VENV/bin/python" -c 'import rawcap._fastpcap' 2>/dev/null; then
+# The C extensions (rawcap/pcap/_fastpcap.c, rawcap/kafka/_recvbuf.c) are built in place by
+# the editable install: rebuild when a source is newer than the stamp or a .so does not import.
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt rawcap/pcap/_fastpcap.c ] \
+   && [ "$stamp" -nt rawcap/kafka/_recvbuf.c ] && [ -x "$VENV/bin/rawcap" ] \
+   && "$VENV/bin/python" -c 'import rawcap.pcap._fastpcap, rawcap.kafka._recvbuf' 2>/dev/null; then
   say "rawcap already installed in $VENV"
 else
   say "pip install -e '.[test]' into $VENV"

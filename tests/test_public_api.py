@@ -7,7 +7,8 @@ import types
 
 import pytest
 
-PACKAGES = ["schemas", "rawcap", "capture", "enrich", "archiver", "dissector", "forensics", "history"]
+PACKAGES = ["schemas", "rawcap", "capture", "enrich", "archiver", "dissector", "forensics", "history",
+            "rawcap.archive", "rawcap.kafka", "rawcap.pcap", "rawcap.stack", "rawcap.window"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

@@ -36,7 +36,7 @@ UID_GID=10001:10001
 WORKDIR=/var/lib/rawcap
 IMAGE_PATH=/opt/rawcap/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Python sources of the image: what the wheel packs (pyproject's packages.find) + metadata.
-SRC_DIRS=(rawcap schemas capture enrich archiver dissector forensics)
+SRC_DIRS=(rawcap schemas capture enrich archiver dissector forensics history)
 SRC_FILES=(pyproject.toml README.md)
 
 archive=0

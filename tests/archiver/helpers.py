@@ -22,8 +22,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from rawcap.window import node_partition
 from schemas import Packet, decode_header, encode_batch, topics
-from schemas._stream import split_frames
 from schemas.errors import BatchError
+from schemas.stream import split_frames
 
 RAWCAP = [sys.executable, "-m", "rawcap.cli"]
 PARTITIONS = 6
@@ -338,7 +338,7 @@ def wait_committed(bootstrap: str, group: str, partitions: Iterable[int], timeou
 
 
 def records(path: Path) -> list[tuple[int, str | int, bytes]]:
-    from rawcap.pcapfile import read_capture
+    from rawcap.pcap import read_capture
 
     with open(path, "rb") as fh:
         return [(r.ts_ns, r.iface, bytes(r.data)) for recs in read_capture(fh) for r in recs]

@@ -19,7 +19,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from rawcap.archive_store import HOUR_NS
+from rawcap.archive import HOUR_NS
 from rawcap.timeparse import format_ns
 from rawcap.window import node_partition
 from schemas import topics

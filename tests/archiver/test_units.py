@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from archiver import Known, PartitionPlan
-from rawcap.archive_store import (
+from rawcap.archive import (
     ArchiveStore,
     IndexEntry,
     build_object,
@@ -18,8 +18,8 @@ from rawcap.archive_store import (
     unescape_node,
 )
 from schemas import decode_header
-from schemas._stream import split_frames
 from schemas.errors import ConfigError
+from schemas.stream import split_frames
 
 from .helpers import make_batch
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import IO
 
 from rawcap.packet import parse_l4
-from rawcap.pcapfile import read_capture
+from rawcap.pcap import read_capture
 from schemas import Batch, decode_batch
-from schemas._stream import split_frames
+from schemas.stream import split_frames
 from tests.netns import NetNs
 
 RAWCAP = str(Path(sys.executable).with_name("rawcap"))

@@ -16,7 +16,7 @@ sys.path.insert(0, sys.argv[2])
 from capture._batcher import ClosedBatch
 from capture._fifo import Fifo
 from schemas import encode_block_batch
-from schemas._tpacket import build_block
+from schemas.tpacket import build_block
 
 root = sys.argv[1]
 # Budget 64 MiB on a 2 MiB disk: ENOSPC comes long before the budget.

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from capture._batcher import BlockBatcher, ClosedBatch, Framed
+from capture._batcher import BlockBatcher, ClosedBatch
 from capture._fifo import Fifo
+from rawcap.kafka import Framed
 from schemas import decode_batch, encode_block_batch
-from schemas._tpacket import build_block
 from schemas.errors import RawcapError
 from schemas.procs import ProcRecord, decode_proc, parse_container
+from schemas.tpacket import build_block
 
 from .helpers import read_fifo
 
@@ -174,8 +175,8 @@ def test_fifo_budget_loss_and_restart(tmp_path: Path) -> None:
 
 def test_fifo_frame_header_matches_the_stream_format() -> None:
     """The FIFO frames with its own (faster) crc32; the bytes must be schemas' framing."""
-    from capture._fifo import crc32
-    from schemas._stream import FRAME, frame_batch
+    from rawcap.segments import crc32
+    from schemas.stream import FRAME, frame_batch
 
     for value in (b"", b"123456789", os.urandom(3 << 20)):
         assert FRAME.pack(len(value), crc32(value)) == frame_batch(value)
@@ -268,7 +269,7 @@ def test_fifo_writes_a_framed_value(tmp_path: Path) -> None:
     on_disk = read_fifo(tmp_path / "n")
     assert [b.header.seq for b in on_disk] == [1, 2]
     assert [bytes(p.data) for p in on_disk[0].packets] == [bytes(p.data) for p in decode_batch(value).packets]
-    from capture._fifo import crc32
+    from rawcap.segments import crc32
 
     assert crc32(framed.value()) == crc32(bytes(framed.value())) == zlib.crc32(value)
 
@@ -341,14 +342,14 @@ async def test_in_flight_window_acks_in_order_and_keeps_a_failure() -> None:
 
     from aiokafka.errors import KafkaError
 
-    from capture._shipper import IN_FLIGHT, _InFlight
+    from capture._shipper import _InFlight
 
     class Shipper:
         def __init__(self) -> None:
             self.acked: list[int] = []
             self.wakes = 0
 
-        def _acked(self, seq: int) -> None:
+        def _acked(self, seq: int, count: int = 1) -> None:
             self.acked.append(seq)
 
         def notify(self) -> None:
@@ -356,8 +357,8 @@ async def test_in_flight_window_acks_in_order_and_keeps_a_failure() -> None:
 
     loop = asyncio.get_running_loop()
     ship = Shipper()
-    window = _InFlight(ship)  # type: ignore[arg-type]
-    futs = [loop.create_future() for _ in range(IN_FLIGHT)]
+    futs = [loop.create_future() for _ in range(8)]
+    window = _InFlight(ship, limit=len(futs))  # type: ignore[arg-type]
     for seq, fut in enumerate(futs, 1):
         window.add(seq, fut)
     assert window.full

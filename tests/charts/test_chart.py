@@ -127,7 +127,8 @@ def test_api_server_address_and_host_network_for_clusters_without_kube_proxy(api
         pod = dep["spec"]["template"]["spec"]
         assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet", name
         if name.endswith("k8s-watch"):  # only k8s-watch talks to the API server
-            assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == (host, api.rsplit(":", 1)[1])
+            port = api.rsplit(":", 1)[1]
+            assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == (host, port)
         else:
             assert "KUBERNETES_SERVICE_HOST" not in env, name
     for name, dep in by_kind(render("minimal.yaml"), "Deployment").items():  # the defaults: neither

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dissector import Dissector
 from rawcap.packet import parse_l4
-from rawcap.pcapfile import read_capture
+from rawcap.pcap import read_capture
 from schemas.calls import Call, decode_call, encode_call
 
 

@@ -26,7 +26,7 @@ from dissector._run import CallOutput
 from dissector._workloads import CallFilter
 from rawcap.config import Config
 from rawcap.kafka import ensure_topics, producer_kwargs
-from rawcap.pcapfile import PcapWriter
+from rawcap.pcap import PcapWriter
 from rawcap.timeparse import format_ns
 from rawcap.workloads import Workloads
 from schemas import topics

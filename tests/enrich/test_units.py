@@ -115,6 +115,7 @@ def test_finished_at_in_whole_seconds_ends_the_pod_at_the_end_of_that_second() -
     obj["status"]["containerStatuses"] = [{"name": "c", "state": {"terminated": {
         "exitCode": 0, "startedAt": "2026-11-23T00:00:01Z", "finishedAt": "2026-11-23T00:00:03Z"}}}]
     rec = to_record("pod", obj)
+    assert isinstance(rec, PodRecord)
     assert rec.end_ns == rec.start_ns + 4 * S  # [00:00:03, 00:00:04) is when it ended
     idx = WorkloadIndex()
     idx.apply(rec.key, rec, rec.start_ns + 10 * S)
@@ -330,7 +331,7 @@ def _odd_frames() -> list[bytes]:
 def test_fast_ingest_agrees_with_parse_l4(layout: str) -> None:
     from enrich._ingest import add_batch, decode_body
     from schemas import decode_batch, encode_block_batch
-    from schemas._tpacket import build_block
+    from schemas.tpacket import build_block
 
     frames = _odd_frames() * 3
     t0 = 1_800_000_000 * S
@@ -372,7 +373,7 @@ def test_fast_ingest_corrupt_body_adds_nothing() -> None:
         add_batch(table, header, bytes(raw[:-1]), 0)  # the last record runs past the end
     assert len(table) == 0
     from schemas import encode_block_batch
-    from schemas._tpacket import build_block
+    from schemas.tpacket import build_block
 
     block = build_block([(i, len(f), 2, 0, f) for i, f in enumerate(frames)])
     header, raw = decode_body(encode_block_batch(node="n1", seq=1, blocks=[block], ifaces={2: "eth0"}))

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from forensics import iter_batches
-from rawcap.pcapfile import read_capture
-from schemas._stream import frame_batch, stream_header
+from rawcap.pcap import read_capture
+from schemas.stream import frame_batch, stream_header
 
 DATA = Path(__file__).parent.parent / "data"
 RAWCAP = [str(Path(sys.executable).parent / "rawcap")]

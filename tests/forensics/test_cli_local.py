@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rawcap.pcapfile import PcapWriter
+from rawcap.pcap import PcapWriter
 
 from .helpers import DATA, RAWCAP, rawcap, records, tshark_rows, wireshark_warnings, write_buffer
 

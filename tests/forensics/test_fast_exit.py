@@ -23,7 +23,7 @@ def buf(tmp_path: Path) -> dict[str, str]:
 
 
 def _export(buf: dict[str, str], out: str, *, fast: bool) -> subprocess.CompletedProcess[bytes]:
-    env = {**buf, "RAWCAP_NO_FAST_EXIT": "" if fast else "1"}
+    env = {**buf, "RAWCAP_TEST_HOOKS": "" if fast else "no-fast-exit"}
     return rawcap("pcap", "export", "--source", "local", "--from", FROM, "-o", out, env=env)
 
 
@@ -58,7 +58,7 @@ def test_errors_take_the_normal_path(buf: dict[str, str], tmp_path: Path) -> Non
 
 def _run(code: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
-                          env={**os.environ, "RAWCAP_NO_FAST_EXIT": ""})
+                          env={**os.environ, "RAWCAP_TEST_HOOKS": ""})
 
 
 def test_exit_now_keeps_code_and_buffered_output() -> None:
@@ -110,7 +110,7 @@ def test_in_process_main_returns(
 
     for k, v in buf.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.delenv("RAWCAP_NO_FAST_EXIT", raising=False)
+    monkeypatch.delenv("RAWCAP_TEST_HOOKS", raising=False)
     out = tmp_path / "in.pcapng"
     assert main(["pcap", "export", "--source", "local", "--from", FROM, "-o", str(out)]) == 0
     assert out.stat().st_size > 1000

@@ -1,10 +1,10 @@
-"""The compiled EPB converter (``rawcap._fastpcap``) against its pure-Python reference
-(``rawcap._epbs.epbs_py``): byte-identical EPBs for random batches of both body layouts,
+"""The compiled EPB converter (``rawcap.pcap._fastpcap``) against its pure-Python reference
+(``rawcap.pcap._convert.epbs_py``): byte-identical EPBs for random batches of both body layouts,
 window edges and VLAN frames; every truncation and random corruption fails the same way in
 both; the converter that inflates the zstd frame itself (``epbs_zstd``) gives what
 ``decompress_body`` + the reference give, or declines (None) and leaves the verdict to
 them; and ``rawcap pcap export`` through Kafka writes the same file with and without the
-extension (``RAWCAP_NO_FASTPCAP=1``) and its inflating path (``RAWCAP_NO_FASTZSTD=1``)."""
+extension (test hook ``no-fastpcap``) and its inflating path (``no-fastzstd``)."""
 
 from __future__ import annotations
 
@@ -20,16 +20,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from forensics._export import _PcapngSink
 from forensics._fastexport import fast_batch
-from rawcap import _epbs
-from rawcap._epbs import epbs_c, epbs_py, epbs_zstd
+from forensics._sinks import PcapngSink
+from rawcap.pcap import _convert as _epbs
+from rawcap.pcap._convert import epbs_c, epbs_py, epbs_zstd
 from rawcap.timeparse import format_ns
-from rawcap.window import decompress_body
-from schemas import BatchHeader, Packet, decode_header, encode_batch, encode_block_batch
-from schemas._batch import MAGIC, _pack_header
-from schemas._tpacket import FRAME_HDR, build_block
+from schemas import (
+    BatchHeader,
+    Packet,
+    decode_header,
+    decompress_body,
+    encode_batch,
+    encode_block_batch,
+    encode_header,
+)
 from schemas.errors import BatchError, RecordOverrun
+from schemas.tpacket import FRAME_HDR, build_block
 
 from .helpers import rawcap, records, wireshark_warnings
 from .test_kafka import _produce
@@ -163,7 +169,7 @@ def test_vlan_tag_reinserted() -> None:
 
 
 def test_epb_layout_matches_pcapng_writer() -> None:
-    from rawcap.pcapfile import PcapngWriter
+    from rawcap.pcap import PcapngWriter
 
     data = [b"x" * n for n in (0, 1, 5, 60)]
     pk = [(1000 * i + 2**33, d, 3, 2, 0, 0, 0) for i, d in enumerate(data)]
@@ -366,18 +372,18 @@ def test_inflating_converter_from_threads() -> None:
 @pytest.mark.parametrize("which", [0, 1], ids=["rec", "tpacket3"])
 def test_sink_fast_batch_equals_python_sink(which: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two batches (the second adds an interface mid-batch): same IDBs, ids and EPBs as
-    ``_PcapngSink.batch`` without the extension."""
-    import forensics._export as ex
+    ``PcapngSink.batch`` without the extension."""
+    import forensics._sinks as ex
 
     pk = [(i * 1000, bytes([i]) * (i * 5 % 70), 1, 1 if i < 9 else 1 + i % 3, 0, i % 3, i) for i in range(14)]
     bodies = [_rec_body(pk[:6], 10**18), _rec_body(pk[6:], 10**18)]
     if which:
         bodies = [_block_body(pk[:6], 10**18, 1), _block_body(pk[6:], 10**18, 2)]
-    fast, slow = _PcapngSink(0, False), _PcapngSink(0, False)
+    fast, slow = PcapngSink(0, False), PcapngSink(0, False)
     fparts: list[Any] = []
     sparts: list[Any] = []
     monkeypatch.setattr(ex, "_FAST", False)
-    zsink = _PcapngSink(0, False)
+    zsink = PcapngSink(0, False)
     zparts: list[Any] = []
     for h, body in bodies:
         fres = fast_batch(fast, h, body, fparts)
@@ -426,7 +432,7 @@ async def test_export_equal_with_and_without_extension(
                 value = encode_batch(node=node, seq=k + 1, packets=packets, ifaces={1: "eth0", 3: "lo"})
             if node == b and k == 4:  # a body that decompresses but overruns
                 h, off = decode_header(value)
-                value = MAGIC + _pack_header(dataclasses.replace(h, count=h.count + 1)) + value[off:]
+                value = encode_header(dataclasses.replace(h, count=h.count + 1)) + value[off:]
             vals[node].append((value, base))
     for node, vs in vals.items():
         await _produce(stack.bootstrap, vs, node)
@@ -436,7 +442,9 @@ async def test_export_equal_with_and_without_extension(
 
     outs: list[bytes] = []
     variants: tuple[tuple[str, dict[str, str]], ...] = (
-        ("c", {}), ("py", {"RAWCAP_NO_FASTPCAP": "1"}), ("c-no-zstd", {"RAWCAP_NO_FASTZSTD": "1"})
+        ("c", {}),
+        ("py", {"RAWCAP_TEST_HOOKS": "no-fastpcap"}),
+        ("c-no-zstd", {"RAWCAP_TEST_HOOKS": "no-fastzstd"}),
     )
     for label, extra in variants:
         for window in (
@@ -466,14 +474,14 @@ def test_a_corrupt_batch_does_not_swallow_the_idb_of_its_new_interface(
     """The first batch to use an interface is corrupt (its body overruns after the first
     packet): its EPBs and that interface's IDB are dropped together, and the next good batch
     on the interface describes it again, so the file declares every interface it uses."""
-    import forensics._export as ex
+    import forensics._sinks as ex
 
     monkeypatch.setattr(ex, "_FAST", fast and ex._FAST)
     packets = [Packet(10**18 + i, 60, 60, 5, 0, _frame(i + 3).ljust(60, b"\0")) for i in range(4)]
     good = encode_batch(node="n", seq=2, packets=packets, ifaces={5: "eth9"})
     h, off = decode_header(good)
     bad_header = dataclasses.replace(h, seq=1, count=h.count + 1)
-    sink = _PcapngSink(snaplen=0, comment_node=False)
+    sink = PcapngSink(snaplen=0, comment_node=False)
     parts: list[Any] = [sink.header()]
     for header, value in ((bad_header, good), (h, good)):
         mark = len(parts)

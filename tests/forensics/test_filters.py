@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rawcap.filters import PacketFilter
-from rawcap.pcapfile import read_capture
+from rawcap.pcap import read_capture
 from schemas.errors import ConfigError
 
 DATA = Path(__file__).parent.parent / "data"

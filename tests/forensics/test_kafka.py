@@ -20,7 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from rawcap.pcapfile import PcapWriter
+from rawcap.pcap import PcapWriter
 from rawcap.timeparse import format_ns
 from rawcap.window import node_partition
 from schemas import Packet, encode_batch, topics
@@ -611,87 +611,3 @@ async def test_another_nodes_corrupt_batch_is_not_reported_for_this_node(
     await _produce(stack.bootstrap, [(b"also not a batch", now)], a)
     p = await anyio.to_thread.run_sync(lambda: rawcap("consume", "--node", a, "--from", "-5m", env=kenv))
     assert p.returncode == 0 and b"1 corrupt batch(es) skipped" in p.stderr, p.stderr.decode()
-
-
-async def _read_in_process(bootstrap: str, node: str, lo: int, hi: int) -> list[tuple[int, bytes]]:
-    from rawcap.config import load_config
-    from rawcap.window import WindowReader
-
-    cfg = load_config(None, {"kafka.bootstrap": bootstrap}, env={})
-    async with WindowReader(cfg, lo, hi, nodes=[node]) as r:
-        return [(p.ts_ns, bytes(p.data)) async for chunk in r.packets() for p in chunk]
-
-
-@pytest.mark.parametrize("fail_at", [None, 0, 2])
-@pytest.mark.parametrize("client", ["wire", "aiokafka"])
-async def test_zero_copy_fetch_and_its_fallback_read_the_same_packets(
-    stack: Any, monkeypatch: pytest.MonkeyPatch, fail_at: int | None, client: str
-) -> None:
-    """The zero-copy fetcher reads the window: rawcap._kafkawire.WireFetcher (its own plaintext
-    connection, no aiokafka) or, with RAWCAP_NO_KAFKA_WIRE=1, rawcap._kafkafetch.PartitionFetcher
-    (aiokafka's connection). When it meets something it leaves to aiokafka (here: a failed
-    fetch from the start, or after two responses) aiokafka's consumer reads on from the same
-    offset. Kafka-compressed batches (gzip here) take aiokafka's path by themselves."""
-    from rawcap import _kafkafetch, _kafkawire
-
-    from .conftest import GZIP_PARTITION, node_on_partition
-
-    node_name = node_on_partition(GZIP_PARTITION)  # its gzip batches stay on that partition
-    now = time_ns()
-    t0 = now - 20 * 60 * 10**9
-    # 30 x 40 packets of 28 kB: ~34 MB, several 8 MiB fetch responses
-    await _produce(stack.bootstrap, _batches(node_name, t0, 2_000_000, 30, 40, 1400 * 20), node_name)
-    gz = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, compression_type="gzip", linger_ms=50)
-    await gz.start()
-    try:
-        t1 = t0 + 10**10
-        for k in range(3):  # uncompressed bodies of alike frames: gzip shrinks them
-            pk = [Packet(t1 + (10 * k + i) * 1_000, 62, 62, 2, 0, _frame(i)) for i in range(10)]
-            value = encode_batch(node=node_name, seq=31 + k, packets=pk, ifaces={2: "eth0"}, codec="none")
-            await gz.send(topics.PACKETS, value, key=node_name.encode(), timestamp_ms=pk[0].ts_ns // 10**6)
-        await gz.flush()
-    finally:
-        await gz.stop()
-    want = [t0 + i * 2_000_000 for i in range(30 * 40)] + [t1 + i * 1_000 for i in range(30)]
-    calls = {"fetch": 0, "fallback": 0, "compressed": 0}
-    module: Any = _kafkawire if client == "wire" else _kafkafetch
-    real_parse = module.parse_record_batches
-
-    def parse(records: Any, offset: int) -> Any:
-        try:
-            return real_parse(records, offset)
-        except _kafkafetch.Unsupported as exc:
-            calls["compressed"] += "compressed" in str(exc)
-            raise
-
-    def failing() -> None:
-        calls["fetch"] += 1
-        if fail_at is not None and calls["fetch"] > fail_at:
-            calls["fallback"] += 1
-            raise _kafkafetch.Unsupported("test")
-
-    if client == "wire":
-        real_exchange = _kafkawire.WireFetcher._exchange
-
-        def exchange(self: Any, offset: int) -> Any:  # in the fetch thread, as a broken connection
-            failing()
-            return real_exchange(self, offset)
-
-        monkeypatch.setattr(_kafkawire.WireFetcher, "_exchange", exchange)
-    else:
-        monkeypatch.setenv("RAWCAP_NO_KAFKA_WIRE", "1")
-        real_fetch = _kafkafetch.PartitionFetcher._fetch
-
-        async def fetch(self: Any, offset: int) -> Any:
-            failing()
-            return await real_fetch(self, offset)
-
-        monkeypatch.setattr(_kafkafetch.PartitionFetcher, "_fetch", fetch)
-    monkeypatch.setattr(module, "parse_record_batches", parse)
-    got = await _read_in_process(stack.bootstrap, node_name, t0 - 10**9, now)
-    assert [t for t, _ in got] == want
-    assert calls["fetch"] > 0  # the fetcher under test did read
-    assert calls["fallback"] == (0 if fail_at is None else 1)
-    assert calls["compressed"] == (1 if fail_at is None else 0)  # else aiokafka had it already
-    monkeypatch.setenv("RAWCAP_NO_FAST_KAFKA_READER", "1")  # aiokafka's path alone
-    assert await _read_in_process(stack.bootstrap, node_name, t0 - 10**9, now) == got

@@ -1,4 +1,4 @@
-"""rawcap._kafkawire, the plaintext client of bounded reads: its requests are byte for byte
+"""rawcap.kafka._wire, the plaintext client of bounded reads: its requests are byte for byte
 what aiokafka sends, it decodes what aiokafka decodes, its lookups agree with aiokafka's
 consumer on a real broker, and whatever it cannot do leaves the read to aiokafka."""
 
@@ -22,8 +22,9 @@ from aiokafka.protocol import fetch as afetch
 from aiokafka.protocol import metadata as ameta
 from aiokafka.protocol import offset as aoffset
 
-from rawcap import _kafkawire as wire
 from rawcap.config import load_config
+from rawcap.kafka import _codec as codec
+from rawcap.kafka import _wire as wire
 from rawcap.window import MARGIN_NS, WindowReader, start_kafka_lookup
 from schemas import topics
 
@@ -37,8 +38,8 @@ def test_murmur2_is_kafkas() -> None:
     rng = random.Random(7)
     keys = [b"", b"a", b"ab", b"abc", b"node-1"] + [rng.randbytes(rng.randrange(0, 64)) for _ in range(3000)]
     for key in keys:
-        assert wire.murmur2(key) & 0x7FFFFFFF == aiokafka_murmur2(key) & 0x7FFFFFFF, key
-    assert wire.node_partition("node-7", 6) == (aiokafka_murmur2(b"node-7") & 0x7FFFFFFF) % 6
+        assert codec.murmur2(key) & 0x7FFFFFFF == aiokafka_murmur2(key) & 0x7FFFFFFF, key
+    assert codec.node_partition("node-7", 6) == (aiokafka_murmur2(b"node-7") & 0x7FFFFFFF) % 6
 
 
 def test_topic_fetch_sizes_are_rawcaps() -> None:
@@ -53,23 +54,24 @@ def test_topic_fetch_sizes_are_rawcaps() -> None:
 def test_fetch_request_is_aiokafkas(version: int) -> None:
     cls = getattr(afetch, f"FetchRequest_v{version}")
     part = (3, 123456789, wire.PARTITION_FETCH_BYTES)
-    request = afetch.FetchRequest(wire.FETCH_MAX_WAIT_MS, 1, wire.FETCH_MAX_BYTES, 0, [(TOPIC, [part])])
-    assert wire.fetch_request(version, TOPIC, 3, 123456789) == request.build(cls).encode()
+    request = afetch.FetchRequest(codec.FETCH_MAX_WAIT_MS, 1, wire.FETCH_MAX_BYTES, 0, [(TOPIC, [part])])
+    assert codec.fetch_request(version, TOPIC, 3, 123456789, partition_bytes=wire.PARTITION_FETCH_BYTES,
+                              max_bytes=wire.FETCH_MAX_BYTES) == request.build(cls).encode()
 
 
 @pytest.mark.parametrize("version", range(1, 6))
 def test_metadata_request_is_aiokafkas(version: int) -> None:
     cls = getattr(ameta, f"MetadataRequest_v{version}")
     request = ameta.MetadataRequest([TOPIC], allow_auto_topic_creation=False)
-    assert wire.metadata_request(version, TOPIC) == request.build(cls).encode()
+    assert codec.metadata_request(version, TOPIC) == request.build(cls).encode()
 
 
 @pytest.mark.parametrize("version", range(1, 4))
-@pytest.mark.parametrize("ts", [wire.EARLIEST, wire.LATEST, 1_700_000_000_000])
+@pytest.mark.parametrize("ts", [codec.EARLIEST, codec.LATEST, 1_700_000_000_000])
 def test_list_offsets_request_is_aiokafkas(version: int, ts: int) -> None:
     cls = getattr(aoffset, f"OffsetRequest_v{version}")
     request = aoffset.OffsetRequest(-1, 0, [(TOPIC, [(0, ts), (2, ts)])])
-    assert wire.list_offsets_request(version, TOPIC, [0, 2], ts) == request.build(cls).encode()
+    assert codec.list_offsets_request(version, TOPIC, [0, 2], ts) == request.build(cls).encode()
 
 
 def _metadata_response(version: int, *, topic_err: int = 0, part_err: int = 0) -> bytes:
@@ -89,15 +91,15 @@ def _metadata_response(version: int, *, topic_err: int = 0, part_err: int = 0) -
 
 @pytest.mark.parametrize("version", range(1, 6))
 def test_metadata_response_decodes(version: int) -> None:
-    meta = wire.parse_metadata(version, _metadata_response(version), 0, TOPIC)
-    assert meta.brokers == {1: wire.Broker("10.0.0.1", 9092), 2: wire.Broker("10.0.0.2", 9093)}
+    meta = codec.parse_metadata(version, _metadata_response(version), 0, TOPIC)
+    assert meta.brokers == {1: codec.Broker("10.0.0.1", 9092), 2: codec.Broker("10.0.0.2", 9093)}
     assert meta.leaders == {0: 1, 1: 2, 2: 1}
-    with pytest.raises(wire.Unsupported, match="error code 3"):
-        wire.parse_metadata(version, _metadata_response(version, topic_err=3), 0, TOPIC)
-    with pytest.raises(wire.Unsupported, match=r"\[1\]: error code 5"):
-        wire.parse_metadata(version, _metadata_response(version, part_err=5), 0, TOPIC)
-    with pytest.raises(wire.Unsupported, match="truncated"):
-        wire.parse_metadata(version, _metadata_response(version)[:-7], 0, TOPIC)
+    with pytest.raises(codec.Unsupported, match="error code 3"):
+        codec.parse_metadata(version, _metadata_response(version, topic_err=3), 0, TOPIC)
+    with pytest.raises(codec.Unsupported, match=r"\[1\]: error code 5"):
+        codec.parse_metadata(version, _metadata_response(version, part_err=5), 0, TOPIC)
+    with pytest.raises(codec.Unsupported, match="truncated"):
+        codec.parse_metadata(version, _metadata_response(version)[:-7], 0, TOPIC)
 
 
 @pytest.mark.parametrize("version", range(1, 6))
@@ -111,10 +113,10 @@ def test_list_offsets_response_decodes(version: int) -> None:
             fields.insert(0, 0)
         return bytes(getattr(aoffset, f"OffsetResponse_v{version}")(*fields).encode())
 
-    got = wire.parse_list_offsets(version, encode(part(0), part(2)), 0, TOPIC)
+    got = codec.parse_list_offsets(version, encode(part(0), part(2)), 0, TOPIC)
     assert got == {0: (1000, 0), 2: (1002, 20)}
-    with pytest.raises(wire.Unsupported, match="error code 6"):
-        wire.parse_list_offsets(version, encode(part(0), part(2, 6)), 0, TOPIC)
+    with pytest.raises(codec.Unsupported, match="error code 6"):
+        codec.parse_list_offsets(version, encode(part(0), part(2, 6)), 0, TOPIC)
 
 
 def _cfg(bootstrap: str) -> Any:
@@ -145,7 +147,7 @@ async def test_lookup_agrees_with_aiokafka(stack: Any, node_name: str) -> None:
         assert done is lookup, lookup._error
         try:
             (pw,) = done.partitions
-            assert pw.partition == wire.node_partition(node_name, done.partition_count)
+            assert pw.partition == codec.node_partition(node_name, done.partition_count)
             lo_ms = max(0, (lo - MARGIN_NS) // 1_000_000)
             want = await _aiokafka_offsets(stack.bootstrap, pw.partition, lo_ms)
             assert (pw.begin, pw.end, pw.found) == want
@@ -168,13 +170,13 @@ async def test_lookup_leaves_what_it_cannot_do_to_aiokafka(
 ) -> None:
     nobody = start_kafka_lookup(_cfg(f"127.0.0.1:{_closed_port()}"), 0, None)
     assert nobody is not None and await anyio.to_thread.run_sync(nobody.result) is None
-    assert isinstance(nobody._error, wire.Unsupported)
+    assert isinstance(nobody._error, codec.Unsupported)
     no_topic = wire.WindowLookup(_cfg(stack.bootstrap), 0, None, topic="rawcap.no-such-topic")
     assert await anyio.to_thread.run_sync(no_topic.result) is None
     tls = load_config(None, {"kafka.bootstrap": stack.bootstrap, "kafka.securityProtocol": "SSL"}, env={})
     assert start_kafka_lookup(tls, 0, None) is None
-    monkeypatch.setenv("RAWCAP_NO_KAFKA_WIRE", "1")
-    assert start_kafka_lookup(_cfg(stack.bootstrap), 0, None) is None
+    off = load_config(None, {"kafka.bootstrap": stack.bootstrap, "kafka.readClient": "aiokafka"}, env={})
+    assert start_kafka_lookup(off, 0, None) is None
 
 
 async def test_read_falls_back_to_aiokafka_when_the_lookup_fails(
@@ -198,7 +200,7 @@ async def test_read_falls_back_to_aiokafka_when_the_lookup_fails(
     assert await read(kafka_lookup=ours) == want and ours is not None and ours._closed
 
     def broken(self: Any) -> None:
-        raise wire.Unsupported("test")
+        raise codec.Unsupported("test")
 
     monkeypatch.setattr(wire.WindowLookup, "_lookup", broken)
     assert await read() == want  # through aiokafka's consumer
@@ -233,7 +235,8 @@ def test_export_without_aiokafka_equals_aiokafkas(kenv: dict[str, str], tmp_path
                        capture_output=True, env={**os.environ, **kenv}, timeout=120)
     assert p.returncode == 0, p.stderr.decode()
     assert p.stderr.decode().splitlines()[-1] == "0 False []"
-    p = rawcap("pcap", "export", *window, "-o", str(classic), env={**kenv, "RAWCAP_NO_KAFKA_WIRE": "1"})
+    aiokafka_only = {**kenv, "RAWCAP_KAFKA_READ_CLIENT": "aiokafka"}
+    p = rawcap("pcap", "export", *window, "-o", str(classic), env=aiokafka_only)
     assert p.returncode == 0, p.stderr.decode()
     assert wired.read_bytes() == classic.read_bytes() and len(wired.read_bytes()) > 40 * 50 * 600
     # Every node of the window (one lane and one connection per partition) the same way too.
@@ -241,7 +244,7 @@ def test_export_without_aiokafka_equals_aiokafkas(kenv: dict[str, str], tmp_path
     p = rawcap("pcap", "export", *every, "-o", str(tmp_path / "all-wire.pcapng"), env=kenv)
     assert p.returncode == 0, p.stderr.decode()
     p = rawcap("pcap", "export", *every, "-o", str(tmp_path / "all-aiokafka.pcapng"),
-               env={**kenv, "RAWCAP_NO_KAFKA_WIRE": "1"})
+               env={**kenv, "RAWCAP_KAFKA_READ_CLIENT": "aiokafka"})
     assert p.returncode == 0, p.stderr.decode()
     assert (tmp_path / "all-wire.pcapng").read_bytes() == (tmp_path / "all-aiokafka.pcapng").read_bytes()
     # The process itself (the rawcap script, fast exit and all) writes the same file.

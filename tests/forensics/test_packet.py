@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rawcap.packet import format_addr, format_flags, format_l4, parse_l4
-from rawcap.pcapfile import read_capture
+from rawcap.pcap import read_capture
 
 DATA = Path(__file__).parent.parent / "data"
 

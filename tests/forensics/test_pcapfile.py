@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rawcap.pcapfile import CaptureParser, PcapError, PcapngWriter, PcapWriter, TruncatedCapture, read_capture
+from rawcap.pcap import CaptureParser, PcapError, PcapngWriter, PcapWriter, TruncatedCapture, read_capture
 
 DATA = Path(__file__).parent.parent / "data"
 

@@ -12,9 +12,9 @@ import pytest
 from rawcap.config import load_config
 from rawcap.window import WindowReader
 from schemas import Packet, encode_batch, encode_block_batch
-from schemas._stream import frame_batch, stream_header
-from schemas._tpacket import build_block
 from schemas.errors import ConfigError
+from schemas.stream import frame_batch, stream_header
+from schemas.tpacket import build_block
 
 S = 1_000_000_000
 T0 = 1_800_000_000 * S
@@ -112,7 +112,7 @@ async def test_export_skips_a_batch_whose_records_overrun(tmp_path: Path) -> Non
     import struct
 
     from forensics import write_capture
-    from rawcap.pcapfile import read_capture
+    from rawcap.pcap import read_capture
 
     times = [T0 + i * S // 100 for i in range(30)]
     good = _batches("n", times, 10)

@@ -48,7 +48,7 @@ def test_every_command_starts_as_the_non_root_user(image: RawcapImage) -> None:
     assert r.returncode == 0, r.stderr
     for command in ("capture", "consume", "archive", "dissect", "enrich", "k8s-watch", "pcap"):
         assert f"\n    {command} " in r.stdout, command
-    probe = image.container(["-c", "import os, bcc, rawcap._fastpcap, zstandard\n"
+    probe = image.container(["-c", "import os, bcc, rawcap.pcap._fastpcap, zstandard\n"
                                    "print(os.getuid(), os.getgid(), zstandard.backend)\n"
                                    "import importlib.util as u; print(u.find_spec('pip'))"],
                             command=[PY]).run()
@@ -66,8 +66,9 @@ def test_image_is_small_and_layered(image_tag: str) -> None:
     debian, deps, own = rep["layers"]
     assert (debian["title"], deps["title"], own["title"]) == ("Debian layer", "dependencies layer",
                                                             "rawcap layer")
-    # measured 2026-12-03: 149.9 MB compressed, 445.5 MB on disk, of which bcc + LLVM 236 MB
-    assert rep["compressed"] < 170e6 and rep["uncompressed"] < 480e6, rep
+    # measured 2026-12-03: 204.2 MB compressed, 593.3 MB on disk, of which bcc + LLVM 236 MB
+    # and Polars 147 MB (docs/image.md)
+    assert rep["compressed"] < 225e6 and rep["uncompressed"] < 640e6, rep
     assert own["compressed"] < 3e6          # a source change ships ~1 MB, not the image
     assert set(debian["parts"]) >= {"Debian minbase (+ apt)", "Python 3.11 (Debian)", "bcc + LLVM/clang 14"}
     assert debian["parts"]["Debian minbase (+ apt)"] < 100e6  # no docs, man pages, locales, perl

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import BadMagic, CorruptBody, TruncatedBatch
-from schemas._stream import frame_batch, split_frames, stream_header
+from schemas.stream import frame_batch, split_frames, stream_header
 
 
 def _stream(values: list[bytes]) -> bytes:

@@ -17,8 +17,8 @@ from typing import Any
 import msgpack
 
 from schemas import Packet, decode_batch, encode_batch, encode_block_batch
-from schemas._tpacket import FRAME_HDR, TP_STATUS_VLAN_VALID, build_block
 from schemas.errors import BatchError
+from schemas.tpacket import FRAME_HDR, TP_STATUS_VLAN_VALID, build_block
 
 VECTOR_DIR = Path(__file__).parent / "vectors"
 T0 = 1_763_892_000_123_456_789  # 2025-11-23T10:00:00.123456789Z

@@ -21,10 +21,12 @@ from typing import Any
 
 from schemas.errors import ConfigError
 
-from .config import Config
+from ..config import Config
+from ._codec import _Reader, request_header, string
 
 __all__ = ("kafka_cause", "probe", "scram_client_final")
 
+_CLIENT = string("rawcap-probe")
 _AUTHZ = {29: "topic", 30: "consumer group", 31: "cluster", 53: "transactional id"}
 _UNSUPPORTED_MECHANISM, _AUTH_FAILED, _ILLEGAL_STATE = 33, 58, 34
 
@@ -94,9 +96,7 @@ class _Conn:
 
     def call(self, api_key: int, version: int, body: bytes) -> bytes:
         self.corr += 1
-        client = b"rawcap-probe"
-        header = struct.pack(">hhih", api_key, version, self.corr, len(client)) + client
-        msg = header + body
+        msg = request_header(api_key, version, self.corr, _CLIENT) + body
         self.sock.sendall(struct.pack(">i", len(msg)) + msg)
         size = struct.unpack(">i", self._read(4))[0]
         resp = self._read(size)
@@ -112,25 +112,11 @@ class _Conn:
         return buf
 
 
-def _str(s: str) -> bytes:
-    b = s.encode()
-    return struct.pack(">h", len(b)) + b
-
-
-def _read_str(data: bytes, pos: int) -> tuple[str | None, int]:
-    n = struct.unpack_from(">h", data, pos)[0]
-    pos += 2
-    if n < 0:
-        return None, pos
-    return data[pos:pos + n].decode(errors="replace"), pos + n
-
-
 def _authenticate(conn: _Conn, payload: bytes) -> tuple[int, str | None, bytes]:
-    resp = conn.call(36, 1, struct.pack(">i", len(payload)) + payload)
-    code = struct.unpack_from(">h", resp, 0)[0]
-    message, pos = _read_str(resp, 2)
-    n = struct.unpack_from(">i", resp, pos)[0]
-    return code, message, resp[pos + 4:pos + 4 + max(0, n)]
+    """SaslAuthenticate v1: (error code, error message, auth bytes)."""
+    r = _Reader(conn.call(36, 1, struct.pack(">i", len(payload)) + payload), 0)
+    code, message, n = r.i16(), r.string(), r.i32()
+    return code, message, bytes(r.buf[r.pos:r.pos + max(0, n)])
 
 
 def scram_client_final(mechanism: str, password: str, client_first_bare: str,
@@ -164,7 +150,7 @@ def _scram(conn: _Conn, mechanism: str, user: str, password: str) -> tuple[int, 
 def probe(cfg: Config, timeout: float = 10.0) -> str | None:
     """Connect to the first bootstrap server as the client would; the reason it is refused
     (one line), or None when TLS and SASL both succeed or the server cannot be reached."""
-    from .kafka import client_kwargs
+    from ._clients import client_kwargs
 
     kw = client_kwargs(cfg)
     protocol = kw["security_protocol"]
@@ -193,13 +179,10 @@ def probe(cfg: Config, timeout: float = 10.0) -> str | None:
             mechanism = kw["sasl_mechanism"]
             user, password = kw["sasl_plain_username"], kw["sasl_plain_password"] or ""
             try:
-                resp = conn.call(17, 1, _str(mechanism))
-                code = struct.unpack_from(">h", resp, 0)[0]
+                r = _Reader(conn.call(17, 1, string(mechanism)), 0)  # SaslHandshake v1
+                code = r.i16()
                 if code == _UNSUPPORTED_MECHANISM:
-                    count, pos, offered = struct.unpack_from(">i", resp, 2)[0], 6, []
-                    for _ in range(max(0, count)):
-                        m, pos = _read_str(resp, pos)
-                        offered.append(m or "")
+                    offered = [r.string() or "" for _ in range(max(0, r.i32()))]
                     return (f"SASL: the Kafka broker at {host_port} does not offer "
                             f"kafka.sasl.mechanism {mechanism} (it offers {', '.join(offered)})")
                 if code:

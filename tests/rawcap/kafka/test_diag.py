@@ -1,5 +1,5 @@
-"""``rawcap.kafkadiag``: one line for a Kafka refusal (the broker-side cases are in
-tests/stack/test_cluster.py, against the real secured cluster)."""
+"""``rawcap.kafka``'s refusal diagnostics (``_diag.py``): one line for a Kafka refusal (the
+broker-side cases are in tests/stack/test_cluster.py, against the real secured cluster)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aiokafka.errors import (
 )
 
 from rawcap.config import Config, load_config
-from rawcap.kafkadiag import kafka_cause, probe, scram_client_final
+from rawcap.kafka import kafka_cause, probe, scram_client_final
 from schemas.errors import TransportError
 
 

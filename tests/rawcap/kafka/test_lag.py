@@ -1,4 +1,4 @@
-"""``rawcap.lag.GroupLag``: the gauges, and that a rebalance mid-update never raises."""
+"""``rawcap.kafka.GroupLag``: the gauges, and that a rebalance mid-update never raises."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
-from rawcap.lag import GroupLag
+from rawcap.kafka import GroupLag
 
 
 class _Consumer:

@@ -1,11 +1,15 @@
-/* rawcap._fastpcap: batch body -> pcapng Enhanced Packet Blocks, in C.
+/* rawcap.pcap._fastpcap: batch body -> pcapng Enhanced Packet Blocks, in C.
  *
- * The compiled twin of rawcap/_epbs.py (the pure-Python reference, which stays the fallback
- * and the test oracle): same input, same output byte for byte, same errors. One call walks
- * one decompressed batch body (layout "rec" or "tpacket3", schemas/FORMAT.md), keeps the
- * packets with lo <= ts < hi, and returns their EPBs (if_tsresol = 9: the 64-bit timestamp
- * is in nanoseconds) as one bytes object, interface description blocks included where an
- * interface is first used.
+ * The compiled twin of rawcap/pcap/_convert.py's epbs_py (the pure-Python reference, which
+ * stays the fallback and the test oracle): same input, same output byte for byte, same
+ * errors. The layouts it walks and writes are declared in schemas/ (batch body: _batch.py,
+ * tpacket.py) and rawcap/pcap/_blocks.py (EPB); the constants below repeat them, and the
+ * golden vectors of tests/rawcap/pcap/ check that its output matches byte for byte.
+ *
+ * One call walks one decompressed batch body (layout "rec" or "tpacket3", schemas/FORMAT.md),
+ * keeps the packets with lo <= ts < hi, and returns their EPBs (if_tsresol = 9: the 64-bit
+ * timestamp is in nanoseconds) as one bytes object, interface description blocks included
+ * where an interface is first used.
  *
  *   epbs(body, layout, count, lo, hi, hi_open, resolve) -> (bytes, packets, packet_bytes)
  *
@@ -22,7 +26,7 @@
  * verified) into a buffer reused from call to call, which stays in the CPU cache for the
  * walk, instead of a fresh ~1 MiB Python bytes per batch. libzstd is loaded at run time
  * (dlopen, no build dependency) by zstd_open(path, version), which binds it only if it is
- * that zstd release: rawcap/_epbs.py asks for the release python-zstandard decodes with,
+ * that zstd release: rawcap/pcap/_convert.py asks for the release python-zstandard decodes with,
  * because releases differ in what they call corrupt (1.5.4 inflates a frame with a flipped
  * bit that 1.5.7 rejects, content checksum and all). zstd_available() says whether one is
  * bound. None means "not here": no libzstd bound, more or less than one whole frame, or a
@@ -510,28 +514,6 @@ static PyObject *epbs_zstd(PyObject *self, PyObject *args) {
     return finish(&c, &w, rc);
 }
 
-/* new_frame(n) -> (bytes, writable memoryview of its n bytes): a receive buffer that is
- * already the bytes object the caller hands on, so a socket can be read straight into it
- * (rawcap/_kafkaio.py). The caller must fill it before anyone else sees the bytes (whose
- * hash is not cached until then) and drop the view afterwards. */
-static PyObject *new_frame(PyObject *self, PyObject *arg) {
-    Py_ssize_t n = PyLong_AsSsize_t(arg);
-    if (n < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "frame size must be >= 0");
-        return NULL;
-    }
-    PyObject *b = PyBytes_FromStringAndSize(NULL, n);
-    if (b == NULL)
-        return NULL;
-    PyObject *view = PyMemoryView_FromMemory(PyBytes_AS_STRING(b), n, PyBUF_WRITE);
-    if (view == NULL) {
-        Py_DECREF(b);
-        return NULL;
-    }
-    return Py_BuildValue("NN", b, view);
-}
-
 static PyObject *zstd_available(PyObject *self, PyObject *unused) {
     return PyBool_FromLong(zstd_load());
 }
@@ -552,20 +534,19 @@ static PyMethodDef methods[] = {
     {"zstd_available", zstd_available, METH_NOARGS, "zstd_available() -> whether a libzstd is bound"},
     {"zstd_open", zstd_open, METH_VARARGS,
      "zstd_open(path, version) -> whether the libzstd at path, of that release, is bound"},
-    {"new_frame", new_frame, METH_O, "new_frame(n) -> (bytes, writable memoryview of it), to be filled first"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef moddef = {
-    PyModuleDef_HEAD_INIT, "rawcap._fastpcap",
-    "Batch body to pcapng EPBs in C (twin of rawcap._epbs).", -1, methods,
+    PyModuleDef_HEAD_INIT, "rawcap.pcap._fastpcap",
+    "Batch body to pcapng EPBs in C (twin of rawcap.pcap._convert.epbs_py).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__fastpcap(void) {
     PyObject *m = PyModule_Create(&moddef);
     if (m == NULL)
         return NULL;
-    Overrun = PyErr_NewException("rawcap._fastpcap.Overrun", PyExc_ValueError, NULL);
+    Overrun = PyErr_NewException("rawcap.pcap._fastpcap.Overrun", PyExc_ValueError, NULL);
     if (Overrun == NULL || PyModule_AddObjectRef(m, "Overrun", Overrun) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -3,13 +3,13 @@
 :func:`epbs_py` is the reference (and the fallback): it walks a decompressed batch body with
 the schema decoder (:func:`schemas.iter_packets`: both layouts, VLAN re-insertion, every
 bound checked), keeps the packets with ``lo <= ts < hi`` and builds their EPBs exactly as
-:class:`rawcap.pcapfile.PcapngWriter` lays them out (``if_tsresol`` = 9, no options).
-:func:`epbs_c` does the same in C (``rawcap/_fastpcap.c``), without the GIL and without one
+:class:`rawcap.pcap.PcapngWriter` lays them out (``if_tsresol`` = 9, no options).
+:func:`epbs_c` does the same in C (``rawcap/pcap/_fastpcap.c``), without the GIL and without one
 Python object per packet. :data:`epbs` is the C version when the extension imports and
-``RAWCAP_NO_FASTPCAP`` is unset, else the reference; :data:`FAST` says which.
+the test hook ``no-fastpcap`` is off, else the reference; :data:`FAST` says which.
 :func:`epbs_zstd` takes the body still compressed and inflates it inside the C call (into a
 reused, cache-resident buffer, not a fresh Python ``bytes``) when a libzstd of the release
-python-zstandard runs loads (:func:`_bind_zstd`) and ``RAWCAP_NO_FASTZSTD`` is unset
+python-zstandard runs loads (:func:`_bind_zstd`) and ``no-fastzstd`` is off
 (:data:`FAST_ZSTD`); it returns None for anything it leaves
 to :func:`schemas.decompress_body` followed by :data:`epbs`, so that a body is accepted or
 rejected, with the same reason, exactly as on that path.
@@ -24,14 +24,15 @@ nothing.
 from __future__ import annotations
 
 import importlib
-import os
-import struct
 from collections.abc import Callable
 from typing import Any, Final
 
 from schemas import BODY_RECORDS, BODY_TPACKET3, BatchHeader, iter_packets
 from schemas._batch import MAX_BODY_BYTES
 from schemas.errors import CorruptBody, RecordOverrun
+
+from ..hooks import hook
+from ._blocks import EPB, EPB_TYPE, PAD, U32, epb_length
 
 __all__ = ("FAST", "FAST_ZSTD", "Resolve", "epbs", "epbs_c", "epbs_py", "epbs_zstd")
 
@@ -40,13 +41,10 @@ Resolve = Callable[[int], tuple[int, bytes]]
 EpbResult = tuple[bytes, int, int]  # (EPB bytes, packets, packet bytes)
 
 _U64_MAX: Final = 2**64 - 1
-_EPB: Final = struct.Struct("<IIIIIII")
-_U32: Final = struct.Struct("<I")
-_PAD: Final = (b"", b"\0", b"\0\0", b"\0\0\0")
 
 _c: Any
 try:
-    _c = importlib.import_module("rawcap._fastpcap")
+    _c = importlib.import_module("rawcap.pcap._fastpcap")
 except ImportError:  # not built (a plain checkout without `pip install -e .`)
     _c = None
 
@@ -54,7 +52,7 @@ except ImportError:  # not built (a plain checkout without `pip install -e .`)
 def epbs_py(header: BatchHeader, body: bytes | memoryview, lo: int, hi: int, resolve: Resolve) -> EpbResult:
     """Reference: the EPBs of the body's packets in ``[lo, hi)``."""
     parts: list[bytes | memoryview] = []
-    add, pack, u32 = parts.append, _EPB.pack, _U32.pack
+    add, pack, u32 = parts.append, EPB.pack, U32.pack
     ids: dict[int, int] = {}
     n = nbytes = seen = 0
     count = header.count
@@ -74,11 +72,10 @@ def epbs_py(header: BatchHeader, body: bytes | memoryview, lo: int, hi: int, res
         caplen = p.caplen
         if p.origlen > 0xFFFFFFFF:
             raise RecordOverrun(f"packet length {caplen}/{p.origlen} does not fit a pcapng block")
-        pad = -caplen & 3
-        blen = 32 + caplen + pad
-        add(pack(6, blen, idx, ts >> 32, ts & 0xFFFFFFFF, caplen, p.origlen))
+        blen = epb_length(caplen)
+        add(pack(EPB_TYPE, blen, idx, ts >> 32, ts & 0xFFFFFFFF, caplen, p.origlen))
         add(p.data)
-        add(_PAD[pad] + u32(blen))
+        add(PAD[-caplen & 3] + u32(blen))
         n += 1
         nbytes += caplen
     return b"".join(parts), n, nbytes
@@ -106,7 +103,7 @@ def _c_args(header: BatchHeader, lo: int, hi: int) -> tuple[int, int, int, int, 
 def epbs_c(header: BatchHeader, body: bytes | memoryview, lo: int, hi: int, resolve: Resolve) -> EpbResult:
     """The compiled twin of :func:`epbs_py` (raises ``RuntimeError`` if it is not built)."""
     if _c is None:
-        raise RuntimeError("rawcap._fastpcap is not built (pip install -e .)")
+        raise RuntimeError("rawcap.pcap._fastpcap is not built (pip install -e .)")
     layout, count, lo_c, hi_c, hi_open = _c_args(header, lo, hi)
     try:
         out, n, nbytes = _c.epbs(body, layout, count, lo_c, hi_c, hi_open, resolve)
@@ -162,6 +159,6 @@ def _bind_zstd() -> bool:
     return any(zstd_open(path, version) for path in paths)
 
 
-FAST: Final = _c is not None and not os.environ.get("RAWCAP_NO_FASTPCAP")
-FAST_ZSTD: Final = FAST and not os.environ.get("RAWCAP_NO_FASTZSTD") and _bind_zstd()
+FAST: Final = _c is not None and not hook("no-fastpcap")
+FAST_ZSTD: Final = FAST and not hook("no-fastzstd") and _bind_zstd()
 epbs: Final = epbs_c if FAST else epbs_py

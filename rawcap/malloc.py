@@ -1,10 +1,9 @@
 """Keep large buffers in the heap instead of fresh ``mmap`` pages.
 
-Every stage of rawcap moves data in ~1 MiB pieces (ring blocks, batch values, zstd output,
-Kafka requests). glibc serves allocations above ``M_MMAP_THRESHOLD`` (128 KiB until its
-dynamic rule raises it) with a new ``mmap`` and returns them with ``munmap`` on free, so each
-such buffer is page-faulted in again, 256 faults per MiB. Measured here, shipping 1 MiB
-batches with aiokafka spent 2.5 of its 5 CPU ms per MiB in those faults (``bench/capture``,
+Every stage of rawcap moves data in MiB-sized pieces (ring blocks, batch values, zstd
+output, Kafka requests). glibc serves allocations above ``M_MMAP_THRESHOLD`` (128 KiB until
+its dynamic rule raises it) with a new ``mmap`` and returns them with ``munmap`` on free, so
+each such buffer is page-faulted in again, 256 faults per MiB (what that cost the shipper:
 docs/capture.md). Raising the threshold to glibc's maximum and trimming the heap only when
 much more is free makes freed buffers reusable: the memory stays bounded by the peak the
 process already reached (at most ``TRIM_BYTES`` more is kept resident).
@@ -13,8 +12,9 @@ process already reached (at most ``TRIM_BYTES`` more is kept resident).
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import Any
+
+from .hooks import hook
 
 __all__ = ("MMAP_THRESHOLD", "TRIM_BYTES", "tune")
 
@@ -30,7 +30,7 @@ _done = False
 def _libc_mallopt() -> Any:
     """glibc's ``mallopt``, or None. Looked up in the symbols the interpreter is already
     linked with (``dlopen(NULL)``): ``ctypes.util.find_library("c")`` would import
-    subprocess and tempfile and run ``ldconfig -p``, ~10 ms of every command's start-up.
+    subprocess and tempfile and run ``ldconfig -p`` at every command's start-up.
     The library search stays as the fallback (a static or unusual interpreter build)."""
     try:
         return ctypes.CDLL(None).mallopt
@@ -45,12 +45,12 @@ def _libc_mallopt() -> Any:
 
 
 def tune() -> bool:
-    """Apply once per process; True if glibc accepted it. ``RAWCAP_NO_MALLOPT=1`` (or
+    """Apply once per process; True if glibc accepted it. The test hook ``no-mallopt`` (or
     another libc) leaves the allocator alone."""
     global _done
     if _done:
         return True
-    if os.environ.get("RAWCAP_NO_MALLOPT"):
+    if hook("no-mallopt"):
         return False
     mallopt = _libc_mallopt()
     if mallopt is None:

@@ -1,8 +1,11 @@
 """TPACKET_V3 layouts (linux/if_packet.h), declared once as field tables.
 
-The capture agent reads these structures from its mmap ring and the batch decoder walks the
-same structures when a batch body carries ring blocks verbatim. The layouts are stable
-kernel UAPI, so a block written on one node decodes on any machine.
+The capture agent reads these structures from its mmap ring (and sets the ring up with
+``tpacket_req3``), and every decoder of a batch body that carries ring blocks verbatim walks
+the same structures (``schemas.iter_packets``, the enricher's flow walk, the C converter of
+``rawcap/pcap/_fastpcap.c``, which golden vectors check). The layouts are stable kernel
+UAPI, so a block written on one node decodes on any machine. A reader that needs only some
+fields of a structure takes a :func:`fields_view` of its table rather than a layout of its own.
 """
 
 from __future__ import annotations
@@ -18,16 +21,54 @@ __all__ = (
     "SOCKADDR_LL",
     "SOCKADDR_LL_FIELDS",
     "SOCKADDR_LL_OFFSET",
+    "TPACKET_REQ3_FIELDS",
+    "TPACKET_STATS_V3_FIELDS",
     "TP_STATUS_VLAN_TPID_VALID",
     "TP_STATUS_VLAN_VALID",
     "build_block",
+    "field_offset",
     "fields_struct",
+    "fields_view",
 )
 
+Fields = tuple[tuple[str, str], ...]
 
-def fields_struct(fields: tuple[tuple[str, str], ...]) -> struct.Struct:
-    """Little-endian struct for a (name, format) table; the names document the layout."""
-    return struct.Struct("<" + "".join(fmt for _, fmt in fields))
+
+def fields_struct(fields: Fields, endian: str = "<") -> struct.Struct:
+    """The struct of a (name, format) table; the names document the layout. ``endian``:
+    ``<`` for the wire (batch bodies are little-endian), ``=`` for the running kernel."""
+    return struct.Struct(endian + "".join(fmt for _, fmt in fields))
+
+
+def field_offset(fields: Fields, name: str) -> int:
+    """Where field ``name`` starts in a (packed, as the kernel lays these out) table."""
+    pos = 0
+    for field_name, fmt in fields:
+        if field_name == name:
+            return pos
+        pos += struct.calcsize("<" + fmt)
+    raise KeyError(name)
+
+
+def fields_view(fields: Fields, names: tuple[str, ...], endian: str = "<") -> struct.Struct:
+    """A struct over the same bytes that unpacks only ``names`` (in table order), the other
+    fields up to the last of them skipped as padding: ``fields_view(FRAME_HDR_FIELDS,
+    ("tp_sec", "tp_nsec")).unpack_from(block, frame)`` reads them where the frame starts."""
+    wanted = set(names)
+    missing = wanted - {n for n, _ in fields}
+    if missing:
+        raise KeyError(", ".join(sorted(missing)))
+    fmt, skip, taken = "", 0, 0
+    for field_name, f in fields:
+        if taken == len(wanted):
+            break
+        if field_name in wanted:
+            fmt += (f"{skip}x" if skip else "") + f
+            skip = 0
+            taken += 1
+        else:
+            skip += struct.calcsize("<" + f)
+    return struct.Struct(endian + fmt)
 
 
 #: struct tpacket_block_desc { version; offset_to_priv; struct tpacket_hdr_v1 hdr; }
@@ -79,6 +120,19 @@ SOCKADDR_LL_OFFSET: Final = (FRAME_HDR.size + 15) & ~15
 
 TP_STATUS_VLAN_VALID: Final = 1 << 4
 TP_STATUS_VLAN_TPID_VALID: Final = 1 << 6
+
+#: struct tpacket_req3: how the agent asks for its ring (native byte order).
+TPACKET_REQ3_FIELDS: Final = (
+    ("tp_block_size", "I"),
+    ("tp_block_nr", "I"),
+    ("tp_frame_size", "I"),
+    ("tp_frame_nr", "I"),
+    ("tp_retire_blk_tov", "I"),  # ms
+    ("tp_sizeof_priv", "I"),
+    ("tp_feature_req_word", "I"),
+)
+#: struct tpacket_stats_v3 (PACKET_STATISTICS; reading it resets the kernel's counters).
+TPACKET_STATS_V3_FIELDS: Final = (("tp_packets", "I"), ("tp_drops", "I"), ("tp_freeze_q_cnt", "I"))
 
 assert BLOCK_DESC.size == 48 and FRAME_HDR.size == 48 and SOCKADDR_LL.size == 20
 

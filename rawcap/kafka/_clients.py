@@ -23,7 +23,7 @@ from aiokafka.helpers import create_ssl_context
 from schemas.errors import ConfigError, TransportError
 from schemas.topics import ALL_TOPICS, PACKETS, TOPIC_CONFIGS
 
-from .config import Config
+from ..config import Config
 
 __all__ = (
     "TOPIC_MAX_REQUEST",
@@ -207,12 +207,9 @@ async def stop_client(client: Any) -> None:
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str,
                            wait_s: float = 10.0) -> list[TopicPartition]:
     """The partitions of ``topic`` (a group-less consumer knows no topic metadata yet)."""
-    parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        with anyio.move_on_after(wait_s):
-            await consumer._client._wait_on_metadata(topic)  # adds the topic, waits for it
-        parts = consumer.partitions_for_topic(topic)
-    return [TopicPartition(topic, p) for p in sorted(parts or ())]
+    from ._compat import consumer_partitions
+
+    return [TopicPartition(topic, p) for p in sorted(await consumer_partitions(consumer, topic, wait_s))]
 
 
 async def start_consumer(cfg: Config, purpose: str = "") -> AIOKafkaConsumer:

@@ -1,39 +1,35 @@
-"""A small plaintext Kafka client for bounded reads of one topic, with no aiokafka.
+"""The project's own Kafka client for bounded reads of one topic: a thin socket driver over
+``_codec.py``, with no aiokafka.
 
-Why: a bounded read (``rawcap pcap export``, ``consume --from --to``) needs four kinds of
-request, Metadata, ListOffsets, Fetch and ApiVersions, and aiokafka costs it ~40-55 ms of
-imports (its producer, admin client, record builders, ``ssl``...) plus a consumer start with
-its own round trips, before the first byte is fetched: ~5% of a 1M-packet export. Here:
+A bounded read (``rawcap pcap export``, ``consume --from --to``) needs four kinds of request,
+ApiVersions, Metadata, ListOffsets and Fetch. Through aiokafka it would pay aiokafka's
+imports and a consumer start with its own round trips before the first byte, and each
+fetched byte would be copied twice (docs/forensics.md, bench/kafka). Here:
 
 - :class:`WindowLookup` runs the whole Kafka side of opening a window in a thread: connect,
   ApiVersions, Metadata of the topic, the three ListOffsets of each partition leader
-  (earliest, latest, first offset at a time) pipelined into one round trip, and then the first
-  Fetch of every partition. ``rawcap pcap export`` starts it before the event loop and the
-  rest of the command are even imported (``forensics.cli``), so the broker answers while the
-  process sets itself up.
-- :class:`WireFetcher` fetches one partition, one request ahead, over a blocking socket of its
-  own: the whole response (8 MiB) is received by one ``recv(MSG_WAITALL)`` in a worker thread,
-  straight into the ``bytes`` object handed on (``rawcap._fastpcap.new_frame``), without the
-  GIL and without the event loop; it is decoded by ``rawcap._kafkafetch`` as aiokafka's
-  connection's responses are.
+  (earliest, latest, first offset at a time) pipelined into one round trip, and then the
+  first Fetch of every partition. ``rawcap pcap export`` starts it before the event loop and
+  the rest of the command are even imported, so the broker answers while the process sets
+  itself up.
+- :class:`WireFetcher` (a :class:`rawcap.kafka.Fetcher`) fetches one partition, one request
+  ahead, over a blocking socket of its own: the whole response is received by one
+  ``recv(MSG_WAITALL)`` in a worker thread, straight into the ``bytes`` object handed on
+  (``rawcap.kafka._recvbuf.new_frame``), without the GIL and without the event loop; record
+  values are views into it.
 
 What it does not do is aiokafka's: TLS and SASL (only ``kafka.securityProtocol: PLAINTEXT``
-takes this path), consumer groups, following a topic, retries after leader changes. Any error
-or anything unexpected (an error code, a version range it does not encode, a closed
-connection) makes the lookup give up, or the fetcher raise :class:`Unsupported`, and the
-caller reads with aiokafka's consumer instead, from the same offset, so the errors users see
-are still aiokafka's (``rawcap.window``). ``RAWCAP_NO_KAFKA_WIRE=1`` (or
-``RAWCAP_NO_FAST_KAFKA_READER=1``) turns it off.
-
-Only versions without tagged fields are spoken (Fetch v4-v11, ListOffsets v1-v5, Metadata
-v1-v8, ApiVersions v0); every broker since Kafka 2.1 has them.
+takes this path), consumer groups, following a topic, retries after leader changes,
+Kafka-compressed batches. Any of those, or anything unexpected (an error code, a closed
+connection), makes the lookup give up, or the fetcher raise ``Unsupported``, and the caller
+reads with stock aiokafka's consumer instead, from the same offset (``rawcap.window``).
+``kafka.readClient: aiokafka`` turns this client off.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import os
 import socket
 import struct
 import threading
@@ -43,28 +39,45 @@ from typing import Any, NamedTuple
 
 from schemas.topics import PACKETS, TOPIC_CONFIGS
 
-from ._kafkafetch import FetchedRecord, Unsupported, parse_fetch_response, parse_record_batches
+from ._codec import (
+    API_FETCH,
+    API_LIST_OFFSETS,
+    API_METADATA,
+    API_VERSIONS,
+    EARLIEST,
+    LATEST,
+    VERSIONS,
+    Broker,
+    FetchedRecord,
+    Unsupported,
+    fetch_request,
+    list_offsets_request,
+    metadata_request,
+    node_partition,
+    parse_api_versions,
+    parse_fetch_response,
+    parse_list_offsets,
+    parse_metadata,
+    parse_record_batches,
+    request_header,
+    string,
+)
 
 __all__ = (
+    "Connection",
     "PartitionWindow",
     "WindowLookup",
     "WireFetcher",
-    "murmur2",
-    "node_partition",
+    "enabled",
     "start_lookup",
 )
 
 log = logging.getLogger("rawcap.kafka.wire")
 
-API_FETCH, API_LIST_OFFSETS, API_METADATA, API_VERSIONS = 1, 2, 3, 18
-#: The versions encoded and decoded here (none of them has tagged fields).
-VERSIONS = {API_FETCH: (4, 11), API_LIST_OFFSETS: (1, 5), API_METADATA: (1, 8)}
-EARLIEST, LATEST = -2, -1
 #: As aiokafka's consumer is set up for rawcap (``rawcap.kafka.consumer_kwargs``): a fetch
-#: returns up to one largest batch of the topic per partition, answers within 500 ms.
+#: returns up to one largest batch of the topic per partition.
 PARTITION_FETCH_BYTES = int(TOPIC_CONFIGS[PACKETS]["max.message.bytes"]) + 64 * 1024
 FETCH_MAX_BYTES = 4 * PARTITION_FETCH_BYTES
-FETCH_MAX_WAIT_MS = 500
 #: Connecting is sub-millisecond on a LAN; a broker that does not accept within this goes to
 #: aiokafka (which then reports it), and the connect is not what a slow broker makes slow.
 CONNECT_TIMEOUT = 5.0
@@ -72,219 +85,20 @@ CONNECT_TIMEOUT = 5.0
 IO_TIMEOUT = 30.0
 #: Responses from this size on are received into the bytes object handed on.
 _IN_PLACE_MIN = 64 * 1024
-
-_I8, _I16, _I32, _I64 = struct.Struct(">b"), struct.Struct(">h"), struct.Struct(">i"), struct.Struct(">q")
+_I32 = struct.Struct(">i")
 
 _new_frame: Any = None
 try:
-    _new_frame = importlib.import_module("rawcap._fastpcap").new_frame
+    _new_frame = importlib.import_module("rawcap.kafka._recvbuf").new_frame
 except (ImportError, AttributeError):  # not built: a frame is received into a bytearray, then copied
     pass
 
 
 def enabled(cfg: Any) -> bool:
-    """Whether this client may serve ``cfg``: plaintext only, and not turned off."""
-    if os.environ.get("RAWCAP_NO_KAFKA_WIRE") or os.environ.get("RAWCAP_NO_FAST_KAFKA_READER"):
-        return False
-    return cfg.get("kafka.securityProtocol") == "PLAINTEXT" and bool(cfg.get("kafka.bootstrap"))
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``, aiokafka's
-    ``partitioner.murmur2``), as a signed 32-bit int: what the default partitioner hashes
-    record keys with."""
-    m, length = 0x5BD1E995, len(data)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    for i in range(0, length - length % 4, 4):
-        k = (int.from_bytes(data[i : i + 4], "little") * m) & 0xFFFFFFFF
-        k = ((k ^ (k >> 24)) * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
-    tail = length % 4
-    if tail:
-        h ^= int.from_bytes(data[length - tail :], "little")
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h - (1 << 32) if h & 0x80000000 else h
-
-
-def node_partition(node: str, partitions: int) -> int:
-    """The partition the default (murmur2) partitioner gives a node's key."""
-    return (murmur2(node.encode()) & 0x7FFFFFFF) % partitions
-
-
-# -- encoding --------------------------------------------------------------------------------
-def _string(s: str) -> bytes:
-    b = s.encode()
-    return _I16.pack(len(b)) + b
-
-
-def metadata_request(version: int, topic: str) -> bytes:
-    """Metadata v1-v8 of one topic, no auto-creation, no authorized operations."""
-    body = _I32.pack(1) + _string(topic)
-    if version >= 4:
-        body += b"\0"  # allow_auto_topic_creation
-    if version >= 8:
-        body += b"\0\0"  # include cluster / topic authorized operations
-    return body
-
-
-def list_offsets_request(version: int, topic: str, partitions: Iterable[int], timestamp: int) -> bytes:
-    """ListOffsets v1-v5: the offset at ``timestamp`` (or EARLIEST / LATEST) of each partition,
-    read_uncommitted (what aiokafka's consumer asks for by default)."""
-    parts = list(partitions)
-    body = _I32.pack(-1)  # replica_id
-    if version >= 2:
-        body += _I8.pack(0)  # isolation_level: read_uncommitted
-    body += _I32.pack(1) + _string(topic) + _I32.pack(len(parts))
-    for p in parts:
-        body += _I32.pack(p)
-        if version >= 4:
-            body += _I32.pack(-1)  # current_leader_epoch: unknown
-        body += _I64.pack(timestamp)
-    return body
-
-
-def fetch_request(version: int, topic: str, partition: int, offset: int) -> bytes:
-    """Fetch v4-v11 of one partition from ``offset``, sessionless (as aiokafka sends it)."""
-    body = struct.pack(">iiiib", -1, FETCH_MAX_WAIT_MS, 1, FETCH_MAX_BYTES, 0)
-    if version >= 7:
-        body += struct.pack(">ii", 0, -1)  # session_id, session_epoch: no fetch session
-    body += _I32.pack(1) + _string(topic) + _I32.pack(1) + _I32.pack(partition)
-    if version >= 9:
-        body += _I32.pack(-1)  # current_leader_epoch: unknown
-    body += _I64.pack(offset)
-    if version >= 5:
-        body += _I64.pack(-1)  # log_start_offset: a consumer's
-    body += _I32.pack(PARTITION_FETCH_BYTES)
-    if version >= 7:
-        body += _I32.pack(0)  # forgotten_topics_data
-    if version >= 11:
-        body += _string("")  # rack_id
-    return body
-
-
-# -- decoding --------------------------------------------------------------------------------
-class _Reader:
-    """Big-endian fields of a response, in order."""
-
-    __slots__ = ("buf", "pos")
-
-    def __init__(self, buf: bytes | memoryview, pos: int) -> None:
-        self.buf, self.pos = buf, pos
-
-    def _take(self, s: struct.Struct) -> int:
-        (v,) = s.unpack_from(self.buf, self.pos)
-        self.pos += s.size
-        return int(v)
-
-    def i8(self) -> int:
-        return self._take(_I8)
-
-    def i16(self) -> int:
-        return self._take(_I16)
-
-    def i32(self) -> int:
-        return self._take(_I32)
-
-    def i64(self) -> int:
-        return self._take(_I64)
-
-    def string(self) -> str | None:
-        n = self.i16()
-        if n < 0:
-            return None
-        if self.pos + n > len(self.buf):
-            raise struct.error("string runs past the end")
-        s = bytes(self.buf[self.pos : self.pos + n]).decode()
-        self.pos += n
-        return s
-
-    def skip_int32_array(self) -> None:
-        n = self.i32()
-        self.pos += 4 * max(n, 0)
-
-
-class Broker(NamedTuple):
-    host: str
-    port: int
-
-
-class TopicMetadata(NamedTuple):
-    brokers: dict[int, Broker]
-    #: partition -> leader broker id
-    leaders: dict[int, int]
-
-
-def parse_metadata(version: int, buf: bytes | memoryview, pos: int, topic: str) -> TopicMetadata:
-    """The brokers and the partition leaders of ``topic`` from a Metadata v1-v8 response;
-    Unsupported for a topic or partition error (no such topic, no leader right now)."""
-    r = _Reader(buf, pos)
-    try:
-        if version >= 3:
-            r.i32()  # throttle_time_ms
-        brokers: dict[int, Broker] = {}
-        for _ in range(r.i32()):
-            node, host, port = r.i32(), r.string(), r.i32()
-            r.string()  # rack
-            brokers[node] = Broker(host or "", port)
-        if version >= 2:
-            r.string()  # cluster_id
-        r.i32()  # controller_id
-        leaders: dict[int, int] | None = None
-        for _ in range(r.i32()):
-            err, name = r.i16(), r.string()
-            r.i8()  # is_internal
-            parts: dict[int, int] = {}
-            for _ in range(r.i32()):
-                perr, index, leader = r.i16(), r.i32(), r.i32()
-                if version >= 7:
-                    r.i32()  # leader_epoch
-                r.skip_int32_array()  # replicas
-                r.skip_int32_array()  # isr
-                if version >= 5:
-                    r.skip_int32_array()  # offline_replicas
-                if name == topic and (perr or leader not in brokers):
-                    raise Unsupported(f"{topic}[{index}]: error code {perr}, leader {leader}")
-                parts[index] = leader
-            if version >= 8:
-                r.i32()  # topic_authorized_operations
-            if name == topic:
-                if err:
-                    raise Unsupported(f"metadata of {topic}: error code {err}")
-                leaders = parts
-    except struct.error:
-        raise Unsupported("truncated metadata response") from None
-    if not leaders:
-        raise Unsupported(f"no partitions of {topic} in the metadata")
-    return TopicMetadata(brokers, leaders)
-
-
-def parse_list_offsets(
-    version: int, buf: bytes | memoryview, pos: int, topic: str
-) -> dict[int, tuple[int, int]]:
-    """partition -> (timestamp, offset) from a ListOffsets v1-v5 response (-1, -1: no record at
-    or after the timestamp asked for); Unsupported for an error code."""
-    r = _Reader(buf, pos)
-    out: dict[int, tuple[int, int]] = {}
-    try:
-        if version >= 2:
-            r.i32()  # throttle_time_ms
-        for _ in range(r.i32()):
-            name = r.string()
-            for _ in range(r.i32()):
-                index, err, ts, offset = r.i32(), r.i16(), r.i64(), r.i64()
-                if version >= 4:
-                    r.i32()  # leader_epoch
-                if name != topic:
-                    continue
-                if err:
-                    raise Unsupported(f"{topic}[{index}]: offset lookup error code {err}")
-                out[index] = (ts, offset)
-    except struct.error:
-        raise Unsupported("truncated offsets response") from None
-    return out
+    """Whether this client may serve ``cfg``: plaintext only, and not turned off
+    (``kafka.readClient``)."""
+    return (cfg.get("kafka.readClient") == "auto" and cfg.get("kafka.securityProtocol") == "PLAINTEXT"
+            and bool(cfg.get("kafka.bootstrap")))
 
 
 # -- connection ------------------------------------------------------------------------------
@@ -307,7 +121,7 @@ class Connection:
             sock.close()
             raise
         self._sock = sock
-        self._client = _string(client_id)
+        self._client = string(client_id)
         self._corr = 0
         self._waiting: list[int] = []  # correlation ids sent, not received yet
         self.versions = versions if versions is not None else self._negotiate()
@@ -315,18 +129,7 @@ class Connection:
     def _negotiate(self) -> dict[int, int]:
         """ApiVersions v0: the highest version both sides speak of each API used here."""
         self.send(API_VERSIONS, 0, b"")
-        buf, pos = self.receive()
-        r = _Reader(buf, pos)
-        try:
-            err = r.i16()
-            if err:
-                raise Unsupported(f"ApiVersions error code {err}")
-            ranges = {}
-            for _ in range(r.i32()):
-                key, lo, hi = r.i16(), r.i16(), r.i16()
-                ranges[key] = (lo, hi)
-        except struct.error:
-            raise Unsupported("truncated ApiVersions response") from None
+        ranges = parse_api_versions(*self.receive())
         out = {}
         for key, (ours_lo, ours_hi) in VERSIONS.items():
             lo, hi = ranges.get(key, (0, -1))
@@ -339,7 +142,7 @@ class Connection:
 
     def send(self, api: int, version: int, body: bytes) -> None:
         self._corr += 1
-        header = struct.pack(">hhi", api, version, self._corr) + self._client
+        header = request_header(api, version, self._corr, self._client)
         self._sock.sendall(_I32.pack(len(header) + len(body)) + header + body)
         self._waiting.append(self._corr)
 
@@ -542,7 +345,7 @@ def start_lookup(cfg: Any, lo_ms: int, nodes: Iterable[str] | None) -> WindowLoo
 
 # -- fetch -----------------------------------------------------------------------------------
 class WireFetcher:
-    """One partition over its own connection, one request ahead (``rawcap._kafkafetch.Fetcher``):
+    """One partition over its own connection, one request ahead (a ``rawcap.kafka.Fetcher``):
     the request is sent and its response received in a worker thread (one ``recv`` of the whole
     frame, GIL released) while the event loop decodes the previous one."""
 
@@ -553,8 +356,9 @@ class WireFetcher:
         self._offset = 0
 
     def _exchange(self, offset: int) -> tuple[bytes, int]:
-        return self._conn.request(API_FETCH, self._version,
-                                  fetch_request(self._version, self._topic, self._partition, offset))
+        return self._conn.request(API_FETCH, self._version, fetch_request(
+            self._version, self._topic, self._partition, offset,
+            partition_bytes=PARTITION_FETCH_BYTES, max_bytes=FETCH_MAX_BYTES))
 
     def start(self, offset: int) -> None:
         """Send the fetch for ``offset`` (the first one; :meth:`next` sends the others)."""
