@@ -38,7 +38,7 @@ from typing import Any
 
 import anyio
 
-from rawcap.archive_store import ArchiveStore
+from rawcap.archive import ArchiveStore
 from rawcap.config import Config
 from schemas import topics
 from schemas.calls import decode_call

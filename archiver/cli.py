@@ -197,7 +197,7 @@ async def run_tables(args: argparse.Namespace, cfg: Config) -> int:
 async def _backfill(args: argparse.Namespace, cfg: Config, kinds: list[str]) -> int:
     import time
 
-    from rawcap.archive_store import ArchiveStore
+    from rawcap.archive import ArchiveStore
     from schemas.tables import HOUR_NS
 
     from ._tables import Backfill, backfill
