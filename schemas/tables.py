@@ -146,7 +146,7 @@ def columns(kind: str) -> tuple[tuple[str, str, str], ...]:
 
 # -- layout ---------------------------------------------------------------------------------
 _KEY_RE = re.compile(
-    r"(?:^|/)kind=(?P<kind>[a-z0-9]+)/date=(?P<date>\d{4}-\d\d-\d\d)/hour=(?P<hour>\d\d)/"
+    r"(?:^|/)kind=(?P<kind>[a-z0-9_]+)/date=(?P<date>\d{4}-\d\d-\d\d)/hour=(?P<hour>\d\d)/"
     r"(?P<topic>.+)-(?P<p>\d{5})-(?P<first>\d{20})-(?P<last>\d{20})\.parquet$"
 )
 
