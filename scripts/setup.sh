@@ -128,8 +128,10 @@ fi
 # dissector/http1/*.c) are built in place by the editable install: rebuild when a source is
 # newer than the stamp or a .so does not import.
 exts='rawcap.pcap._fastpcap, rawcap.kafka._recvbuf, dissector.http1._chttp1, dissector._crows, dissector._cwalk'
-newer=$(find pyproject.toml rawcap/pcap/_fastpcap.c rawcap/kafka/_recvbuf.c dissector -name '*.c' \
-        -newer "$stamp" 2>/dev/null | head -1)
+newer=""
+if [ -f "$stamp" ]; then  # (find fails without a stamp, and pipefail would end setup)
+  newer=$(find rawcap dissector -name '*.c' -newer "$stamp" | head -1)
+fi
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ -z "$newer" ] \
    && [ -x "$VENV/bin/rawcap" ] && "$VENV/bin/python" -c "import $exts" 2>/dev/null; then
   say "rawcap already installed in $VENV"
