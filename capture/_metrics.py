@@ -46,6 +46,20 @@ class Metrics:
         self.procs_dropped = c("rawcap_capture_procs_dropped",
                                "process-context records dropped: the publisher was behind")
         self.filter_version = g("rawcap_capture_filter_version", "version of the applied capture filter")
+        self.rss_anon = g("rawcap_capture_rss_anon_bytes",
+                          "agent's resident anonymous memory (heap, buffers: what the memory limit is for)")
+        self.rss_file = g("rawcap_capture_rss_file_bytes",
+                          "agent's resident file-backed memory (libraries such as bcc's LLVM, the "
+                          "TPACKET ring): shared with the page cache")
+
+    def update_rss(self, status: str = "/proc/self/status") -> None:
+        """Set the two RSS gauges from the kernel's accounting of this process."""
+        with open(status) as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    self.rss_anon.set(int(line.split()[1]) * 1024)
+                elif line.startswith("RssFile:"):
+                    self.rss_file.set(int(line.split()[1]) * 1024)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose ``/metrics`` on ``port`` (a daemon thread of prometheus_client)."""

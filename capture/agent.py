@@ -35,6 +35,7 @@ import anyio.abc
 import anyio.to_thread
 
 from rawcap.config import Config, ConfigError
+from rawcap.malloc import trim as malloc_trim
 from rawcap.malloc import tune as malloc_tune
 from schemas.control import CaptureFilter
 from schemas.topics import MAX_MESSAGE_BYTES
@@ -130,6 +131,8 @@ class Agent:
                 self.procs = ProcsTracer(cfg, self.node, self.metrics)
             except FilterUnavailable as exc:
                 log.warning("process context disabled: %s", exc)
+        # LLVM's compile heap is freed now but glibc would keep it resident (tens of MiB).
+        malloc_trim()
 
     # --- public -----------------------------------------------------------------------
 
@@ -326,6 +329,7 @@ class Agent:
 
     def _update_stats(self) -> None:
         m, fifo = self.metrics, self.fifo
+        m.update_rss()
         if self.ring is not None:
             try:
                 st = self.ring.read_stats()
