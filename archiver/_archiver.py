@@ -7,6 +7,14 @@ open buffers are closed (largest first) beyond two objects' worth, and fetching 
 closed-but-unwritten objects exceed ``uploads + 2`` objects (the consumer keeps polling, so
 it stays in its group through a long bucket outage).
 
+aiokafka's consumer runs the group (assignment, heartbeats, commits). With a plaintext
+Kafka (``kafka.securityProtocol: PLAINTEXT``, ``kafka.readClient: auto``) each assigned
+partition is read by a *lane* task through the project's fetch client
+(``rawcap.kafka.AssignedFetchers``: one ``recv`` per response, values are views of it),
+which costs a fraction of aiokafka's fetch path (docs/kafka.md); the partition stays paused
+in aiokafka. What that client leaves to aiokafka (TLS, SASL, a leader change, an offset out
+of range) aiokafka's fetcher reads, from the offset the lane reached.
+
 SIGTERM/SIGINT: stop fetching, close every buffer, let the workers write them (for at most
 ``shutdown_timeout`` seconds), commit, leave the group, exit 0. A second signal, or the
 deadline, abandons what is not written; its offsets stay uncommitted (exit 1).
@@ -23,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.abc
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
@@ -36,6 +45,7 @@ from rawcap.archive import (
     parse_object_name,
 )
 from rawcap.config import Config
+from rawcap.kafka import Unsupported
 from schemas import decode_header, topics
 from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
 
@@ -137,6 +147,11 @@ class Archiver:
         self._closing = False
         self._fetch_scope = anyio.CancelScope()
         self._drain_scope = anyio.CancelScope()
+        # Partitions read through the project's fetch client, each by a lane task.
+        self._wire: Any = kafka.AssignedFetchers(cfg) if kafka.wire_enabled(cfg) else None
+        self._wire_parts: set[int] = set()
+        self._lane_scopes: dict[int, anyio.CancelScope] = {}
+        self._lane_send, self._lane_recv = anyio.create_memory_object_stream[TopicPartition](math.inf)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def probe(self, retry_for: float = 30.0) -> None:
@@ -201,6 +216,8 @@ class Archiver:
                     with anyio.move_on_after(10):
                         await self._producer.stop()
                 self.metrics.close()
+                if self._wire is not None:
+                    self._wire.close()
         return code
 
     async def _main(self) -> int:
@@ -210,7 +227,9 @@ class Archiver:
                     workers.start_soon(self._uploader, self._recv.clone())
                 self._recv.close()
                 with self._fetch_scope:
-                    await self._fetch_loop()
+                    async with anyio.create_task_group() as lanes:
+                        lanes.start_soon(self._lanes, lanes)
+                        await self._fetch_loop()
                 async with self._lock:
                     for plan in self.plans.values():
                         for buf in plan.close_all():
@@ -274,7 +293,7 @@ class Archiver:
             if self._under_pressure():
                 await self._keepalive()
                 continue
-            paused = c.paused() & c.assignment()
+            paused = {tp for tp in c.paused() & c.assignment() if tp.partition not in self._wire_parts}
             if paused:
                 c.resume(*paused)
             got = await c.getmany(timeout_ms=500, max_records=self.max_records)
@@ -288,13 +307,55 @@ class Archiver:
                             break
                         await self._take(plan, r)
 
+    async def _lanes(self, tg: anyio.abc.TaskGroup) -> None:
+        async for tp in self._lane_recv:
+            tg.start_soon(self._lane, tp)
+
+    async def _lane(self, tp: TopicPartition) -> None:
+        """One assigned partition through the project's fetch client, until it is revoked or
+        that client meets what it leaves to aiokafka."""
+        c, wire = self.consumer, self._wire
+        assert c is not None and wire is not None
+        plan = self.plans.get(tp.partition)
+        scope = self._lane_scopes.get(tp.partition)
+        if plan is None or plan.revoked or scope is None:
+            return
+        offset: int | None = None
+        fetcher: Any = None
+        with scope:
+            try:
+                offset = await c.position(tp)  # the committed offset, else the reset policy's
+                fetcher = await anyio.to_thread.run_sync(wire.open, tp.partition, offset)
+                while True:
+                    while self._under_pressure():  # until an upload makes room
+                        progress = self._progress
+                        with anyio.move_on_after(1.0):
+                            await progress.wait()
+                    recs, offset = await fetcher.next(1 << 62)
+                    async with self._lock:
+                        if plan.revoked:
+                            return
+                        for r in recs:
+                            await self._take(plan, r)
+            except (Unsupported, OSError) as exc:
+                if plan.revoked or offset is None:
+                    return
+                at = plan.position if plan.position is not None else offset
+                log.info("partition %d: reading on with aiokafka from offset %d (%s)",
+                         tp.partition, at, exc)
+                self._wire_parts.discard(tp.partition)
+                c.seek(tp, at)
+            finally:
+                if fetcher is not None:
+                    fetcher.cancel()
+
     async def _take(self, plan: PartitionPlan, r: Any) -> None:
         try:
             if r.value is None:
                 raise BatchError("record has no value")
             header, _ = decode_header(r.value)
         except BatchError as exc:
-            await self._dlq(r, exc)
+            await self._dlq(r, exc, plan.partition)
             plan.skip(r.offset)
             return
         hour = hour_of(header.first_ns)
@@ -354,11 +415,11 @@ class Archiver:
         found += [Known(f, la, False) for f, la in ranges(data, ".rcsg") - indexed]
         return found
 
-    async def _dlq(self, r: Any, exc: Exception) -> None:
+    async def _dlq(self, r: Any, exc: Exception, partition: int) -> None:
         self.summary.dlq += 1
         self.metrics.dlq.inc()
         log.warning("corrupt batch skipped: %s", exc,
-                    extra={"partition": r.partition, "offset": r.offset})
+                    extra={"partition": partition, "offset": r.offset})
         if r.value is None:
             return
         try:
@@ -369,12 +430,12 @@ class Archiver:
             headers = [
                 ("error", str(exc).encode()),
                 ("source.topic", topics.PACKETS.encode()),
-                ("source.partition", str(r.partition).encode()),
+                ("source.partition", str(partition).encode()),
                 ("source.offset", str(r.offset).encode()),
                 ("reporter", b"archiver"),
             ]
             with anyio.fail_after(15):
-                await self._producer.send_and_wait(topics.DLQ, r.value, key=r.key, headers=headers)
+                await self._producer.send_and_wait(topics.DLQ, bytes(r.value), key=r.key, headers=headers)
         except Exception as dexc:  # best effort: the batch is counted and logged either way
             log.warning("could not send corrupt batch to %s: %r", topics.DLQ, dexc)
 
@@ -384,6 +445,11 @@ class Archiver:
             for tp in assigned:
                 if tp.topic == topics.PACKETS and tp.partition not in self.plans:
                     self.plans[tp.partition] = PartitionPlan(tp.topic, tp.partition, self.object_size)
+                    if self._wire is not None and self.consumer is not None:
+                        self.consumer.pause(tp)  # aiokafka keeps the group; a lane reads
+                        self._wire_parts.add(tp.partition)
+                        self._lane_scopes[tp.partition] = anyio.CancelScope()
+                        self._lane_send.send_nowait(tp)
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned),
                  extra={"group": self.group})
 
@@ -392,6 +458,10 @@ class Archiver:
             plans = [self.plans[tp.partition] for tp in revoked if tp.partition in self.plans]
             for plan in plans:
                 plan.revoked = True
+                self._wire_parts.discard(plan.partition)
+                lane = self._lane_scopes.pop(plan.partition, None)
+                if lane is not None:
+                    lane.cancel()
                 for buf in plan.close_all():
                     self._queue(buf)
         deadline = time.monotonic() + (0 if self._closing else self.revoke_timeout)
