@@ -45,6 +45,7 @@ from rawcap.archive import (
     parse_object_name,
 )
 from rawcap.config import Config
+from rawcap.hooks import hook
 from rawcap.kafka import Unsupported
 from schemas import decode_header, topics
 from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
@@ -150,6 +151,7 @@ class Archiver:
         # Partitions read through the project's fetch client, each by a lane task.
         self._wire: Any = kafka.AssignedFetchers(cfg) if kafka.wire_enabled(cfg) else None
         self._wire_parts: set[int] = set()
+        self._highwater: dict[int, int] = {}  # as the lanes' fetches report it
         self._lane_scopes: dict[int, anyio.CancelScope] = {}
         self._lane_send, self._lane_recv = anyio.create_memory_object_stream[TopicPartition](math.inf)
 
@@ -322,6 +324,7 @@ class Archiver:
             return
         offset: int | None = None
         fetcher: Any = None
+        handover = hook("archive-handover")
         with scope:
             try:
                 offset = await c.position(tp)  # the committed offset, else the reset policy's
@@ -332,19 +335,23 @@ class Archiver:
                         with anyio.move_on_after(1.0):
                             await progress.wait()
                     recs, offset = await fetcher.next(1 << 62)
+                    self._highwater[tp.partition] = fetcher.highwater
                     async with self._lock:
                         if plan.revoked:
                             return
                         for r in recs:
                             await self._take(plan, r)
-            except (Unsupported, OSError) as exc:
-                if plan.revoked or offset is None:
+                    if recs and handover:
+                        raise Unsupported("test hook archive-handover")
+            except (Unsupported, OSError, KafkaError) as exc:
+                if plan.revoked:
                     return
                 at = plan.position if plan.position is not None else offset
-                log.info("partition %d: reading on with aiokafka from offset %d (%s)",
+                log.info("partition %d: reading on with aiokafka from offset %s (%s)",
                          tp.partition, at, exc)
                 self._wire_parts.discard(tp.partition)
-                c.seek(tp, at)
+                if at is not None:  # else aiokafka resolves the group's position itself
+                    c.seek(tp, at)
             finally:
                 if fetcher is not None:
                     fetcher.cancel()
@@ -599,7 +606,9 @@ class Archiver:
         while True:
             oldest: list[int] = []
             for plan in list(self.plans.values()):
-                hw = c.highwater(TopicPartition(plan.topic, plan.partition))
+                hw = self._highwater.get(plan.partition) if plan.partition in self._wire_parts else None
+                if hw is None:
+                    hw = c.highwater(TopicPartition(plan.topic, plan.partition))
                 done = plan.committed if plan.committed is not None else plan.position
                 if hw is not None and done is not None:
                     self.metrics.lag_records.labels(str(plan.partition)).set(max(0, hw - done))

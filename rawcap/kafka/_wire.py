@@ -362,6 +362,8 @@ class WireFetcher:
         self._version = conn.versions[API_FETCH]
         self._job: Future[tuple[bytes, int]] | None = None
         self._offset = 0
+        #: The partition's high watermark as of the last response (-1: none yet).
+        self.highwater = -1
 
     def _exchange(self, offset: int) -> tuple[bytes, int]:
         return self._conn.request(API_FETCH, self._version, fetch_request(
@@ -385,10 +387,11 @@ class WireFetcher:
         except OSError as exc:
             raise Unsupported(f"fetch failed: {exc!r}") from None
         recs: list[FetchedRecord]
-        for topic, partition, err, records in parse_fetch_response(buf, pos, self._version):
+        for topic, partition, err, records, hw in parse_fetch_response(buf, pos, self._version):
             if topic == self._topic and partition == self._partition:
                 if err:
                     raise Unsupported(f"partition error code {err}")
+                self.highwater = hw
                 if records is None:
                     recs, nxt = [], self._offset
                 else:
