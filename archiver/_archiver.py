@@ -27,7 +27,6 @@ import math
 import random
 import signal
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -42,7 +41,6 @@ from rawcap.archive import (
     hour_of,
     hour_path,
     object_parts,
-    parse_object_name,
 )
 from rawcap.config import Config
 from rawcap.hooks import hook
@@ -51,41 +49,15 @@ from schemas import decode_header, topics
 from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
 
 from ._metrics import Metrics
-from ._plan import Buffer, Known, PartitionPlan
+from ._plan import Buffer, Known, PartitionPlan, known_objects
 from ._retention import sweep
+from ._summary import Summary, one_error
 
-__all__ = ("GROUP", "Archiver", "Summary", "one_error")
+__all__ = ("GROUP", "Archiver")
 
 log = logging.getLogger("rawcap.archive")
 
 GROUP = "rawcap-archiver"
-
-
-@dataclass
-class Summary:
-    objects: int = 0
-    batches: int = 0
-    packets: int = 0
-    bytes: int = 0
-    skipped: int = 0
-    adopted: int = 0
-    dlq: int = 0
-    errors: int = 0
-    commits: int = 0
-
-    def line(self) -> str:
-        return "archive summary: " + " ".join(f"{k}={v}" for k, v in vars(self).items())
-
-
-def one_error(eg: BaseExceptionGroup[Any]) -> BaseException:
-    """The first rawcap error inside a task group's exception group (else the group): the
-    CLI prints a rawcap error as one line."""
-    for exc in eg.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            exc = one_error(exc)
-        if isinstance(exc, RawcapError):
-            return exc
-    return eg
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -404,23 +376,8 @@ class Archiver:
                         await self._keepalive()
                 delay = min(delay * 2, 5.0)
 
-        def ranges(metas: list[dict[str, Any]], suffix: str) -> set[tuple[int, int]]:
-            out = set()
-            for m in metas:
-                if not m["path"].endswith(suffix):
-                    continue
-                try:
-                    topic, part, first, last = parse_object_name(m["path"])
-                except ValueError:
-                    continue
-                if topic == plan.topic and part == plan.partition:
-                    out.add((first, last))
-            return out
-
-        indexed = ranges(index, ".json")
-        found = [Known(f, la, True) for f, la in indexed]
-        found += [Known(f, la, False) for f, la in ranges(data, ".rcsg") - indexed]
-        return found
+        return known_objects(plan.topic, plan.partition, [m["path"] for m in data],
+                             [m["path"] for m in index])
 
     async def _dlq(self, r: Any, exc: Exception, partition: int) -> None:
         self.summary.dlq += 1

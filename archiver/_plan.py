@@ -25,10 +25,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rawcap.archive import parse_object_name
 from schemas import BatchHeader
 from schemas.stream import FRAME, STREAM_HEADER
 
-__all__ = ("Buffer", "Known", "PartitionPlan")
+__all__ = ("Buffer", "Known", "PartitionPlan", "known_objects")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,30 @@ class Known:
     first: int
     last: int
     indexed: bool
+
+
+def known_objects(topic: str, partition: int, data_paths: Iterable[str],
+                  index_paths: Iterable[str]) -> list[Known]:
+    """The objects of ``topic``/``partition`` among listed data and index paths of one
+    (node, hour): indexed ones, and data objects whose index is missing."""
+
+    def ranges(paths: Iterable[str], suffix: str) -> set[tuple[int, int]]:
+        out = set()
+        for path in paths:
+            if not path.endswith(suffix):
+                continue
+            try:
+                t, p, first, last = parse_object_name(path)
+            except ValueError:
+                continue
+            if t == topic and p == partition:
+                out.add((first, last))
+        return out
+
+    indexed = ranges(index_paths, ".json")
+    found = [Known(f, la, True) for f, la in indexed]
+    found += [Known(f, la, False) for f, la in ranges(data_paths, ".rcsg") - indexed]
+    return found
 
 
 @dataclass(slots=True, eq=False)
