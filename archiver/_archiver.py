@@ -551,11 +551,20 @@ class Archiver:
             if self._closing:
                 continue
             async with self._lock:
-                now = time.monotonic()
+                now, now_ms = time.monotonic(), int(time.time() * 1000)
                 for plan in list(self.plans.values()):
-                    for buf in plan.due(now, self.flush_interval):
+                    hw = self._highwater_of(plan)
+                    caught_up = hw is not None and plan.position is not None and plan.position >= hw
+                    for buf in plan.due(now, self.flush_interval, caught_up_ms=now_ms if caught_up else None):
                         self._queue(buf)
             self._dirty.set()  # commits positions that moved past skipped batches
+
+    def _highwater_of(self, plan: PartitionPlan) -> int | None:
+        """The partition's high watermark as its reader last saw it (None: not known yet)."""
+        hw = self._highwater.get(plan.partition, -1) if plan.partition in self._wire_parts else None
+        if hw is None and self.consumer is not None:
+            hw = self.consumer.highwater(TopicPartition(plan.topic, plan.partition))
+        return hw if hw is not None and hw >= 0 else None
 
     async def _lag_loop(self) -> None:
         c = self.consumer
@@ -563,9 +572,7 @@ class Archiver:
         while True:
             oldest: list[int] = []
             for plan in list(self.plans.values()):
-                hw = self._highwater.get(plan.partition) if plan.partition in self._wire_parts else None
-                if hw is None:
-                    hw = c.highwater(TopicPartition(plan.topic, plan.partition))
+                hw = self._highwater_of(plan)
                 done = plan.committed if plan.committed is not None else plan.position
                 if hw is not None and done is not None:
                     self.metrics.lag_records.labels(str(plan.partition)).set(max(0, hw - done))

@@ -184,9 +184,16 @@ class PartitionPlan:
         self.uploading[id(buf)] = buf
         return buf
 
-    def due(self, now: float, interval: float) -> list[Buffer]:
-        """Buffers open for ``interval`` seconds (adopted ones wait for their last batch)."""
-        keys = [k for k, b in self.open.items() if b.forced_last is None and now - b.opened >= interval]
+    def due(self, now: float, interval: float, *, caught_up_ms: int | None = None) -> list[Buffer]:
+        """Buffers open for ``interval`` seconds (adopted ones wait for their last batch).
+
+        With ``caught_up_ms`` (the partition has been read to its end; the wall clock in ms)
+        also those whose first batch is stamped more than ``interval`` before that: the last
+        partial objects of a backlog need not wait for batches that are not coming, while a
+        live tail (stamped moments ago) still collects ``interval`` worth per object."""
+        old_ms = None if caught_up_ms is None else caught_up_ms - interval * 1000
+        keys = [k for k, b in self.open.items() if b.forced_last is None and (
+            now - b.opened >= interval or (old_ms is not None and b.first >= 0 and b.oldest_ms <= old_ms))]
         return [self._close(k) for k in keys]
 
     def largest(self) -> Buffer | None:
