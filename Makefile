@@ -2,9 +2,9 @@
 # Both run `make setup` first (idempotent: a second run takes seconds).
 SHELL := /bin/bash
 VENV ?= .venv
-PY_PACKAGES := $(wildcard rawcap schemas capture enrich archiver dissector forensics)
+PY_PACKAGES := $(wildcard rawcap schemas capture enrich archiver dissector forensics history)
 
-.PHONY: setup demo test lint stack-up stack-down stack-status
+.PHONY: setup demo test lint image stack-up stack-down stack-status
 
 setup:
 	bash scripts/setup.sh
@@ -15,6 +15,11 @@ demo: setup
 # The whole suite; integration tests start their own private stack (tests/conftest.py).
 test: setup
 	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# The container image (OCI layout under $$RAWCAP_STACK_CACHE/image, no Docker): see
+# docs/image.md. `make setup` builds it too; this target alone also writes an oci-archive.
+image:
+	bash compose/image/build.sh --archive
 
 # ruff and mypy both run; either failing fails the target.
 lint:

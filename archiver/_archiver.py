@@ -7,13 +7,10 @@ open buffers are closed (largest first) beyond two objects' worth, and fetching 
 closed-but-unwritten objects exceed ``uploads + 2`` objects (the consumer keeps polling, so
 it stays in its group through a long bucket outage).
 
-aiokafka's consumer runs the group (assignment, heartbeats, commits). With a plaintext
-Kafka (``kafka.securityProtocol: PLAINTEXT``, ``kafka.readClient: auto``) each assigned
-partition is read by a *lane* task through the project's fetch client
-(``rawcap.kafka.AssignedFetchers``: one ``recv`` per response, values are views of it),
-which costs a fraction of aiokafka's fetch path (docs/kafka.md); the partition stays paused
-in aiokafka. What that client leaves to aiokafka (TLS, SASL, a leader change, an offset out
-of range) aiokafka's fetcher reads, from the offset the lane reached.
+aiokafka's consumer runs the group; with a plaintext Kafka a *lane* task reads each assigned
+partition (paused in aiokafka) through ``rawcap.kafka.AssignedFetchers``, a fraction of
+aiokafka's fetch cost; what that client leaves to aiokafka (TLS, SASL, a leader change, an
+offset out of range) aiokafka's fetcher reads on from the offset reached (docs/archiver.md).
 
 SIGTERM/SIGINT: stop fetching, close every buffer, let the workers write them (for at most
 ``shutdown_timeout`` seconds), commit, leave the group, exit 0. A second signal, or the
@@ -44,13 +41,14 @@ from rawcap.archive import (
 )
 from rawcap.config import Config
 from rawcap.hooks import hook
-from rawcap.kafka import Unsupported
+from rawcap.kafka import GroupLag, Unsupported
 from schemas import decode_header, topics
 from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
 
+from ._dlq import DeadLetters
 from ._metrics import Metrics
 from ._plan import Buffer, Known, PartitionPlan, known_objects
-from ._retention import sweep
+from ._retention import retention_loop
 from ._summary import Summary, one_error
 
 __all__ = ("GROUP", "Archiver")
@@ -74,6 +72,9 @@ class _Listener(ConsumerRebalanceListener):
 class Archiver:
     """``async with``-free: :meth:`run` owns its clients from start to exit."""
 
+    #: Read assigned partitions through the project's fetch client where it can.
+    wire_reads = True
+
     def __init__(
         self,
         cfg: Config,
@@ -85,8 +86,10 @@ class Archiver:
         shutdown_timeout: float = 60.0,
         revoke_timeout: float = 30.0,
         metrics: Metrics | None = None,
+        topic: str = topics.PACKETS,
     ) -> None:
         self.cfg = cfg
+        self.topic = topic
         self.store = ArchiveStore.from_config(cfg)
         self.object_size = int(cfg.get("archive.objectSize"))
         self.flush_interval = float(cfg.get("archive.flushInterval"))
@@ -106,10 +109,11 @@ class Archiver:
         self.shutdown_timeout = shutdown_timeout
         self.revoke_timeout = revoke_timeout
         self.metrics = metrics or Metrics()
+        self.group_lag = GroupLag(group, self.metrics.registry)  # rawcap_consumer_lag_*
         self.summary = Summary()
         self.plans: dict[int, PartitionPlan] = {}
         self.consumer: AIOKafkaConsumer | None = None
-        self._producer: Any = None
+        self._dead_letters = DeadLetters(cfg, topic)
         self._lock = anyio.Lock()
         self._commit_lock = anyio.Lock()
         self._send, self._recv = anyio.create_memory_object_stream[Buffer](math.inf)
@@ -121,7 +125,8 @@ class Archiver:
         self._fetch_scope = anyio.CancelScope()
         self._drain_scope = anyio.CancelScope()
         # Partitions read through the project's fetch client, each by a lane task.
-        self._wire: Any = kafka.AssignedFetchers(cfg) if kafka.wire_enabled(cfg) else None
+        self._wire: Any = (kafka.AssignedFetchers(cfg, topic)
+                           if self.wire_reads and kafka.wire_enabled(cfg) else None)
         self._wire_parts: set[int] = set()
         self._highwater: dict[int, int] = {}  # as the lanes' fetches report it
         self._lane_scopes: dict[int, anyio.CancelScope] = {}
@@ -153,7 +158,7 @@ class Archiver:
             check_crcs=False,  # the broker checked them; every body has a zstd checksum
         )
         consumer = self.consumer = AIOKafkaConsumer(**kw)
-        consumer.subscribe([topics.PACKETS], listener=_Listener(self))
+        consumer.subscribe([self.topic], listener=_Listener(self))
         try:
             with anyio.fail_after(30):
                 await consumer.start()
@@ -186,9 +191,7 @@ class Archiver:
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(20):
                     await consumer.stop()
-                if self._producer is not None:
-                    with anyio.move_on_after(10):
-                        await self._producer.stop()
+                await self._dead_letters.aclose()
                 self.metrics.close()
                 if self._wire is not None:
                     self._wire.close()
@@ -223,13 +226,17 @@ class Archiver:
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                if not self._fetch_scope.cancel_called:
-                    log.info("signal %d: final flush, then commit and exit", signum)
-                    self._drain_scope.deadline = anyio.current_time() + self.shutdown_timeout
-                    self._fetch_scope.cancel()
-                else:
-                    log.warning("second signal: abandoning uploads in flight")
-                    self._drain_scope.cancel()
+                self.on_signal(signum)
+
+    def on_signal(self, signum: int) -> None:
+        """First SIGTERM/SIGINT: final flush, commit, exit; the second abandons uploads."""
+        if not self._fetch_scope.cancel_called:
+            log.info("signal %d: final flush, then commit and exit", signum)
+            self._drain_scope.deadline = anyio.current_time() + self.shutdown_timeout
+            self._fetch_scope.cancel()
+        else:
+            log.warning("second signal: abandoning uploads in flight")
+            self._drain_scope.cancel()
 
     # -- fetching ----------------------------------------------------------------------------
     def _queue(self, buf: Buffer) -> None:
@@ -294,9 +301,7 @@ class Archiver:
         scope = self._lane_scopes.get(tp.partition)
         if plan is None or plan.revoked or scope is None:
             return
-        offset: int | None = None
-        fetcher: Any = None
-        handover = hook("archive-handover")
+        offset, fetcher, handover = None, None, hook("archive-handover")
         with scope:
             try:
                 offset = await c.position(tp)  # the committed offset, else the reset policy's
@@ -313,6 +318,7 @@ class Archiver:
                             return
                         for r in recs:
                             await self._take(plan, r)
+                        c.seek(tp, offset)  # aiokafka's position: what the group lag gauge reads
                     if recs and handover:
                         raise Unsupported("test hook archive-handover")
             except (Unsupported, OSError, KafkaError) as exc:
@@ -337,7 +343,10 @@ class Archiver:
             await self._dlq(r, exc, plan.partition)
             plan.skip(r.offset)
             return
-        hour = hour_of(header.first_ns)
+        await self._place(plan, r, header, hour_of(header.first_ns))
+
+    async def _place(self, plan: PartitionPlan, r: Any, header: Any, hour: int) -> None:
+        """Hand one decoded record to its plan (``header.node`` names its object group)."""
         if plan.needs_lookup(header.node, hour):
             known = await self._lookup(plan, header.node, hour)
             plan.set_known(header.node, hour, known)
@@ -361,12 +370,18 @@ class Archiver:
     async def _lookup(self, plan: PartitionPlan, node: str, hour: int) -> list[Known]:
         """Objects of this partition already in the store for (node, hour)."""
         hp = hour_path(hour)
+        data, index = await self._list_retrying(f"node={escape_node(node)}/{hp}",
+                                                f"index/{hp}/node={escape_node(node)}")
+
+        return known_objects(plan.topic, plan.partition, [m["path"] for m in data],
+                             [m["path"] for m in index])
+
+    async def _list_retrying(self, *prefixes: str) -> list[list[dict[str, Any]]]:
+        """The objects under each prefix; a failing store is retried (staying in the group)."""
         delay = 0.5
         while True:
             try:
-                data = await self.store.alist(f"node={escape_node(node)}/{hp}")
-                index = await self.store.alist(f"index/{hp}/node={escape_node(node)}")
-                break
+                return [await self.store.alist(prefix) for prefix in prefixes]
             except RawcapError as exc:
                 self.metrics.errors.labels("list").inc()
                 self.summary.errors += 1
@@ -376,9 +391,6 @@ class Archiver:
                         await self._keepalive()
                 delay = min(delay * 2, 5.0)
 
-        return known_objects(plan.topic, plan.partition, [m["path"] for m in data],
-                             [m["path"] for m in index])
-
     async def _dlq(self, r: Any, exc: Exception, partition: int) -> None:
         self.summary.dlq += 1
         self.metrics.dlq.inc()
@@ -386,28 +398,13 @@ class Archiver:
                     extra={"partition": partition, "offset": r.offset})
         if r.value is None:
             return
-        try:
-            if self._producer is None:
-                self._producer = kafka.make_producer(self.cfg)
-                with anyio.fail_after(15):
-                    await self._producer.start()
-            headers = [
-                ("error", str(exc).encode()),
-                ("source.topic", topics.PACKETS.encode()),
-                ("source.partition", str(partition).encode()),
-                ("source.offset", str(r.offset).encode()),
-                ("reporter", b"archiver"),
-            ]
-            with anyio.fail_after(15):
-                await self._producer.send_and_wait(topics.DLQ, bytes(r.value), key=r.key, headers=headers)
-        except Exception as dexc:  # best effort: the batch is counted and logged either way
-            log.warning("could not send corrupt batch to %s: %r", topics.DLQ, dexc)
+        await self._dead_letters.send(r.value, r.key, exc, partition, r.offset)
 
     # -- rebalancing -------------------------------------------------------------------------
     async def _assigned(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
             for tp in assigned:
-                if tp.topic == topics.PACKETS and tp.partition not in self.plans:
+                if tp.topic == self.topic and tp.partition not in self.plans:
                     self.plans[tp.partition] = PartitionPlan(tp.topic, tp.partition, self.object_size)
                     if self._wire is not None and self.consumer is not None:
                         self.consumer.pause(tp)  # aiokafka keeps the group; a lane reads
@@ -473,17 +470,36 @@ class Archiver:
             object_parts, buf.node, buf.hour, plan.topic, plan.partition, buf.batches)
         packets = buf.packets
         buf.batches = []  # the object holds them now
-        index = entry.to_json()
+        t = await self._put_retrying(plan, [("put_data", entry.data_key, data),
+                                            ("put_index", entry.index_key, entry.to_json())])
+        if t is None:
+            return
+        m, s = self.metrics, self.summary
+        m.upload_seconds.observe(time.monotonic() - t)
+        m.objects_written.inc()
+        m.index_written.inc()
+        m.bytes_written.inc(entry.size)
+        m.batches_written.inc(len(entry.frames))
+        m.packets_written.inc(packets)
+        s.objects += 1
+        s.batches += len(entry.frames)
+        s.packets += packets
+        s.bytes += entry.size
+        log.debug("wrote %s", entry.data_key, extra={"bytes": entry.size, "batches": len(entry.frames)})
+
+    async def _put_retrying(self, plan: PartitionPlan, puts: list[tuple[str, str, Any]]) -> float | None:
+        """PUT each (op, key, data) in order, retrying with backoff until all are written;
+        returns when the successful attempt started, or None if the partition was abandoned."""
         delay, failing_since, last_log = 0.5, 0.0, 0.0
         while True:
-            op = "put_data"
+            op = puts[0][0]
             t = time.monotonic()
             try:
-                await self.store.put(entry.data_key, data)
-                if plan.abandoned:
-                    return
-                op = "put_index"
-                await self.store.put(entry.index_key, index)
+                for i, put in enumerate(puts):
+                    op, key, body = put
+                    await self.store.put(key, body)
+                    if plan.abandoned and i < len(puts) - 1:
+                        return None
                 break
             except RawcapError as exc:
                 self.metrics.errors.labels(op).inc()
@@ -499,18 +515,7 @@ class Archiver:
                 delay = min(delay * 2, 5.0)
         if failing_since:
             log.info("archive writes recovered after %.1f s", time.monotonic() - failing_since)
-        m, s = self.metrics, self.summary
-        m.upload_seconds.observe(time.monotonic() - t)
-        m.objects_written.inc()
-        m.index_written.inc()
-        m.bytes_written.inc(entry.size)
-        m.batches_written.inc(len(entry.frames))
-        m.packets_written.inc(packets)
-        s.objects += 1
-        s.batches += len(entry.frames)
-        s.packets += packets
-        s.bytes += entry.size
-        log.debug("wrote %s", entry.data_key, extra={"bytes": entry.size, "batches": len(entry.frames)})
+        return t
 
     # -- offsets and housekeeping ------------------------------------------------------------
     async def _commit_now(self, plans: list[PartitionPlan] | None = None) -> None:
@@ -580,20 +585,9 @@ class Archiver:
                 if ts is not None:
                     oldest.append(ts)
             self.metrics.lag_seconds.set(max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0)
+            await self.group_lag.update(c)
             await anyio.sleep(2.0)
 
     async def _retention_loop(self) -> None:
-        period = min(600.0, max(60.0, self.retention / 24))
-        next_at = time.monotonic() + 2.0
-        while True:
-            await anyio.sleep(1.0)
-            # One sweeper per group: the holder of partition 0.
-            if time.monotonic() < next_at or 0 not in self.plans:
-                continue
-            cutoff = hour_of(time.time_ns() - int(self.retention * 1e9))
-            try:
-                self.metrics.retention_deleted.inc(await sweep(self.store, cutoff))
-            except RawcapError as exc:
-                self.metrics.errors.labels("retention").inc()
-                log.warning("retention sweep failed (retried later): %s", exc)
-            next_at = time.monotonic() + period
+        # One sweeper per group: the holder of partition 0.
+        await retention_loop(self.store, self.retention, lambda: 0 in self.plans, self.metrics)

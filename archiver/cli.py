@@ -29,6 +29,17 @@ AWS_REGION, or the usual AWS credential chain), gs://BUCKET/PREFIX
 SIGTERM: final flush, commit, exit 0. See docs/archiver.md.
 """
 
+TABLES_DESCRIPTION = """\
+Write rawcap.calls and rawcap.flows into the archive as Parquet, one row per record:
+kind=calls|flows/date=YYYY-MM-DD/hour=HH/<topic>-<partition>-<first>-<last>.parquet
+(plain Hive partitions: Spark, Trino, Athena and rawcap trends / anomalies read them).
+
+One consumer group per table (rawcap-tables-calls, rawcap-tables-flows). An object is one
+PUT, its name says which offsets it holds, offsets are committed after it is written; after
+a crash the writer skips what existing objects hold, so every record is written exactly once.
+Columns: schemas/tables.py and docs/history.md. SIGTERM: final flush, commit, exit 0.
+"""
+
 
 def _url_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", metavar="BUCKET_URL", help="archive URL (archive.url, env RAWCAP_ARCHIVE_URL)")
@@ -42,24 +53,30 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _url_arg(p)
-    p.add_argument("--group", default=None, help="consumer group (default rawcap-archiver)")
-    p.add_argument("--object-size", metavar="SIZE", help="target object size (archive.objectSize, 32Mi)")
-    p.add_argument("--flush-interval", metavar="DURATION",
-                   help="write an object at the latest after this long (archive.flushInterval, 2m)")
+    _writer_args(p, "consumer group (default rawcap-archiver)",
+                 "target object size (archive.objectSize, 32Mi)", "archive.flushInterval, 2m")
     p.add_argument("--retention", metavar="DURATION",
                    help="delete hours older than this (archive.retention; 0 = keep; prefer a "
                         "bucket lifecycle rule)")
     p.add_argument("--metrics-port", metavar="PORT", type=int, help="serve /metrics here (metrics.port)")
-    p.add_argument("--uploads", metavar="N", type=int, default=4, help="parallel uploads (default 4)")
-    p.add_argument("--max-records", metavar="N", type=int, default=1000,
-                   help="records per fetch (getmany max_records, default 1000)")
-    p.add_argument("--session-timeout", metavar="SECONDS", type=float, default=10.0,
-                   help="consumer group session timeout (default 10)")
-    p.add_argument("--shutdown-timeout", metavar="SECONDS", type=float, default=60.0,
-                   help="on SIGTERM, wait this long for the final uploads (default 60)")
+    _consumer_args(p)
     p.set_defaults(func=run_archive, service=True)
     asub = p.add_subparsers(dest="archive_command", metavar="ACTION")
+    t = asub.add_parser(
+        "tables",
+        parents=[parent],
+        help="rawcap.calls and rawcap.flows -> Hive-partitioned Parquet",
+        description=TABLES_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _writer_args(t, "consumer group prefix (default rawcap-tables: rawcap-tables-calls, ...)",
+                 "cut an object after this much record data (archive.tables.objectSize, 64Mi)",
+                 "archive.tables.flushInterval, 1h")
+    t.add_argument("--kinds", default="calls,flows", metavar="calls,flows",
+                   help="which tables to write (default both; one consumer group each)")
+    t.add_argument("--row-group-rows", metavar="N", help="rows per row group (archive.tables.rowGroupRows)")
+    _consumer_args(t)
+    t.set_defaults(func=run_tables, service=True)
     ls = asub.add_parser(
         "ls",
         parents=[parent],
@@ -73,6 +90,24 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     ls.add_argument("--node", action="append", metavar="NAME", help="node(s); repeat or comma-separate")
     ls.add_argument("--json", action="store_true", help="one JSON object per node and hour")
     ls.set_defaults(func=run_ls)
+
+
+def _writer_args(p: argparse.ArgumentParser, group: str, size: str, flush: str) -> None:
+    _url_arg(p)
+    p.add_argument("--group", default=None, help=group)
+    p.add_argument("--object-size", metavar="SIZE", help=size)
+    p.add_argument("--flush-interval", metavar="DURATION",
+                   help=f"write an object at the latest after this long ({flush})")
+
+
+def _consumer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--uploads", metavar="N", type=int, default=4, help="parallel uploads (default 4)")
+    p.add_argument("--max-records", metavar="N", type=int, default=1000,
+                   help="records per fetch (getmany max_records, default 1000)")
+    p.add_argument("--session-timeout", metavar="SECONDS", type=float, default=10.0,
+                   help="consumer group session timeout (default 10)")
+    p.add_argument("--shutdown-timeout", metavar="SECONDS", type=float, default=60.0,
+                   help="on SIGTERM, wait this long for the final uploads (default 60)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,6 +136,50 @@ async def run_archive(args: argparse.Namespace, cfg: Config) -> int:
     code = await archiver.run()
     print(archiver.summary.line(), file=sys.stderr, flush=True)
     return code
+
+
+async def run_tables(args: argparse.Namespace, cfg: Config) -> int:
+    import signal
+
+    import anyio
+
+    from schemas.errors import ConfigError
+
+    from ._tables import TABLES_GROUP, TableArchiver
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in ("calls", "flows")]
+    if bad or not kinds:
+        raise ConfigError(f"--kinds {args.kinds!r} is invalid: expected calls, flows or calls,flows")
+    over = {"archive.url": args.url, "archive.tables.objectSize": args.object_size,
+            "archive.tables.flushInterval": args.flush_interval,
+            "archive.tables.rowGroupRows": args.row_group_rows}
+    cfg = cfg.with_overrides({k: v for k, v in over.items() if v is not None})
+    writers = [
+        TableArchiver(cfg, kind, group=f"{args.group or TABLES_GROUP}-{kind}", own_signals=False,
+                      uploads=args.uploads, max_records=args.max_records,
+                      session_timeout=args.session_timeout, shutdown_timeout=args.shutdown_timeout)
+        for kind in dict.fromkeys(kinds)
+    ]
+    codes: list[int] = []
+
+    async def one(w: TableArchiver) -> None:
+        codes.append(await w.run())
+        print(f"{w.kind}: {w.summary.line()}", file=sys.stderr, flush=True)
+
+    async def signals() -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+            async for signum in received:
+                for w in writers:
+                    w.on_signal(signum)
+
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(signals)
+        async with anyio.create_task_group() as tg:
+            for w in writers:
+                tg.start_soon(one, w)
+        outer.cancel_scope.cancel()
+    return max(codes, default=1)
 
 
 async def run_ls(args: argparse.Namespace, cfg: Config) -> int:

@@ -42,8 +42,10 @@ def _consumer_config(cfg: Config) -> dict[str, Any]:
 
 
 class ControlFollower:
-    def __init__(self, cfg: Config, node: str, apply: Callable[[CaptureFilter], None]) -> None:
+    def __init__(self, cfg: Config, node: str, apply: Callable[[CaptureFilter], None], *,
+                 on_synced: Callable[[], None] | None = None) -> None:
         self.cfg, self.node, self._apply = cfg, node, apply
+        self._on_synced = on_synced  # called once, when the topic has been read to its end
         self._records: dict[str, CaptureFilter | None] = {}
         self._active: CaptureFilter | None = None
 
@@ -87,7 +89,13 @@ class ControlFollower:
                     raise KafkaError(f"topic {CONTROL} does not exist yet")
                 consumer.assign(tps)
                 await consumer.seek_to_beginning(*tps)
+                ends = await consumer.end_offsets(tps) if self._on_synced is not None else {}
                 while True:
+                    if ends and all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+                        ends = {}
+                        if self._on_synced is not None:
+                            self._on_synced()
+                            self._on_synced = None
                     got = await consumer.getmany(timeout_ms=_IDLE_WAIT_MS, max_records=500)
                     for records in got.values():
                         for rec in records:

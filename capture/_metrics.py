@@ -1,21 +1,67 @@
-"""Prometheus metrics of the capture agent, in a registry of its own.
+"""Prometheus metrics of the capture agent, in a registry of its own, and its health.
 
 A private registry keeps tests (several agents in one process) from colliding and keeps
 ``/metrics`` to what an operator of this agent needs. Names are listed in docs/capture.md.
+The same port answers ``/ready`` and ``/live`` (200 or 503 with a one-line reason), from
+the checks the agent hands to :meth:`Metrics.serve`: Kubernetes probes and scripts ask there.
 """
 
 from __future__ import annotations
 
+import socketserver
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-__all__ = ("Metrics",)
+__all__ = ("Check", "Metrics")
+
+#: A health check: (healthy, one-line reason).
+Check = Callable[[], tuple[bool, str]]
+
+
+def _always() -> tuple[bool, str]:
+    return True, "ok"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    registry: CollectorRegistry
+    checks: dict[str, Check]
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's FQDN, which can wait on DNS for seconds.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        if path == "/metrics":
+            code, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(self.server.registry)
+        elif path in self.server.checks:
+            ok, reason = self.server.checks[path]()
+            code, ctype, body = (200 if ok else 503), "text/plain; charset=utf-8", (reason + "\n").encode()
+        else:
+            code, ctype, body = 404, "text/plain; charset=utf-8", b"not found: /metrics, /ready, /live\n"
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: quiet
+        pass
 
 
 class Metrics:
     def __init__(self, node: str) -> None:
-        self._server: tuple[Any, Any] | None = None
+        self._server: tuple[_Server, threading.Thread] | None = None
         r = self.registry = CollectorRegistry()
         lbl = ("node",)
 
@@ -46,6 +92,10 @@ class Metrics:
         self.procs_dropped = c("rawcap_capture_procs_dropped",
                                "process-context records dropped: the publisher was behind")
         self.filter_version = g("rawcap_capture_filter_version", "version of the applied capture filter")
+        self.ship_leader = g("rawcap_capture_ship_leader",
+                             "broker id leading the rawcap.packets partition this node writes to")
+        self.ship_leader_changes = c("rawcap_capture_ship_leader_changes",
+                                     "times that partition's leader moved while shipping (failovers)")
         self.rss_anon = g("rawcap_capture_rss_anon_bytes",
                           "agent's resident anonymous memory (heap, buffers: what the memory limit is for)")
         self.rss_file = g("rawcap_capture_rss_file_bytes",
@@ -61,9 +111,15 @@ class Metrics:
                 elif line.startswith("RssFile:"):
                     self.rss_file.set(int(line.split()[1]) * 1024)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Expose ``/metrics`` on ``port`` (a daemon thread of prometheus_client)."""
-        self._server = start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str = "0.0.0.0", *, ready: Check = _always,
+              live: Check = _always) -> None:
+        """Expose ``/metrics``, ``/ready`` and ``/live`` on ``port`` (a daemon thread)."""
+        server = _Server((addr, port), _Handler)
+        server.registry = self.registry
+        server.checks = {"/ready": ready, "/live": live}
+        thread = threading.Thread(target=server.serve_forever, name="rawcap-metrics", daemon=True)
+        thread.start()
+        self._server = (server, thread)
 
     def close(self) -> None:
         """Stop the ``/metrics`` server and join its thread."""

@@ -58,6 +58,9 @@ class Shipper:
         self.connected = False
         self.shipped_batches = 0
         self._topics_ok = False
+        self._producer: BatchProducer | None = None  # the one shipping, for its partition's leader
+        self._partition = -1
+        self.leader = -1
 
     def notify(self) -> None:
         """Wake the shipper: on the event loop thread (the agent forwards the FIFO's
@@ -151,6 +154,8 @@ class Shipper:
 
     async def _ship(self, producer: BatchProducer, until_caught_up: bool) -> None:
         partition = await producer.partition_of(PACKETS, self.key)
+        self._producer, self._partition = producer, partition
+        self._watch_leader()
         window = _InFlight(self, producer.in_flight)
         try:
             nxt = self.fifo.acked_seq + 1
@@ -202,6 +207,20 @@ class Shipper:
         self.fifo.mark_acked(seq)
         self.shipped_batches += count
         self.metrics.batches_shipped.inc(count)
+        self._watch_leader()
+
+    def _watch_leader(self) -> None:
+        """Follow the leader of our partition (metrics: a failover shows as a change)."""
+        if self._producer is None:
+            return
+        leader = self._producer.leader_of(PACKETS, self._partition)
+        if leader is None or leader < 0 or leader == self.leader:
+            return
+        if self.leader >= 0:
+            self.metrics.ship_leader_changes.inc()
+            log.info("partition leader moved", extra={"from_broker": self.leader, "to_broker": leader})
+        self.leader = leader
+        self.metrics.ship_leader.set(leader)
 
     def lag_seconds(self) -> float:
         """Age of the oldest batch not yet acknowledged (0 when caught up)."""

@@ -48,7 +48,7 @@ from ._metrics import Metrics
 from ._netns import in_netns
 from ._ring import Ring
 
-__all__ = ("Agent", "Summary")
+__all__ = ("STALL_AFTER", "STARTUP_LIMIT", "Agent", "Summary", "liveness")
 
 log = logging.getLogger("rawcap.capture")
 
@@ -58,6 +58,34 @@ DRAIN_TIMEOUT = 10.0
 _HEADER_ROOM = 256 * 1024
 _RESCAN_EVERY = 5.0
 _GC_YOUNG = 20_000
+#: /live fails when the ring thread or the event loop has not gone round for this long
+#: (the ring thread wakes at least every 0.2 s, the stats loop every second).
+STALL_AFTER = 30.0
+#: ... or when the agent is still not capturing this long after it started (eBPF compilation
+#: takes 2-6 s; a hung compile or ring setup is caught here).
+STARTUP_LIMIT = 180.0
+
+
+def _age(beat: float | None) -> float | None:
+    return None if beat is None else time.monotonic() - beat
+
+
+def liveness(uptime: float, phase: str, stopping: bool, ring_age: float | None,
+             loop_age: float | None) -> tuple[bool, str]:
+    """The agent's /live answer: alive unless the ring thread (``ring_age``: seconds since it
+    last went round, None before it started) or the event loop has stalled for
+    ``STALL_AFTER`` seconds, or it is still not capturing ``STARTUP_LIMIT`` seconds after it
+    started (a hung eBPF compile or ring setup)."""
+    if stopping:
+        return True, "stopping"
+    if ring_age is None:
+        if uptime > STARTUP_LIMIT:
+            return False, f"still {phase} after {uptime:.0f} s"
+        return True, f"starting: {phase}"
+    for what, age in (("ring thread", ring_age), ("event loop", loop_age)):
+        if age is not None and age > STALL_AFTER:
+            return False, f"{what} stalled for {age:.0f} s"
+    return True, "ok"
 
 
 @dataclass
@@ -110,29 +138,48 @@ class Agent:
         self.kafka = bool(cfg.get("capture.kafka")) and bool(cfg.get("kafka.bootstrap"))
         self.metrics = Metrics(self.node)
         self.summary = Summary(self.node)
+        # Health (/ready, /live on the metrics port): what the agent is doing, and when the
+        # ring thread and the event loop last went round.
+        self._phase = "compiling the eBPF programs"
+        self._started = time.monotonic()
+        self._ring_beat: float | None = None
+        self._loop_beat: float | None = None
+        self._control_synced = not self.kafka
         # Stop requests: ``_stop`` for the ring thread, ``_stop_async`` (set on the loop, via
         # ``call_soon_threadsafe`` when the request comes from another thread) for the tasks.
         self._stop = threading.Event()
         self._stop_async: anyio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        with in_netns(netns):
-            self.selection: IfaceSelection = resolve(cfg.get("capture.iface"))
-        self.ifaces: dict[int, str] = dict(self.selection.ifaces)
-        # Probe everything that can fail before the first packet: bcc, headers, privileges.
-        self.filter = KernelFilter(snaplen=int(cfg.get("capture.snaplen")))
-        self.ring: Ring | None = None
-        self.fifo: Fifo | None = None
-        self.shipper: Any = None
-        self.procs: Any = None
-        self._want_procs = self.kafka if procs is None else procs
-        if self._want_procs and self.kafka:
-            from ._procs import ProcsTracer
+        port = int(cfg.get("metrics.port"))
+        if port:  # up before the slow part, so that /ready says what the agent waits for
             try:
-                self.procs = ProcsTracer(cfg, self.node, self.metrics)
-            except FilterUnavailable as exc:
-                log.warning("process context disabled: %s", exc)
+                self.metrics.serve(port, ready=self.ready, live=self.live)
+            except OSError as exc:
+                raise ConfigError(f"metrics.port: cannot listen on {port}: {exc.strerror or exc}") from None
+        try:
+            with in_netns(netns):
+                self.selection: IfaceSelection = resolve(cfg.get("capture.iface"))
+            self.ifaces: dict[int, str] = dict(self.selection.ifaces)
+            # Probe everything that can fail before the first packet: bcc, headers, privileges.
+            self.filter = KernelFilter(snaplen=int(cfg.get("capture.snaplen")))
+            self.ring: Ring | None = None
+            self.fifo: Fifo | None = None
+            self.shipper: Any = None
+            self.procs: Any = None
+            self._want_procs = self.kafka if procs is None else procs
+            if self._want_procs and self.kafka:
+                from ._procs import ProcsTracer
+                self._phase = "compiling the process-context eBPF programs"
+                try:
+                    self.procs = ProcsTracer(cfg, self.node, self.metrics)
+                except FilterUnavailable as exc:
+                    log.warning("process context disabled: %s", exc)
+        except BaseException:
+            self.metrics.close()
+            raise
         # LLVM's compile heap is freed now but glibc would keep it resident (tens of MiB).
         malloc_trim()
+        self._phase = "opening the ring"
 
     # --- public -----------------------------------------------------------------------
 
@@ -145,6 +192,25 @@ class Agent:
                 loop.call_soon_threadsafe(stop_async.set)
             except RuntimeError:
                 pass  # the loop has already closed: the agent is done
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready once the ring, with the eBPF filter attached, is taking packets and (with
+        Kafka) this node's capture filter from rawcap.control is applied."""
+        if self._stop.is_set():
+            return False, "stopping: flushing the buffer"
+        if self._ring_beat is None:
+            return False, f"starting: {self._phase}"
+        if not self._control_synced:
+            return False, "waiting for the capture filters in rawcap.control (Kafka)"
+        return True, f"capturing on {','.join(sorted(self.ifaces.values()))}"
+
+    def live(self) -> tuple[bool, str]:
+        """See :func:`liveness`."""
+        return liveness(time.monotonic() - self._started, self._phase, self._stop.is_set(),
+                        _age(self._ring_beat), _age(self._loop_beat))
+
+    def _control_caught_up(self) -> None:
+        self._control_synced = True
 
     def apply_filter(self, f: CaptureFilter) -> None:
         self.filter.apply(f)
@@ -171,9 +237,6 @@ class Agent:
             if self.kafka:
                 from ._shipper import Shipper
                 self.shipper = Shipper(cfg, self.fifo, self.metrics)
-            port = int(cfg.get("metrics.port"))
-            if port:
-                self.metrics.serve(port)
             # Everything loaded so far (bcc, aiokafka, modules) lives as long as the agent:
             # keep it out of the collector's scans, and collect young objects less often
             # (aiokafka allocates a few hundred per request). 3% of the agent's CPU at 64 B.
@@ -207,7 +270,8 @@ class Agent:
             root.start_soon(self._stats_loop)
             if self.kafka:
                 from ._control import ControlFollower
-                root.start_soon(ControlFollower(self.cfg, self.node, self.apply_filter).run)
+                root.start_soon(ControlFollower(self.cfg, self.node, self.apply_filter,
+                                                on_synced=self._control_caught_up).run)
             ship_scope = anyio.CancelScope()
             if self.shipper is not None:
                 root.start_soon(self._ship, ship_scope)
@@ -273,7 +337,9 @@ class Agent:
 
         flush_window = float(self.cfg.get("capture.ring.blockTimeout")) * 2 + 0.1
         deadline: float | None = None
+        self._phase = "capturing"
         while True:
+            self._ring_beat = time.monotonic()
             if deadline is None and self._stop.is_set():
                 # The kernel retires the open block after blockTimeout: wait for it.
                 deadline = time.monotonic() + flush_window
@@ -312,6 +378,7 @@ class Agent:
     async def _stats_loop(self) -> None:
         last_scan = time.monotonic()
         while True:
+            self._loop_beat = time.monotonic()
             self._update_stats()
             await anyio.sleep(1.0)
             if self.selection.dynamic and time.monotonic() - last_scan >= _RESCAN_EVERY:

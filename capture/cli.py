@@ -76,6 +76,16 @@ async def run_capture(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     if args.duration is not None and args.duration <= 0:
         raise RawcapError(f"--duration must be a positive number of seconds, not {args.duration}")
+    if cfg.get("capture.kafka") and cfg.get("kafka.securityProtocol") != "PLAINTEXT":
+        # A wrong password or an untrusted CA is a configuration error, not an outage that
+        # the FIFO should ride out: one line, exit 2 (an unreachable broker passes here).
+        import anyio
+
+        from rawcap.kafka import probe
+
+        refused = await anyio.to_thread.run_sync(probe, cfg)
+        if refused:
+            raise RawcapError(refused)
     agent = Agent(cfg, procs=args.procs, netns=args.netns)
     summary = await agent.run(args.duration)
     print(summary.line(), file=sys.stderr, flush=True)

@@ -29,10 +29,7 @@ from .http1 import (
     State,
 )
 from .http2 import GoAway, Headers, HTTP2Reader, StreamData, StreamReset
-from .postgres import CommandComplete, PgReader, Query, ReadyForQuery, RowData, SslRequest
-from .postgres import ErrorResponse as PgError
-from .postgres import Startup as PgStartup
-from .postgres import Sync as PgSync
+from .postgres import PgReader, SslRequest, StatementPairer
 from .redis import Command, Reply, RespReader
 
 __all__ = ("DEFAULT_REDACT", "DnsPairer", "Endpoints", "Redactor", "SessionStats",
@@ -483,9 +480,7 @@ class DnsTcpSession(_Session):
 
 
 class PostgresSession(_Session):
-    """Pairs statements with results. A batch is one simple ``Q`` or the Executes up to a
-    ``Sync``; the server's ReadyForQuery closes the oldest open batch, and statements of it
-    that got no result (skipped after an error) are emitted as incomplete."""
+    """One call per statement (``dissector.postgres.StatementPairer`` pairs them)."""
 
     proto = "postgres"
 
@@ -494,71 +489,19 @@ class PostgresSession(_Session):
         c, s = PgReader(client=True), PgReader(client=False)
         self.readers = (c, s) if self.client_dir == 0 else (s, c)
         self.server_reader = s
-        self.pending: deque[tuple[Query, int]] = deque()
-        self.batches = 0  # batches the client closed (Q or Sync)
-        self.done = 0  # batches the server closed (ReadyForQuery)
-        self.cur: list[Any] | None = None  # [Query, ts, tag, error, sqlstate]
-        self.rows = 0
-        self.startup_z = False
+        self.pairer = StatementPairer(
+            lambda kw: self._out(self.ep.call("postgres", **kw)))
 
     def handle(self, is_client: bool, ev: Any) -> None:
-        t = type(ev)
-        if is_client:
-            if t is Query:
-                self.pending.append((ev, self.batches))
-                if not ev.extended:
-                    self.batches += 1
-                if len(self.pending) > 4096:
-                    self._emit([self.pending.popleft()[0], 0, "", "no result (queue full)", ""])
-            elif t is PgSync:
-                self.batches += 1
-            elif t is SslRequest:
-                self.server_reader.expect_ssl_reply()
-            elif t is PgStartup:
-                self.startup_z = True  # the server's first ReadyForQuery ends the login
-            return
-        if t is RowData:
-            self.rows += 1
-        elif t is ReadyForQuery and self.startup_z:
-            self.startup_z = False
-        elif t is CommandComplete or t is PgError:
-            cur = self.cur
-            if cur is None:
-                if not self.pending or self.pending[0][1] != self.done:
-                    return
-                q = self.pending.popleft()[0]
-                cur = self.cur = [q, ev.ts_ns, "", "", ""]
-            if t is CommandComplete:
-                cur[2] = cur[2] or ev.tag
-            elif not cur[4]:
-                cur[3], cur[4] = f"{ev.code} {ev.message}", ev.code
-            if cur[0].extended:
-                self._emit(cur)
-        elif t is ReadyForQuery:
-            if self.cur is not None:
-                self._emit(self.cur)
-            if self.done < self.batches:
-                while self.pending and self.pending[0][1] == self.done:
-                    q = self.pending.popleft()[0]
-                    self._emit([q, 0, "", "no result (skipped after an error)", ""])
-                self.done += 1
-
-    def _emit(self, cur: list[Any]) -> None:
-        self.cur = None
-        q, ts, tag, error, sqlstate = cur
-        rows, self.rows = self.rows, 0
-        word = q.sql.lstrip().split(None, 1)
-        self._out(self.ep.call(
-            "postgres", req_ts_ns=q.ts_ns, resp_ts_ns=ts,
-            latency_ns=_lat(q.ts_ns, ts), command=word[0].upper() if word else "",
-            key=q.sql[:256], req_bytes=q.size, complete=bool(ts), error=error,
-            extra={"tag": tag, "rows": rows, "sqlstate": sqlstate, "extended": q.extended}))
+        if not is_client:
+            self.pairer.server(ev)
+        elif type(ev) is SslRequest:
+            self.server_reader.expect_ssl_reply()
+        else:
+            self.pairer.client(ev)
 
     def flush(self, why: str) -> None:
-        if self.cur is not None:
-            self._emit(self.cur)
-        while self.pending:
-            self._emit([self.pending.popleft()[0], 0, "", why, ""])
+        self.pairer.flush(why)
 
 
 SESSIONS: Final[dict[str, type[_Session]]] = {

@@ -250,6 +250,18 @@ async def dissection_switch(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _lag_metrics(cfg: Config) -> tuple[Any, Any]:
+    """The group's lag gauges (rawcap/kafka/_lag.py), on /metrics when ``metrics.port`` is set."""
+    from prometheus_client import CollectorRegistry
+
+    from rawcap.kafka import GroupLag, serve_metrics
+
+    registry = CollectorRegistry()
+    lag = GroupLag(GROUP_ID, registry)
+    port = cfg.get("metrics.port")
+    return lag, serve_metrics(registry, port) if port else None
+
+
 async def _follow(args: argparse.Namespace, cfg: Config) -> int:
     """Live dissection in consumer group ``rawcap-dissector`` while the switch is on."""
     from aiokafka import TopicPartition
@@ -271,6 +283,7 @@ async def _follow(args: argparse.Namespace, cfg: Config) -> int:
     producer = None if args.no_publish else await _publisher(cfg)
     consumer = make_consumer(cfg, topics.PACKETS, group_id=GROUP_ID)
     control = make_consumer(cfg)
+    lag, server = _lag_metrics(cfg)
     state = {"enabled": enabled, "stop_after": stop_after, "last_packet": time.monotonic(),
              "dlq": 0}
     try:
@@ -358,6 +371,7 @@ async def _follow(args: argparse.Namespace, cfg: Config) -> int:
 
             tg.start_soon(watch_signals)
             tg.start_soon(watch_control)
+            tg.start_soon(lag.run, consumer)
             if workloads is not None:
                 tg.start_soon(follow_workloads, workloads, cfg, k8s_ready)
             tg.start_soon(dissect_loop)
@@ -375,6 +389,9 @@ async def _follow(args: argparse.Namespace, cfg: Config) -> int:
                 await producer.stop()
             if out.store is not None:
                 out.store.close()
+            if server is not None:
+                server[0].shutdown()
+                server[0].server_close()
     if args.stats:
         print(json.dumps({"dissector": nodes.stats(), "dlq": state["dlq"]}), file=sys.stderr)
     return 0

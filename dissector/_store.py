@@ -33,9 +33,12 @@ CREATE INDEX IF NOT EXISTS calls_ts ON calls(ts_ns);
 
 
 def _uid(c: Call) -> str:
-    """Identity of a call, so replaying the same range twice does not duplicate rows."""
+    """Identity of a call, so replaying the same range twice does not duplicate rows
+    (HTTP/2: its stream; PostgreSQL: its statement's place in the Query or Sync batch, since
+    the statements of one Query share their request and often their response segment)."""
+    x = c.extra
     return (f"{c.node}|{c.transport}|{c.src_ip}|{c.src_port}|{c.dst_ip}|{c.dst_port}|"
-            f"{c.req_ts_ns}|{c.resp_ts_ns}|{c.proto}|{c.extra.get('stream_id', '')}")
+            f"{c.req_ts_ns}|{c.resp_ts_ns}|{c.proto}|{x.get('stream_id', x.get('statement', ''))}")
 
 
 class CallStore:

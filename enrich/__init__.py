@@ -6,9 +6,10 @@
 flows`` reads them back. Wire formats live in ``schemas.k8s`` and ``schemas.flows``.
 """
 
-from ._consumer import GROUP, Enricher, run_enrich, run_k8s_watch
+from ._consumer import GROUP, Election, Enricher, run_enrich, run_k8s_watch
 from ._filters import CAPTURE_NOTHING, FilterPlanner, Selection, compute_filters
 from ._flows import Flow, FlowTable
+from ._lease import LeaseElector
 from ._model import KINDS, Change, ObjectCache, owner_of, to_record
 from ._procs import ProcIndex
 from ._watch import Watcher, WatchStats, api_client
@@ -18,10 +19,12 @@ __all__ = (
     "GROUP",
     "KINDS",
     "Change",
+    "Election",
     "Enricher",
     "FilterPlanner",
     "Flow",
     "FlowTable",
+    "LeaseElector",
     "ObjectCache",
     "ProcIndex",
     "Selection",

@@ -15,35 +15,41 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
 
 from rawcap.config import Config
 from rawcap.kafka import (
+    GroupLag,
     consumer_kwargs,
     ensure_topics,
     follow_topic,
     producer_kwargs,
     read_topic_to_end,
+    serve_metrics,
     stop_client,
 )
 from rawcap.packet import format_addr
 from schemas import topics
 from schemas.control import CaptureFilter, decode_control
-from schemas.errors import BatchError
+from schemas.errors import BatchError, RawcapError
 from schemas.flows import FlowRecord, encode_flow
 from schemas.k8s import UnsupportedRecord, WorkloadIndex, encode_k8s
 
 from ._filters import FilterPlanner
 from ._flows import Flow, FlowTable
 from ._ingest import add_batch, decode_body
+from ._lease import LeaseElector
 from ._model import Change
 from ._procs import ProcIndex
 from ._watch import Watcher, api_client
 
-__all__ = ("GROUP", "Enricher", "run_enrich", "run_k8s_watch")
+__all__ = ("GROUP", "Election", "Enricher", "run_enrich", "run_k8s_watch")
 
 log = logging.getLogger("rawcap.enrich")
 GROUP = "rawcap-enrich"
@@ -99,6 +105,16 @@ class Enricher:
 
     def flush(self) -> list[FlowRecord]:
         return [self.record(f) for t in self.tables.values() for f in t.flush()]
+
+    def keep_partitions(self, owned: set[int]) -> None:
+        """Forget the flows of partitions this instance no longer owns (a rebalance moved
+        them): their next owner reads them again from the last commit, which is at or before
+        the first packet of every flow not yet published, so nothing is lost."""
+        for key in [k for k in self.tables if k[0] not in owned]:
+            del self.tables[key]
+            self._last_add.pop(key, None)
+        for partition in [p for p in self.next_offset if p not in owned]:
+            del self.next_offset[partition]
 
     def commit_offsets(self) -> dict[int, int]:
         """Per partition, the offset up to which every packet's flow has been handed out."""
@@ -188,10 +204,18 @@ async def run_enrich(cfg: Config, *, stop: anyio.Event | None = None,
                 log.warning("rawcap.procs not read to its end after 120 s; enriching meanwhile")
             log.info("context loaded", extra=index.stats())
             await consumer.start()
+            registry = CollectorRegistry()
+            lag = GroupLag(GROUP, registry)
+            port = cfg.get("metrics.port")
+            server = serve_metrics(registry, port) if port else None
+            tg.start_soon(lag.run, consumer)
             try:
                 await _enrich_loop(cfg, consumer, producer, enricher, stopping, on_flows)
             finally:
                 await stop_client(consumer)
+                if server is not None:
+                    server[0].shutdown()
+                    server[0].server_close()
             tg.cancel_scope.cancel()
     finally:
         await stop_client(producer)
@@ -248,9 +272,16 @@ async def _commit(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, enrich
         if on_flows is not None:
             await on_flows(records)
         log.debug("flows published", extra={"flows": len(records)})
+    # Only what this instance still owns: after a rebalance the others' are not ours to
+    # commit (aiokafka refuses them, and they would skip what the new owner has not read).
+    enricher.keep_partitions({tp.partition for tp in consumer.assignment()
+                              if tp.topic == topics.PACKETS})
     offsets = {TopicPartition(topics.PACKETS, p): o for p, o in enricher.commit_offsets().items()}
     if offsets:
-        await consumer.commit(offsets)
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:  # a rebalance under way: the next round commits again
+            log.warning("offset commit failed (retried with the next flows): %r", exc)
 
 
 # -- k8s-watch ------------------------------------------------------------------------------
@@ -272,58 +303,96 @@ class _Dirty:
 
 
 async def run_k8s_watch(cfg: Config, *, kubeconfig: str = "", planner: FilterPlanner | None = None,
-                        stop: anyio.Event | None = None, settle_s: float = 0.5) -> int:
-    """``rawcap k8s-watch``: API -> ``rawcap.k8s``, and capture filters -> ``rawcap.control``."""
+                        stop: anyio.Event | None = None, settle_s: float = 0.5,
+                        election: Election | None = None) -> int:
+    """``rawcap k8s-watch``: API -> ``rawcap.k8s``, and capture filters -> ``rawcap.control``.
+
+    With ``election`` only the holder of that Lease watches and publishes; the others wait
+    to take over (:class:`~enrich._lease.LeaseElector`). Until SIGTERM (or ``stop``).
+    A request the API server forbids (401/403) ends it with one :class:`ConfigError` line.
+    """
     api = await api_client(kubeconfig or cfg.get("k8s.kubeconfig"))
+    stopping = stop or anyio.Event()
     try:
-        await ensure_topics(cfg)
-        on_topic: set[str] = set()
-
-        def seen_k8s(r: Any) -> None:
-            if r.key:
-                (on_topic.add if r.value is not None else on_topic.discard)(r.key.decode())
-
-        def seen_control(r: Any) -> None:
-            if planner is not None and r.key and r.key.startswith(b"filter/") and r.value:
-                f = decode_control(r.value)
-                if isinstance(f, CaptureFilter):
-                    planner.seed(r.key.decode(), f)
-
-        await read_topic_to_end(cfg, topics.K8S, seen_k8s)
-        await read_topic_to_end(cfg, topics.CONTROL, seen_control)
-        index = WorkloadIndex()
-        dirty = _Dirty()
-        synced_kinds: set[str] = set()
-        producer = AIOKafkaProducer(**producer_kwargs(cfg))
-        await producer.start()
-        send, recv = anyio.create_memory_object_stream[Change](1000)
-
-        async def on_synced(kind: str, cache: Any) -> None:
-            if kind in synced_kinds:
-                return
-            synced_kinds.add(kind)
-            prefix = kind + "/"
-            stale = [k for k in on_topic if k.startswith(prefix)]
-            for ch in cache.forget_unknown(stale, time.time_ns()):
-                await send.send(ch)
-
-        watcher = Watcher(api, on_synced=on_synced)
-        stopping = stop or anyio.Event()
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(watcher.run, send)
-                tg.start_soon(_on_signal, stopping)
-                tg.start_soon(_publish_changes, producer, recv, index, dirty)
-                if planner is not None:
-                    tg.start_soon(_publish_filters, producer, planner, index, watcher, dirty, settle_s)
-                await stopping.wait()
-                tg.cancel_scope.cancel()
-        finally:
-            await stop_client(producer)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_on_signal, stopping)
+            if election is not None:
+                elector = LeaseElector(api, election.name, election.namespace, election.identity,
+                                       lease_duration=election.duration)
+                tg.start_soon(elector.run, lambda: _watch_session(cfg, api, planner, settle_s))
+            else:
+                tg.start_soon(_watch_session, cfg, api, planner, settle_s)
+            await stopping.wait()
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _first_rawcap_error(group) or group from None
     finally:
         with anyio.move_on_after(5, shield=True):
             await api.close()
     return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Election:
+    """Where ``k8s-watch --leader-elect`` keeps its Lease, and who this candidate is."""
+
+    name: str
+    namespace: str
+    identity: str
+    duration: float = 15.0
+
+
+def _first_rawcap_error(group: BaseExceptionGroup) -> RawcapError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, RawcapError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (inner := _first_rawcap_error(exc)) is not None:
+            return inner
+    return None
+
+
+async def _watch_session(cfg: Config, api: Any, planner: FilterPlanner | None, settle_s: float) -> None:
+    """Read what rawcap.k8s and rawcap.control hold, then watch and publish until cancelled."""
+    await ensure_topics(cfg)
+    on_topic: set[str] = set()
+
+    def seen_k8s(r: Any) -> None:
+        if r.key:
+            (on_topic.add if r.value is not None else on_topic.discard)(r.key.decode())
+
+    def seen_control(r: Any) -> None:
+        if planner is not None and r.key and r.key.startswith(b"filter/") and r.value:
+            f = decode_control(r.value)
+            if isinstance(f, CaptureFilter):
+                planner.seed(r.key.decode(), f)
+
+    await read_topic_to_end(cfg, topics.K8S, seen_k8s)
+    await read_topic_to_end(cfg, topics.CONTROL, seen_control)
+    index = WorkloadIndex()
+    dirty = _Dirty()
+    synced_kinds: set[str] = set()
+    producer = AIOKafkaProducer(**producer_kwargs(cfg))
+    await producer.start()
+    send, recv = anyio.create_memory_object_stream[Change](1000)
+
+    async def on_synced(kind: str, cache: Any) -> None:
+        if kind in synced_kinds:
+            return
+        synced_kinds.add(kind)
+        prefix = kind + "/"
+        stale = [k for k in on_topic if k.startswith(prefix)]
+        for ch in cache.forget_unknown(stale, time.time_ns()):
+            await send.send(ch)
+
+    watcher = Watcher(api, on_synced=on_synced)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watcher.run, send)
+            tg.start_soon(_publish_changes, producer, recv, index, dirty)
+            if planner is not None:
+                tg.start_soon(_publish_filters, producer, planner, index, watcher, dirty, settle_s)
+    finally:
+        await stop_client(producer)
 
 
 async def _publish_changes(producer: AIOKafkaProducer, recv: Any, index: WorkloadIndex,

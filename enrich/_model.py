@@ -81,6 +81,11 @@ def _pod(obj: dict[str, Any]) -> PodRecord:
             for cs in status.get("containerStatuses") or ()
         ]
         end_ns = max(finished, default=0)
+        if end_ns and end_ns % 1_000_000_000 == 0:
+            # finishedAt has whole seconds: the container ended somewhere in that second (a
+            # client pod's last requests came 40 ms after the mark on a real node), and the
+            # sandbox holds the IP until after its containers end
+            end_ns += 1_000_000_000
     labels = tuple(sorted((meta.get("labels") or {}).items()))
     return PodRecord(
         namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),

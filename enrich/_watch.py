@@ -52,6 +52,23 @@ _PAGE = 500
 _BIG_BODY = 1 << 20  # parse list pages larger than this in a worker thread
 
 
+_PLURAL = {"pod": "pods", "service": "services", "namespace": "namespaces", "node": "nodes",
+           "endpointslice": "endpointslices"}
+
+
+def _refuse_forbidden(verb: str, kind: str, status: int, body: bytes) -> None:
+    """401/403 will not heal by retrying: one clear error naming the verb and resource."""
+    if status not in (401, 403):
+        return
+    try:
+        message = str(json.loads(body).get("message") or "")
+    except (ValueError, AttributeError):
+        message = ""
+    what = "unauthorized (the token or certificate was refused)" if status == 401 else "forbidden"
+    raise ConfigError(f"k8s-watch: {verb} {_PLURAL.get(kind, kind)} {what}: "
+                      f"{message or f'HTTP {status}'} (RBAC: docs/kubernetes.md)")
+
+
 class _Gone(Exception):
     """The resourceVersion we asked for is too old: re-list."""
 
@@ -150,6 +167,7 @@ class Watcher:
             resp = await method(**kwargs)
             try:
                 body = await resp.read()
+                _refuse_forbidden("list", kind, resp.status, body)
                 if resp.status == 410:
                     raise _Gone()  # continue token expired: start the list over
                 if not 200 <= resp.status < 300:
@@ -215,6 +233,7 @@ class Watcher:
                 raise _Gone()
             if not 200 <= resp.status < 300:
                 body = await resp.read()
+                _refuse_forbidden("watch", kind, resp.status, body)
                 raise TransportError(f"watch {kind}: HTTP {resp.status}: {body[:200]!r}")
             while True:
                 try:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
+import socket
 import sys
+from pathlib import Path
 from typing import Any
 
-from rawcap.config import Config
+from rawcap.config import Config, parse_duration
 from rawcap.kafka import start_consumer, stop_client
 from rawcap.kafka import topic_partitions as partitions
 from rawcap.timeparse import format_ns, parse_window
@@ -17,7 +20,7 @@ from schemas import topics
 from schemas.errors import ConfigError
 from schemas.flows import FlowRecord, UnsupportedFlow, decode_flow
 
-from ._consumer import run_enrich, run_k8s_watch
+from ._consumer import Election, run_enrich, run_k8s_watch
 from ._filters import FilterPlanner, Selection
 
 __all__ = ("FlowFilter", "add_commands", "format_flow")
@@ -32,6 +35,15 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     w.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig (default: k8s.kubeconfig, "
                    "in-cluster, then ~/.kube/config)")
     w.add_argument("--no-filters", action="store_true", help="do not publish capture filters")
+    w.add_argument("--leader-elect", action="store_true",
+                   help="run several replicas: only the holder of a coordination.k8s.io Lease "
+                        "watches and publishes, the others take over when it goes")
+    w.add_argument("--lease-name", default="rawcap-k8s-watch", metavar="NAME",
+                   help="the Lease (default rawcap-k8s-watch)")
+    w.add_argument("--lease-namespace", metavar="NS",
+                   help="its namespace (default $POD_NAMESPACE, the in-cluster namespace, default)")
+    w.add_argument("--lease-duration", default="15s", metavar="DURATION",
+                   help="a leader that has not renewed for this long is replaced (default 15s)")
     w.set_defaults(func=_k8s_watch, service=True)
 
     e = sub.add_parser(
@@ -70,7 +82,29 @@ async def _k8s_watch(args: argparse.Namespace, cfg: Config) -> int:
     if not args.no_filters:
         planner = FilterPlanner(Selection(cfg.get("tap.regex"), tuple(cfg.get("tap.namespaces")),
                                           tuple(cfg.get("tap.excludedNamespaces"))))
-    return await run_k8s_watch(cfg, kubeconfig=args.kubeconfig or "", planner=planner)
+    election = None
+    if args.leader_elect:
+        try:
+            duration = parse_duration(args.lease_duration)
+        except ValueError as exc:
+            raise ConfigError(f"--lease-duration {args.lease_duration!r}: {exc}") from None
+        election = Election(args.lease_name, args.lease_namespace or _own_namespace(),
+                            os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+                            duration)
+    return await run_k8s_watch(cfg, kubeconfig=args.kubeconfig or "", planner=planner,
+                               election=election)
+
+
+def _own_namespace() -> str:
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        return _SA_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 async def _enrich(args: argparse.Namespace, cfg: Config) -> int:

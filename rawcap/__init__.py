@@ -4,7 +4,7 @@
   (every key declared once), logging, time arguments;
 - :mod:`rawcap.kafka`: Kafka access (client settings and topics, the wire codec, the
   plaintext client of bounded reads, the one produce path, aiokafka's internals in one
-  checked module);
+  checked module, why a secured broker refused, consumer-group lag gauges);
 - :mod:`rawcap.window`: the time-window reader every command that reads packets goes
   through (lanes, merge, follow);
 - :mod:`rawcap.pcap`: pcap and pcapng (layouts, reader, writers, batch-body converter);
@@ -17,7 +17,7 @@
 - ``malloc``, ``hooks``: allocator settings, test-only hooks.
 
 It imports ``schemas`` and nothing of the services (capture, enrich, archiver, dissector,
-forensics), which import it and ``schemas``, never each other
+forensics, history), which import it and ``schemas``, never each other
 (``tests/test_architecture.py``).
 """
 

@@ -35,13 +35,14 @@ COMMAND_MODULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("archiver.cli", ("archive",), "archiver"),
     ("dissector.cli", ("dissect", "calls", "dissection"), "delayed dissection"),
     ("forensics.cli", ("consume", "pcap", "snapshot"), "forensics"),
+    ("history.cli", ("trends", "anomalies"), "historical investigations"),
 )
 
 #: ``inspect.CO_COROUTINE`` (``inspect`` itself costs a few ms of start-up).
 _CO_COROUTINE = 0x80
 
 #: Options whose value may start with "-" (relative times like ``--from -5m``).
-TIME_OPTIONS = ("--from", "--to", "--since", "--until")
+TIME_OPTIONS = ("--from", "--to", "--since", "--until", "--baseline")
 
 DESCRIPTION = """\
 Continuous L4 packet capture for Kubernetes, streamed over Kafka.
@@ -77,6 +78,7 @@ def _config_show(args: argparse.Namespace, cfg: Config) -> int:
 
     import yaml
 
+    cfg = cfg.masked()  # passwords are never printed
     if args.json:
         print(json.dumps(cfg.as_dict(), default=str))
     else:
@@ -217,6 +219,16 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _kafka_refusal(exc: BaseException, cfg: Config | None) -> str | None:
+    """Why Kafka refused (a wrong password, an untrusted CA, a denied topic), in one line;
+    None for any other error (rawcap/kafka/_diag.py, imported only when Kafka was used)."""
+    if cfg is None or ("aiokafka" not in sys.modules and "Kafka" not in str(exc)):
+        return None
+    from .kafka import kafka_cause
+
+    return kafka_cause(exc, cfg)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit code. With ``argv`` None (the process's own command
     line, the ``rawcap`` script), a command that opted in ends the process right here on
@@ -227,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "placeholder", False):
         parser.error("unrecognized arguments: " + " ".join(unknown))
+    cfg = None
     try:
         from .config import load_config
         from .log import setup_logging
@@ -263,7 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             _exit_now(code)
         return code
     except RawcapError as exc:
-        print(f"rawcap: error: {exc}", file=sys.stderr)
+        print(f"rawcap: error: {_kafka_refusal(exc, cfg) or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        cause = _kafka_refusal(exc, cfg)
+        if cause is None:
+            raise
+        print(f"rawcap: error: {cause}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

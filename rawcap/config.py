@@ -23,6 +23,7 @@ from schemas.errors import ConfigError
 __all__ = (
     "ALIASES",
     "KEYS",
+    "MASK",
     "Config",
     "Key",
     "env_name",
@@ -108,6 +109,13 @@ def _positive_int(value: Any) -> int:
     return n
 
 
+def _non_negative_int(value: Any) -> int:
+    n = _int(value)
+    if n < 0:
+        raise ValueError("a non-negative integer")
+    return n
+
+
 def _port(value: Any) -> int:
     n = _int(value)
     if not 0 <= n <= 65535:
@@ -157,6 +165,8 @@ class Key:
     default: Any
     parse: Callable[[Any], Any]
     help: str = ""
+    #: never shown: ``config show`` prints it as ``MASK``
+    secret: bool = False
 
 
 def _default_node() -> str:
@@ -192,14 +202,17 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("kafka.sasl.mechanism", "PLAIN", _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), ""),
     Key("kafka.sasl.username", "", _str, "SASL user"),
-    Key("kafka.sasl.password", "", _str, "SASL password"),
+    Key("kafka.sasl.password", "", _str, "SASL password", secret=True),
     Key("kafka.tls.caFile", "", _str, "CA bundle for TLS"),
     Key("kafka.tls.certFile", "", _str, "client certificate (mTLS)"),
     Key("kafka.tls.keyFile", "", _str, "client key (mTLS)"),
     Key("kafka.readClient", "auto", _choice("auto", "aiokafka"),
         "bounded reads: rawcap's plaintext client where it can (auto), or aiokafka always"),
     Key("kafka.topics.packets.partitions", 6, _positive_int, "partitions of rawcap.packets"),
-    Key("kafka.topics.replicationFactor", 1, _positive_int, "replication of created topics"),
+    Key("kafka.topics.replicationFactor", 0, _non_negative_int,
+        "replication of created topics (0: 3 when the cluster has 3+ brokers, else 1)"),
+    Key("kafka.topics.minInsyncReplicas", 0, _non_negative_int,
+        "min.insync.replicas of created topics (0: 2 with replication 3+, else 1)"),
     # --- stack ---
     Key("stack.dataDir", "", _str, "local stack data dir (default ./.rawcap/stack)"),
     Key("stack.kafkaPort", 9092, _port, "local Kafka port"),
@@ -226,6 +239,14 @@ KEYS: tuple[Key, ...] = (
     Key("archive.objectSize", "32Mi", parse_size, "target archive object size"),
     Key("archive.flushInterval", "2m", parse_duration, "flush an archive object after"),
     Key("archive.retention", "0", parse_duration, "delete archive hours older than (0: keep)"),
+    Key("archive.tables.objectSize", "64Mi", parse_size,
+        "calls/flows Parquet objects: cut after this much record data (msgpack bytes)"),
+    Key("archive.tables.flushInterval", "1h", parse_duration,
+        "calls/flows Parquet objects: write one at the latest after this long"),
+    Key("archive.tables.rowGroupRows", 131072, _positive_int, "rows per Parquet row group"),
+    # --- history (rawcap trends / anomalies) ---
+    Key("history.kafkaRecent", "2h", parse_duration,
+        "--source auto: the last this-much of a range from Kafka, the rest from the archive"),
     # --- snapshots / forensics ---
     Key("snapshots.url", "", _str, "snapshot store URL (default ./.rawcap/snapshots)"),
     # --- dissector ---
@@ -248,6 +269,9 @@ ALIASES: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 
 _BY_NAME = {k.name: k for k in KEYS}
+
+#: What ``Config.masked()`` shows instead of a secret that is set.
+MASK = "********"
 
 
 def env_name(key: str) -> str:
@@ -296,6 +320,14 @@ class Config:
     @property
     def node(self) -> str:
         return self._values["node.name"] or _default_node()
+
+    def masked(self) -> Config:
+        """A copy in which every secret key that is set reads ``MASK`` (for showing)."""
+        values = dict(self._values)
+        for key in KEYS:
+            if key.secret and values.get(key.name):
+                values[key.name] = MASK
+        return Config(values, dict(self._sources))
 
     def as_dict(self) -> dict[str, Any]:
         return dict(sorted(self._values.items()))

@@ -260,7 +260,8 @@ def decode_header(value: bytes | memoryview) -> tuple[BatchHeader, int]:
         raw = unpacker.unpack()
     except msgpack.OutOfData:
         raise TruncatedBatch("batch ends inside its msgpack header") from None
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        # TypeError: a map key msgpack cannot hash (an array or a map), e.g. b"\x81\x90\x00".
         raise TruncatedBatch(f"batch header is not valid msgpack: {exc}") from None
     if not isinstance(raw, dict):
         raise TruncatedBatch("batch header is not a msgpack map")
@@ -288,7 +289,7 @@ def decode_header(value: bytes | memoryview) -> tuple[BatchHeader, int]:
             version=(version[0], version[1]),
             extra={k: v for k, v in raw.items() if k not in _KNOWN_KEYS},
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf)
         raise TruncatedBatch(f"batch header is missing or mistypes a field: {exc}") from None
     return header, len(MAGIC) + unpacker.tell()
 

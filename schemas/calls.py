@@ -11,8 +11,10 @@ from ``rawcap.k8s`` as of the request time, and stay empty when the cluster laye
 - ``req_ts_ns``/``resp_ts_ns``: capture timestamps of request and response (0: missing);
   ``latency_ns`` = resp - req when both exist
 - ``method``/``path``/``status``/``host`` (HTTP: status code; gRPC: ``grpc_status`` too),
-  ``qname``/``qtype``/``rcode`` (DNS), ``command``/``key`` (Redis; PostgreSQL: first SQL
-  word and the statement, with tag, rows and sqlstate in ``extra``) and ``error`` (text)
+  ``qname``/``qtype``/``rcode`` (DNS), ``command``/``key`` (Redis; PostgreSQL: one call per
+  statement, the command word of the server's tag and the statement, with tag, rows,
+  sqlstate, extended and the statement's place in its batch in ``extra``) and ``error``
+  (text)
 - ``req_bytes``/``resp_bytes``: message sizes (head + body), ``headers``: request and response
   headers with sensitive values replaced by ``[redacted]``
 - ``complete``: false when the request or the response was lost (flow ended, gap)
@@ -83,6 +85,8 @@ class Call:
             what = f"{self.qname} type={self.qtype} rcode={self.rcode}"
         elif self.proto == "redis":
             what = f"{self.command} {self.key}".rstrip()
+        elif self.proto == "postgres":
+            what = f"{self.key} -> {self.extra.get('tag') or self.error or '?'}"
         else:
             what = f"{self.method} {self.path} -> {self.status}"
             if self.grpc_status >= 0:

@@ -325,9 +325,11 @@ class WorkloadIndex:
             self._close_uid(old.uid, rec.start_ns or ts_ns)
         self._pods[key] = rec
         if rec.phase in TERMINAL_PHASES:
-            if (old is None or old.uid != rec.uid) and rec.start_ns and rec.end_ns \
+            if (old is None or old.uid != rec.uid or not old.ips) and rec.start_ns and rec.end_ns \
                     and not rec.host_network:
-                # first seen already finished (a compacted topic replayed, a late watcher):
+                # first seen already finished (a compacted topic replayed, a late watcher), or
+                # first seen with its IPs when finished (a pod that ran for a second or two:
+                # the kubelet may report Pending, then Succeeded with the IP, nothing between):
                 # it held its IPs from start to end, within whatever gaps other owners leave
                 wl = self._workload(rec)
                 for text in rec.ips:

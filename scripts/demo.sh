@@ -11,6 +11,8 @@
 #   5. dissect the same window from Kafka into API calls
 #   6. archive rawcap.packets into the stack's S3 bucket, export the window back from the
 #      archive, and print a summary
+#   7. write the calls of step 5 into the bucket as Parquet (rawcap archive tables) and show
+#      their trend from there (rawcap trends: a table with sparklines and a PNG chart)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RAWCAP=.venv/bin/rawcap
@@ -25,6 +27,7 @@ cleanup() {
   [ -n "${UDP_PID:-}" ] && kill "$UDP_PID" 2>/dev/null || true
   [ -n "${TD_PID:-}" ] && kill "$TD_PID" 2>/dev/null || true
   [ -n "${ARC_PID:-}" ] && kill "$ARC_PID" 2>/dev/null || true
+  [ -n "${TAB_PID:-}" ] && kill "$TAB_PID" 2>/dev/null || true
   ip link del rcdemo0 2>/dev/null || true
   ip netns del "$NS" 2>/dev/null || true
 }
@@ -125,9 +128,27 @@ $RAWCAP pcap export --source archive --from "$START" --to "$END" --node "$NODE" 
 AR_N=$(capinfos -M -c -T -r "$OUT/demo-archive.pcapng" | awk -F'\t' '{print $2}')
 echo "   archive export: $AR_N packets"
 
+echo "== 7. the calls as Parquet in the bucket (rawcap archive tables), and their trend from there"
+N_CALLS=$(wc -l < "$OUT/calls.jsonl")
+$RAWCAP archive tables --kinds calls --flush-interval 2s 2> "$OUT/tables.log" & TAB_PID=$!
+TREND_ARGS=(--source archive --from "$START" --to "$END" --node "$NODE" --every 2s)
+IN_TABLES=0
+for _ in $(seq 1 120); do
+  IN_TABLES=$($RAWCAP trends "${TREND_ARGS[@]}" --metric requests --json 2>/dev/null \
+              | $PY -c 'import json,sys; print(sum(json.loads(l)["requests"] for l in sys.stdin if l.strip()))')
+  [ "$IN_TABLES" -ge "$N_CALLS" ] && break
+  kill -0 "$TAB_PID" 2>/dev/null || { cat "$OUT/tables.log" >&2; echo "demo: table writer exited" >&2; exit 1; }
+  sleep 1
+done
+kill -TERM "$TAB_PID"; wait "$TAB_PID"; TAB_PID=
+$RAWCAP trends "${TREND_ARGS[@]}" --by endpoint --metric requests,error-rate,p99 --png "$OUT/trend.png" \
+  | sed 's/^/   /'
+echo "   chart: $OUT/trend.png"
+
 echo "== summary"
 echo "   captured: $RC_N packets (tcpdump: $TD_N)   calls: $(wc -l < "$OUT/calls.jsonl")   from the archive: $AR_N packets"
 echo "   pcapng: $OUT/demo.pcapng   (open it in Wireshark)"
 [ "$RC_N" = "$TD_N" ] || { echo "demo: rawcap and tcpdump disagree ($RC_N vs $TD_N packets)" >&2; exit 1; }
 [ "$AR_N" = "$RC_N" ] || { echo "demo: the archive holds $AR_N of $RC_N packets" >&2; exit 1; }
+[ "$IN_TABLES" = "$N_CALLS" ] || { echo "demo: the calls table holds $IN_TABLES of $N_CALLS calls" >&2; exit 1; }
 echo "   stack:  $RAWCAP stack status ; stop it with: $RAWCAP stack down"

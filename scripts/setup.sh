@@ -4,11 +4,25 @@
 #
 #   1. apt: bcc (python3-bpfcc, bpfcc-tools), tcpdump, tshark, kcat, iproute2, libpcap,
 #      libdeflate, JDK + Maven (for the Kafka jars), the benchmarks' traffic sources
-#      (trafgen from netsniff-ng, nginx-light, wrk, dnsmasq-base, dig), and the newest
+#      (trafgen from netsniff-ng, nginx-light, wrk, dnsmasq-base, dig), PostgreSQL server +
+#      pgbench + psql (the PostgreSQL dissector's tests run a private cluster), and the newest
 #      linux-headers-6.12.*-cloud-amd64 (+ -common) with /lib/modules/$(uname -r)/{build,source}
 #      pointing at them; tracefs mounted (bcc tracepoints)
 #   2. .venv at the repo root with rawcap installed editable ('.[test]'), bcc importable
 #   3. compose/install-stack.sh: Kafka broker jars + MinIO server for `rawcap stack`
+#   4. compose/install-k8s.sh: Kubernetes v1.36 (one multi-call binary: kube-apiserver,
+#      kube-controller-manager, kube-scheduler, kubelet, kubectl, etcd) and helm, built from
+#      the Go module proxy for `rawcap stack up --k8s` and the chart tests, then
+#      compose/install-node.sh: containerd 2 for the test worker node (tests/k8s: pods)
+#   5. compose/image/build.sh: the rawcap container image (OCI layout in the cache; mmdebstrap,
+#      umoci; tests/image runs it with runc, tests/k8s in pods). Cached: seconds when nothing
+#      changed, about a minute when a source file did, a few minutes on a fresh machine
+#
+# 2-5 run side by side once apt is done: the Go builds (MinIO, Kubernetes + helm,
+# containerd) are CPU-bound, while pip, Maven and mmdebstrap mostly wait on the network.
+# Each background step's output is printed when it ends (logs in $RAWCAP_SETUP_LOGS, default
+# a temporary directory); setup fails if any step failed. A fresh machine's times:
+# docs/kubernetes.md ("What was run for real").
 #
 # Environment: VENV (default .venv), PYTHON (default python3), RAWCAP_STACK_CACHE.
 set -euo pipefail
@@ -16,8 +30,10 @@ cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(python3-bpfcc bpfcc-tools tcpdump tshark kcat iproute2 libpcap0.8-dev netsniff-ng libdeflate0
-              nginx-light wrk dnsmasq-base bind9-dnsutils
-              python3-venv openjdk-17-jdk-headless maven ca-certificates)
+              nginx-light wrk dnsmasq-base bind9-dnsutils postgresql postgresql-contrib
+              python3-venv openjdk-17-jdk-headless maven ca-certificates openssl
+              mmdebstrap umoci runc skopeo python3-dev gcc libc6-dev binutils
+              containernetworking-plugins)
 export DEBIAN_FRONTEND=noninteractive
 
 say() { echo "setup: $*"; }
@@ -71,6 +87,35 @@ if [ ! -d /sys/kernel/tracing/events ] && [ ! -d /sys/kernel/debug/tracing/event
   $SUDO mount -t tracefs nodev /sys/kernel/tracing && say "mounted tracefs on /sys/kernel/tracing"
 fi
 
+# --- 3-5 in the background, beside the venv ------------------------------------------
+LOGS="${RAWCAP_SETUP_LOGS:-$(mktemp -d /tmp/rawcap-setup.XXXXXX)}"
+mkdir -p "$LOGS"
+declare -A JOBS=()
+background() {  # background NAME COMMAND...: run it in a process group of its own, output in $LOGS/NAME.log
+  local name="$1"; shift
+  setsid bash -c 't0=$SECONDS; "$@" || exit; echo "setup: $0 took $((SECONDS - t0)) s"' "$name" "$@" \
+    >"$LOGS/$name.log" 2>&1 </dev/null &
+  JOBS[$name]=$!
+}
+finish() {  # wait for each job, print its output, fail if one failed
+  local name failed=()
+  for name in stack k8s image; do
+    if wait "${JOBS[$name]}"; then
+      cat "$LOGS/$name.log"
+    else
+      cat "$LOGS/$name.log"; failed+=("$name")
+    fi
+  done
+  JOBS=()
+  [ ${#failed[@]} -eq 0 ] || { say "error: ${failed[*]} failed (logs in $LOGS)"; exit 1; }
+}
+stop_jobs() { local p; for p in "${JOBS[@]}"; do kill -- "-$p" 2>/dev/null || true; done; }
+trap stop_jobs EXIT
+background stack bash compose/install-stack.sh
+background k8s bash -c 'bash compose/install-k8s.sh && bash compose/install-node.sh'
+background image bash compose/image/build.sh
+say "building in the background: stack (Kafka jars, MinIO), k8s (Kubernetes, helm, containerd), image"
+
 # --- 2. Python venv -------------------------------------------------------------------
 stamp="$VENV/.rawcap-installed"
 if [ ! -x "$VENV/bin/python" ]; then
@@ -99,6 +144,6 @@ if [ "$(readlink "$site/bcc" 2>/dev/null)" != /usr/lib/python3/dist-packages/bcc
 fi
 "$VENV/bin/python" -c 'import bcc' || { say "error: bcc does not import in $VENV"; exit 1; }
 
-# --- 3. local stack binaries ----------------------------------------------------------
-bash compose/install-stack.sh
-say "done"
+# --- 3-5: wait for the background steps -----------------------------------------------
+finish
+say "done in $SECONDS s"

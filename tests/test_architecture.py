@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = "schemas"
 PLUMBING = "rawcap"
-SERVICES = ("capture", "enrich", "archiver", "dissector", "forensics")
+SERVICES = ("capture", "enrich", "archiver", "dissector", "forensics", "history")
 PACKAGES = (SCHEMAS, PLUMBING, *SERVICES)
 #: What each top-level package may import of the project, besides itself.
 ALLOWED = {SCHEMAS: set(), PLUMBING: {SCHEMAS}, **{s: {PLUMBING, SCHEMAS} for s in SERVICES}}

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-PACKAGES = ["schemas", "rawcap", "capture", "enrich", "archiver", "dissector", "forensics",
+PACKAGES = ["schemas", "rawcap", "capture", "enrich", "archiver", "dissector", "forensics", "history",
             "rawcap.archive", "rawcap.kafka", "rawcap.pcap", "rawcap.stack", "rawcap.window"]
 
 

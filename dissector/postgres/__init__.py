@@ -2,16 +2,21 @@
 
 from ._events import (
     CommandComplete,
+    CopyIn,
+    EmptyQuery,
     ErrorResponse,
+    PortalSuspended,
     Query,
     ReadyForQuery,
-    RowData,
     SslRequest,
     Startup,
     Sync,
 )
+from ._pairing import StatementPairer
 from ._parser import PgReader, looks_like_startup
+from ._sql import first_keyword, statement_spans
 from ._state import State
 
-__all__ = ("CommandComplete", "ErrorResponse", "PgReader", "Query", "ReadyForQuery",
-           "RowData", "SslRequest", "Startup", "State", "Sync", "looks_like_startup")
+__all__ = ("CommandComplete", "CopyIn", "EmptyQuery", "ErrorResponse", "PgReader",
+           "PortalSuspended", "Query", "ReadyForQuery", "SslRequest", "Startup", "State",
+           "StatementPairer", "Sync", "first_keyword", "looks_like_startup", "statement_spans")

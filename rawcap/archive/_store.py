@@ -8,8 +8,8 @@ import datetime as dt
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, TypeVar
 from urllib.parse import urlparse
 
 import anyio
@@ -18,6 +18,8 @@ from schemas.errors import ConfigError, RawcapError, TransportError
 
 from ..config import Config
 from ._layout import IndexEntry, escape_node, hour_path, parse_hour_path
+
+_T = TypeVar("_T")
 
 __all__ = ("SCHEMES", "AccessDenied", "ArchiveStore", "ObjectMissing")
 
@@ -205,28 +207,30 @@ class ArchiveStore:
         except Exception as exc:
             raise self.error(exc, "GET", key) from None
 
-    def list_objects(self, prefix: str) -> list[dict[str, Any]]:
+    def _listing(self, prefix: str, call: Callable[[], _T], empty: _T) -> _T:
+        """``call()``, a LIST of ``prefix``: ``empty`` when the prefix does not exist (a
+        local directory), one-line rawcap errors otherwise (a missing bucket among them)."""
         try:
+            return call()
+        except FileNotFoundError as exc:
+            if "NoSuchBucket" in str(exc) or "ContainerNotFound" in str(exc):
+                raise self.error(exc, "LIST", prefix) from None
+            return empty
+        except Exception as exc:
+            raise self.error(exc, "LIST", prefix) from None
+
+    def list_objects(self, prefix: str) -> list[dict[str, Any]]:
+        def listed() -> list[dict[str, Any]]:
             out: list[dict[str, Any]] = []
             for chunk in self._ob.list(self.store, prefix or None, chunk_size=1000):
                 out.extend(dict(m) for m in chunk)
             return out
-        except FileNotFoundError as exc:
-            if "NoSuchBucket" in str(exc) or "ContainerNotFound" in str(exc):
-                raise self.error(exc, "LIST", prefix) from None
-            return []
-        except Exception as exc:
-            raise self.error(exc, "LIST", prefix) from None
+
+        return self._listing(prefix, listed, [])
 
     def list_dirs(self, prefix: str) -> list[str]:
-        try:
-            res = self._ob.list_with_delimiter(self.store, prefix or None)
-        except FileNotFoundError as exc:
-            if "NoSuchBucket" in str(exc) or "ContainerNotFound" in str(exc):
-                raise self.error(exc, "LIST", prefix) from None
-            return []
-        except Exception as exc:
-            raise self.error(exc, "LIST", prefix) from None
+        res: dict[str, Any] = self._listing(
+            prefix, lambda: self._ob.list_with_delimiter(self.store, prefix or None), {"common_prefixes": []})
         return [p.rstrip("/").rsplit("/", 1)[-1] for p in res["common_prefixes"]]
 
     # reading helpers ---------------------------------------------------------------------

@@ -13,10 +13,15 @@ What it owns:
 - ``_fetcher.py``: the :class:`Fetcher` protocol a reader of one partition drives, and its
   stock-aiokafka implementation (:class:`ConsumerFetcher`): the two read paths;
 - ``_producer.py``: :class:`BatchProducer`, the one produce path of ``rawcap.packets``;
-- ``_compat.py``: every use of aiokafka's internals, each checked (:func:`aiokafka_problems`).
+- ``_compat.py``: every use of aiokafka's internals, each checked (:func:`aiokafka_problems`);
+- ``_diag.py``: why a secured Kafka refused, in one line (:func:`kafka_cause`, :func:`probe`:
+  its own TLS + SASL login, requests from the codec);
+- ``_lag.py``: a consumer group's lag as Prometheus gauges (:class:`GroupLag`), the same
+  names for every group, and their ``/metrics`` server.
 
 Importing this package imports no aiokafka: a bounded read starts its lookups before aiokafka
-(or even asyncio) is imported. The names that need aiokafka are loaded on first use.
+(or even asyncio) is imported. The names that need aiokafka (or ssl, prometheus_client) are
+loaded on first use.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ if typing.TYPE_CHECKING:
         topic_specs,
     )
     from ._compat import problems as aiokafka_problems
+    from ._diag import kafka_cause, probe, scram_client_final
+    from ._lag import GroupLag, serve_metrics
     from ._producer import BatchProducer
 
 __all__ = (
@@ -57,6 +64,7 @@ __all__ = (
     "FetchedRecord",
     "Fetcher",
     "Framed",
+    "GroupLag",
     "KafkaRecord",
     "PartitionWindow",
     "Unsupported",
@@ -68,12 +76,16 @@ __all__ = (
     "consumer_kwargs",
     "ensure_topics",
     "follow_topic",
+    "kafka_cause",
     "make_consumer",
     "make_producer",
     "murmur2",
     "node_partition",
+    "probe",
     "producer_kwargs",
     "read_topic_to_end",
+    "scram_client_final",
+    "serve_metrics",
     "start_consumer",
     "start_lookup",
     "stop_client",
@@ -89,6 +101,8 @@ _LAZY = {
         "follow_topic", "make_consumer", "make_producer", "producer_kwargs", "read_topic_to_end",
         "start_consumer", "stop_client", "topic_partitions", "topic_specs")},
     "BatchProducer": ("._producer", "BatchProducer"),
+    **{name: ("._diag", name) for name in ("kafka_cause", "probe", "scram_client_final")},
+    **{name: ("._lag", name) for name in ("GroupLag", "serve_metrics")},
     "aiokafka_problems": ("._compat", "problems"),
 }
 

@@ -45,6 +45,8 @@ __all__ = (
 log = logging.getLogger("rawcap.kafka")
 
 _TOPIC_ALREADY_EXISTS = 36
+#: TOPIC_AUTHORIZATION_FAILED, CLUSTER_AUTHORIZATION_FAILED
+_NOT_OURS = (29, 31)
 
 #: A producer request / fetch must fit the largest batch the topic accepts.
 TOPIC_MAX_REQUEST = int(TOPIC_CONFIGS[PACKETS]["max.message.bytes"]) + 64 * 1024
@@ -116,12 +118,21 @@ def make_consumer(cfg: Config, *topics: str, group_id: str | None = None,
 
 
 
-def topic_specs(cfg: Config) -> list[NewTopic]:
-    """All rawcap topics with explicit configs; the packets topic sized from the values file."""
-    replication = cfg.get("kafka.topics.replicationFactor")
+def topic_specs(cfg: Config, brokers: int = 1) -> list[NewTopic]:
+    """All rawcap topics with explicit configs; the packets topic sized from the values file.
+
+    Replication: ``kafka.topics.replicationFactor``, or 0 (the default) for 3 on a cluster
+    of ``brokers`` >= 3 and 1 otherwise; with replication above 1 ``min.insync.replicas``
+    is ``kafka.topics.minInsyncReplicas``, or 0 for 2 (so that an ``acks=all`` write
+    survives losing any one broker and is refused rather than kept once when two are down).
+    """
+    replication = cfg.get("kafka.topics.replicationFactor") or (3 if brokers >= 3 else 1)
+    min_isr = cfg.get("kafka.topics.minInsyncReplicas") or min(2, max(1, replication - 1))
     specs = []
     for name in ALL_TOPICS:
         configs = dict(TOPIC_CONFIGS.get(name, {}))
+        if replication > 1 or cfg.source("kafka.topics.minInsyncReplicas") != "default":
+            configs["min.insync.replicas"] = str(min_isr)
         partitions = 1
         if name == PACKETS:
             partitions = cfg.get("kafka.topics.packets.partitions")
@@ -143,7 +154,8 @@ async def ensure_topics(cfg: Config, retry_for: float = 60.0) -> list[str]:
         try:
             await admin.start()
             existing = set(await admin.list_topics())
-            missing = [t for t in topic_specs(cfg) if t.name not in existing]
+            brokers = len(admin._client.cluster.brokers())
+            missing = [t for t in topic_specs(cfg, brokers) if t.name not in existing]
             if not missing:
                 return []
             resp = await admin.create_topics(missing, timeout_ms=15_000)
@@ -152,6 +164,10 @@ async def ensure_topics(cfg: Config, retry_for: float = 60.0) -> list[str]:
                 name, code = err[0], err[1]
                 if code == 0:
                     created.append(name)
+                elif code in _NOT_OURS:
+                    # A service user of a secured cluster: it sees (and may create) only its
+                    # own topics; the others are the operator's to create.
+                    log.debug("not allowed to create Kafka topic %s (left to the operator)", name)
                 elif code != _TOPIC_ALREADY_EXISTS:
                     exc = for_code(code)
                     if getattr(exc, "retriable", False):

@@ -176,6 +176,10 @@ def problems() -> list[str]:
     for name in ("_wait_on_metadata", "force_metadata_update"):
         if not callable(getattr(AIOKafkaClient, name, None)):
             out.append(f"AIOKafkaClient.{name} is gone")
+    from aiokafka.cluster import ClusterMetadata
+
+    if not isinstance(getattr(ClusterMetadata(), "unauthorized_topics", None), set):
+        out.append("ClusterMetadata.unauthorized_topics is gone")
     return out
 
 
@@ -198,8 +202,9 @@ async def consumer_partitions(consumer: Any, topic: str, wait_s: float = 10.0) -
     metadata until told to track the topic (``_client._wait_on_metadata``, what aiokafka's
     producer calls in its public ``partitions_for``), waited for at most ``wait_s``; with
     ``wait_s=0`` one metadata refresh (``_client.force_metadata_update``) instead. Empty when
-    the topic does not exist (yet)."""
-    from aiokafka.errors import KafkaError
+    the topic does not exist (yet); ``TopicAuthorizationFailedError`` when no ACL lets this
+    client see it (the caller's one-line refusal, ``rawcap.kafka.kafka_cause``)."""
+    from aiokafka.errors import TopicAuthorizationFailedError, UnknownTopicOrPartitionError
 
     parts = consumer.partitions_for_topic(topic)
     if not parts:
@@ -210,7 +215,9 @@ async def consumer_partitions(consumer: Any, topic: str, wait_s: float = 10.0) -
                     await client._wait_on_metadata(topic)  # adds the topic, waits for it
                 else:
                     await client.force_metadata_update()
-            except KafkaError:
+            except UnknownTopicOrPartitionError:
                 pass  # no such topic (yet): empty
+        if topic in client.cluster.unauthorized_topics:
+            raise TopicAuthorizationFailedError(topic)
         parts = consumer.partitions_for_topic(topic)
     return set(parts or ())

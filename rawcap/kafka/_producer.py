@@ -61,6 +61,14 @@ class BatchProducer:
         partitions = sorted(await self._producer.partitions_for(topic))
         return int(DefaultPartitioner()(key, partitions, partitions))
 
+    def leader_of(self, topic: str, partition: int) -> int | None:
+        """The broker id leading ``topic``/``partition`` in the producer's current metadata
+        (``None`` or -1 while it has none: during a failover)."""
+        from aiokafka import TopicPartition
+
+        leader = self._producer.client.cluster.leader_for_partition(TopicPartition(topic, partition))
+        return None if leader is None else int(leader)
+
     @classmethod
     def records_for(cls, sizes: Iterable[int]) -> int:
         """How many of the next values (their sizes, in order) go into one record batch."""

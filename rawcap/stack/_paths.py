@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from schemas.errors import RawcapError
 
-__all__ = ("cache_dir", "default_data_dir", "find_kafka_jars", "find_minio")
+__all__ = ("cache_dir", "default_data_dir", "find_kafka_jars", "find_minio", "read_state")
 
 _REPO = Path(__file__).resolve().parents[2]
 _HINT = "run `make setup` (or compose/install-stack.sh)"
@@ -45,3 +47,14 @@ def find_minio() -> Path:
     if found:
         return Path(found)
     raise RawcapError(f"minio not found in {local.parent} or on PATH: {_HINT}")
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A JSON state file (ports, credentials) as a dict; {} when it does not exist yet."""
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise RawcapError(f"{path} is unreadable ({exc}): fix or delete it") from None
+    return state if isinstance(state, dict) else {}

@@ -152,18 +152,16 @@ async def produce(bootstrap: str, items: Iterable[tuple[str, bytes]]) -> int:
     return n
 
 
-class Traffic:
-    """A thread producing batches for some nodes at a steady rate until stopped; it
-    remembers every (node, seq) Kafka acknowledged."""
+class ProducerThread:
+    """A thread running :meth:`_run` (a producing loop that ends when ``_stop`` is set)
+    beside the test; an error in it is raised by :meth:`stop`."""
 
-    def __init__(self, bootstrap: str, nodes: list[str], rate: float = 20.0, size: int = 300) -> None:
-        self.bootstrap, self.nodes, self.rate, self.size = bootstrap, nodes, rate, size
-        self.sent: list[tuple[str, int]] = []
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._t = threading.Thread(target=lambda: anyio.run(self._run), daemon=True)
         self.error: BaseException | None = None
 
-    def __enter__(self) -> Traffic:
+    def __enter__(self) -> Any:
         self._t.start()
         return self
 
@@ -175,6 +173,19 @@ class Traffic:
         self._t.join(60)
         if self.error is not None:
             raise self.error
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Traffic(ProducerThread):
+    """A thread producing batches for some nodes at a steady rate until stopped; it
+    remembers every (node, seq) Kafka acknowledged."""
+
+    def __init__(self, bootstrap: str, nodes: list[str], rate: float = 20.0, size: int = 300) -> None:
+        super().__init__()
+        self.bootstrap, self.nodes, self.rate, self.size = bootstrap, nodes, rate, size
+        self.sent: list[tuple[str, int]] = []
 
     async def _run(self) -> None:
         try:
@@ -201,15 +212,15 @@ class Traffic:
             self.error = exc
 
 
-async def precommit_end(bootstrap: str, group: str) -> dict[int, int]:
+async def precommit_end(bootstrap: str, group: str, topic: str = topics.PACKETS) -> dict[int, int]:
     """Commit the current end offsets for ``group``: a fresh archiver then starts at the end
     of the topic (other tests' batches are not this test's business)."""
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await c.start()
     try:
-        await c._client._wait_on_metadata(topics.PACKETS)
-        parts = sorted(c.partitions_for_topic(topics.PACKETS) or ())
-        tps = [TopicPartition(topics.PACKETS, p) for p in parts]
+        await c._client._wait_on_metadata(topic)
+        parts = sorted(c.partitions_for_topic(topic) or ())
+        tps = [TopicPartition(topic, p) for p in parts]
         c.assign(tps)
         end = await c.end_offsets(tps)
         await c.commit({tp: end[tp] for tp in tps})
@@ -296,24 +307,25 @@ class Contents:
         assert not self.orphans, f"data objects without index: {self.orphans[:10]}"
 
 
-async def end_offsets(bootstrap: str) -> dict[int, int]:
+async def end_offsets(bootstrap: str, topic: str = topics.PACKETS) -> dict[int, int]:
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await c.start()
     try:
-        await c._client._wait_on_metadata(topics.PACKETS)
-        parts = sorted(c.partitions_for_topic(topics.PACKETS) or ())
-        tps = [TopicPartition(topics.PACKETS, p) for p in parts]
+        await c._client._wait_on_metadata(topic)
+        parts = sorted(c.partitions_for_topic(topic) or ())
+        tps = [TopicPartition(topic, p) for p in parts]
         end = await c.end_offsets(tps)
         return {tp.partition: end[tp] for tp in tps}
     finally:
         await c.stop()
 
 
-def wait_committed(bootstrap: str, group: str, partitions: Iterable[int], timeout: float = 90) -> None:
+def wait_committed(bootstrap: str, group: str, partitions: Iterable[int], timeout: float = 90,
+                   topic: str = topics.PACKETS) -> None:
     """Until the group has committed the end offset (as of now) of every partition given:
     everything produced so far is archived."""
     parts = set(partitions)
-    end = anyio.run(end_offsets, bootstrap)
+    end = anyio.run(end_offsets, bootstrap, topic)
     deadline = time.monotonic() + timeout
     while True:
         got = anyio.run(committed, bootstrap, group)

@@ -20,19 +20,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dissector import NEED_DATA, Dissector, ParseError, TcpStream
+from dissector._calls import Endpoints, PostgresSession, Redactor, SessionStats
 from dissector._reassembly import _Collector
 from dissector.dns import DnsTcpReader, parse_message
 from dissector.http1 import CLIENT, SERVER, HTTP1Reader
 from dissector.http1._parser import MAX_HEAD
 from dissector.http2 import HTTP2Reader
 from dissector.http2._parser import MAX_FRAME
-from dissector.postgres import PgReader
+from dissector.postgres import PgReader, first_keyword, statement_spans
 from dissector.redis import RespReader
 
 from .test_dns import Q, R
 from .test_http1 import REQS, RESPS
 from .test_http2 import conversation
 from .test_postgres import CLIENT as PG_CLIENT
+from .test_postgres import PAIRS as PG_PAIRS
 from .test_postgres import SERVER as PG_SERVER
 from .test_redis import CMDS, REPLIES
 
@@ -149,6 +151,55 @@ def test_postgres_server(data: bytes, cuts: list[int], gap: int | None) -> None:
     r = PgReader(client=False)
     r.expect_ssl_reply()
     run_reader(r, data, cuts, gap)
+
+
+#: Pieces of SQL the statement splitter treats specially.
+SQL_TOKENS = [";", "'", "''", "E'", "\\", '"', "$$", "$a$", "$1", "--", "\n", "/*", "*/", "(",
+              ")", " ", "select", "BEGIN", "end", "case", "create", "or", "replace",
+              "function", "procedure", "atomic", "x", "é"]
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(SQL_TOKENS) | st.text(max_size=4), max_size=40))
+def test_postgres_statement_spans(parts: list[str]) -> None:
+    sql = "".join(parts)
+    spans = statement_spans(sql)
+    end = 0
+    for a, b in spans:  # in order, disjoint, trimmed (but an unterminated literal), non-empty
+        assert end <= a < b <= len(sql)
+        assert not sql[a].isspace() and sql[a] != ";"
+        assert not sql[b - 1].isspace() or b == len(sql)
+        end = b
+    first_keyword(sql)
+
+
+PG_SIDES = st.tuples(st.integers(1, len(PG_PAIRS) - 1), st.integers(0, 1))
+
+
+@FUZZ
+@given(st.data(), st.lists(PG_SIDES, max_size=3, unique=True))
+def test_postgres_session_counts_each_byte_once(data: Any, bent: list[tuple[int, int]]) -> None:
+    """A real-shaped conversation with a few sides of exchanges mutated and cut: nothing but
+    calls leaves the session, and the calls' sizes never add up to more than was sent."""
+    out: list[Any] = []
+    stats = SessionStats()
+    s = PostgresSession(Endpoints("n", "tcp", "10.0.0.1", 5000, "10.0.0.2", 5432), 0,
+                        out.append, stats, Redactor())
+    sent = [0, 0]
+    for i, pair in enumerate(PG_PAIRS):
+        for d in (0, 1):
+            chunk, cut = pair[d], 0
+            if (i, d) in bent:
+                chunk = data.draw(mutated(chunk))
+                cut = data.draw(st.integers(0, len(chunk)))
+            sent[d] += len(chunk)
+            for part in (chunk[:cut], chunk[cut:]):
+                s.on_data(d, part, i)
+    s.on_end(-1, 99, "fin")
+    assert stats.calls == len(out)
+    assert sum(c.req_bytes for c in out) <= sent[0]
+    assert sum(c.resp_bytes for c in out) <= sent[1]
+    assert all(c.complete or c.resp_bytes == 0 for c in out)
 
 
 @FUZZ

@@ -1,5 +1,12 @@
 """A Kubernetes API test server speaking the real list/watch protocol (the one allowed stand-in).
 
+It stays only for what the real kube-apiserver of the test session (``kube`` fixture) cannot
+be made to do on demand: drop every open watch mid-stream, answer ``410 Gone`` (as HTTP status
+and as an ``ERROR`` event) after a compaction the test chooses, and fail the next requests
+with ``500`` (tests/enrich/test_watch.py), plus the pipeline tests that need those. Everything
+else (lists, watches, RBAC, in-cluster tokens, k8s-watch and enrich end to end) runs against
+the real server.
+
 What it implements, as the API server does:
 - ``GET /api/v1/{pods,services,namespaces,nodes}`` and
   ``/apis/discovery.k8s.io/v1/endpointslices``: List objects (``kind: PodList`` ...) with

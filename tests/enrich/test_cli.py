@@ -17,10 +17,12 @@ from aiokafka import AIOKafkaProducer
 
 from rawcap.config import Config
 from rawcap.kafka import ensure_topics, producer_kwargs, read_topic_to_end
+from rawcap.stack import KubeCluster
 from schemas import Packet, encode_batch, topics
 from schemas.flows import decode_flow
 from tests.capture.helpers import RAWCAP, Proc
 
+from .control import clear_capture_filters
 from .frames import handshake
 
 
@@ -81,37 +83,45 @@ async def test_enrich_sigterm_flushes_and_dlq(make_config: Callable[..., Config]
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(600)  # a real control plane + Kafka on 2 shared cores
 async def test_k8s_watch_command_publishes_and_stops_on_sigterm(
-    make_config: Callable[..., Config], tmp_path: Path
+    make_config: Callable[..., Config], kube: KubeCluster, tmp_path: Path
 ) -> None:
+    """`rawcap k8s-watch` against the real API server: a pod's record, then its tombstone
+    once the pod is deleted, and the node's capture filter from the values file."""
     from schemas.k8s import PodRecord, decode_k8s
 
-    from .fakekube import FakeKube, pod
+    from .realkube import Kube
 
     cfg = make_config()
     await ensure_topics(cfg)
-    fk = FakeKube()
-    await fk.start()
-    name = f"cli-{uuid.uuid4().hex[:6]}"
-    fk.put("pod", pod("cli", name, "10.231.99.1", "cli-node", owner=("DaemonSet", "agent")))
-    kc = tmp_path / "kubeconfig"
-    kc.write_text(fk.kubeconfig())
+    k = Kube(kube)
+    sfx = uuid.uuid4().hex[:6]
+    ns, node = f"cli-{sfx}", f"cli-node-{sfx}"
+    k.namespace(ns)
+    k.node(node, "192.0.2.99")
+    k.deployment(ns, "agent")
+    name = k.wait_pod(ns, "agent")
+    k.run_pod(ns, name, node, "10.231.99.1")
     values = tmp_path / "values.yaml"
-    values.write_text("tap:\n  excludedNamespaces: [cli]\n")
+    values.write_text(f"tap:\n  excludedNamespaces: [{ns}]\n")
     env = {"RAWCAP_BOOTSTRAP": cfg.get("kafka.bootstrap")}
-    proc = Proc([RAWCAP, "--config", str(values), "k8s-watch", "--kubeconfig", str(kc)], env=env)
+    proc = Proc([RAWCAP, "--config", str(values), "k8s-watch", "--kubeconfig", str(kube.kubeconfig)], env=env)
     try:
-        await anyio.to_thread.run_sync(lambda: proc.wait_for("capture filter published", 90))
-        fk.delete("pod", "cli", name)
+        await anyio.to_thread.run_sync(lambda: proc.wait_for(f"filter/{node}", 90))
+        await anyio.to_thread.run_sync(lambda: k.scale(ns, "deployment", "agent", 0))
+        await anyio.to_thread.run_sync(lambda: k.delete_pod(ns, name))
         await anyio.sleep(2)
     finally:
         rc = await anyio.to_thread.run_sync(lambda: proc.stop(signal.SIGTERM, 60))
-        await fk.stop()
+        k.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        k.kubectl("delete", "node", node, "--wait=false", check=False)
     assert rc == 0, proc.text
     history: list[Any] = []
     await read_topic_to_end(cfg, topics.K8S, lambda r: history.append(r))
-    mine = [r for r in history if r.key == f"pod/cli/{name}".encode()]
-    assert [r.value is None for r in mine] == [False, True]  # the record, then its tombstone
-    rec = decode_k8s(mine[0].value)
-    assert isinstance(rec, PodRecord) and (rec.owner_kind, rec.ips) == ("DaemonSet", ("10.231.99.1",))
-    assert "filter/cli-node" in proc.text
+    mine = [r for r in history if r.key == f"pod/{ns}/{name}".encode()]
+    assert [r.value is None for r in mine][-2:] == [False, True]  # the record, then its tombstone
+    rec = decode_k8s([r for r in mine if r.value is not None][-1].value)
+    assert isinstance(rec, PodRecord) and (rec.owner_kind, rec.owner_name) == ("Deployment", "agent")
+    assert rec.ips == ("10.231.99.1",)
+    await clear_capture_filters(cfg, node)

@@ -1,4 +1,5 @@
-"""k8s-watch -> rawcap.k8s / rawcap.control, enrich -> rawcap.flows, flows CLI; real Kafka."""
+"""k8s-watch -> rawcap.k8s / rawcap.control, enrich -> rawcap.flows, flows CLI; real Kafka and
+the real kube-apiserver (workloads made as in tests/enrich/realkube.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,38 +20,38 @@ from aiokafka import AIOKafkaProducer
 from enrich import FilterPlanner, Selection, run_enrich, run_k8s_watch
 from rawcap.config import Config
 from rawcap.kafka import ensure_topics, producer_kwargs, read_topic_to_end
+from rawcap.stack import KubeCluster
 from schemas import Packet, encode_batch, topics
 from schemas.control import CaptureFilter, decode_control
 from schemas.flows import FlowRecord
 from schemas.procs import ProcRecord
 
 from .control import clear_capture_filters
-from .fakekube import FakeKube, namespace, node, pod, service
 from .frames import handshake
+from .realkube import Kube
 
 pytestmark = pytest.mark.integration
 S = 1_000_000_000
 
 
-def rfc3339(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@contextlib.asynccontextmanager
-async def fake_cluster(tmp_path: Path) -> AsyncIterator[tuple[FakeKube, str]]:
-    fk = FakeKube()
-    await fk.start()
-    fk.put("namespace", namespace("shop"))
-    fk.put("namespace", namespace("billing"))
-    fk.put("node", node("enr-node-a", "192.0.2.77"))
-    fk.put("service", service("shop", "api", "10.96.7.20"))
-    fk.put("pod", pod("shop", "api-0", "10.231.7.20", "enr-node-a", owner=("StatefulSet", "api")))
-    kc = tmp_path / "kubeconfig"
-    kc.write_text(fk.kubeconfig())
+@contextlib.contextmanager
+def real_cluster(kube: KubeCluster) -> Iterator[tuple[Kube, dict[str, str]]]:
+    """Namespaces shop-<id> and billing-<id>, a node, Service shop/api and its StatefulSet pod
+    api-0 at 10.231.7.20. Yields the helper and the names (shop, billing, node)."""
+    k = Kube(kube)
+    sfx = uuid.uuid4().hex[:6]
+    names = {"shop": f"shop-{sfx}", "billing": f"billing-{sfx}", "node": f"enr-node-{sfx}"}
+    k.namespace(names["shop"])
+    k.namespace(names["billing"])
+    k.node(names["node"], "192.0.2.77")
+    k.service(names["shop"], "api", 80)
+    k.statefulset(names["shop"], "api")
+    k.run_pod(names["shop"], k.wait_pod(names["shop"], "api"), names["node"], "10.231.7.20")
     try:
-        yield fk, str(kc)
+        yield k, names
     finally:
-        await fk.stop()
+        k.kubectl("delete", "namespace", names["shop"], names["billing"], "--wait=false", check=False)
+        k.kubectl("delete", "node", names["node"], "--wait=false", check=False)
 
 
 async def _control_filters(cfg: Config) -> dict[str, CaptureFilter]:
@@ -87,7 +88,9 @@ async def _send_packets(cfg: Config, node_name: str, seq: int, frames: list[byte
         await producer.stop()
 
 
-async def test_pod_ip_reuse_attributed_end_to_end(make_config: Callable[..., Config], tmp_path: Path) -> None:
+@pytest.mark.timeout(600)  # a real control plane + Kafka on 2 shared cores
+async def test_pod_ip_reuse_attributed_end_to_end(make_config: Callable[..., Config], kube: KubeCluster,
+                                                  tmp_path: Path) -> None:
     cfg = make_config({"enrich.flowInterval": "1s", "enrich.grace": "500ms", "node.name": "enr-node-a"})
     await ensure_topics(cfg)
     node_name = f"enr-node-{time.time_ns() % 10**6}"
@@ -105,9 +108,11 @@ async def test_pod_ip_reuse_attributed_end_to_end(make_config: Callable[..., Con
         daddr="10.231.7.20", dport=80).encode(), key=b"enr-node-a")
     await producer.stop()
 
-    async with fake_cluster(tmp_path) as (fk, kc):
-        fk.put("pod", pod("shop", "web-1", "10.231.7.10", node_name,
-                          start=rfc3339(time.time_ns() - 60 * S)))
+    with real_cluster(kube) as (k, names):
+        shop, billing, kc = names["shop"], names["billing"], str(kube.kubeconfig)
+        k.deployment(shop, "web")
+        web = k.wait_pod(shop, "web")
+        k.run_pod(shop, web, node_name, "10.231.7.10")
         stop_watch, stop_enrich = anyio.Event(), anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: run_k8s_watch(cfg, kubeconfig=kc, stop=stop_watch))
@@ -117,10 +122,12 @@ async def test_pod_ip_reuse_attributed_end_to_end(make_config: Callable[..., Con
             await _send_packets(cfg, node_name, 1,
                                 handshake("10.231.7.10", 40001, "10.231.7.20", 80), t_before)
             await _wait(lambda: [f for f in flows if f.sport == 40001], 30, "flow before reuse")
-            fk.delete("pod", "shop", "web-1")
+            await anyio.to_thread.run_sync(lambda: k.scale(shop, "deployment", "web", 0))
+            await anyio.to_thread.run_sync(lambda: k.delete_pod(shop, web))
             await anyio.sleep(1)
-            fk.put("pod", pod("billing", "batch-7", "10.231.7.10", node_name, owner=("Job", "batch"),
-                              start=rfc3339(time.time_ns())))
+            await anyio.to_thread.run_sync(lambda: k.job(billing, "batch"))
+            batch = await anyio.to_thread.run_sync(lambda: k.wait_pod(billing, "batch"))
+            await anyio.to_thread.run_sync(lambda: k.run_pod(billing, batch, node_name, "10.231.7.10"))
             await anyio.sleep(2)
             t_after = time.time_ns()
             await _send_packets(cfg, node_name, 2,
@@ -132,9 +139,10 @@ async def test_pod_ip_reuse_attributed_end_to_end(make_config: Callable[..., Con
     before = next(f for f in flows if f.sport == 40001)
     after = next(f for f in flows if f.sport == 40002)
     assert before.src_workload is not None and after.src_workload is not None
-    assert (before.src_workload.namespace, before.src_workload.name) == ("shop", "web-1")
-    assert (after.src_workload.namespace, after.src_workload.name) == ("billing", "batch-7")
-    assert after.src_workload.owner_kind == "Job"
+    assert (before.src_workload.namespace, before.src_workload.name) == (shop, web)
+    assert (before.src_workload.owner_kind, before.src_workload.owner_name) == ("Deployment", "web")
+    assert (after.src_workload.namespace, after.src_workload.name) == (billing, batch)
+    assert (after.src_workload.owner_kind, after.src_workload.owner_name) == ("Job", "batch")
     assert before.dst_workload is not None and before.dst_workload.name == "api-0"
     assert (before.packets_fwd, before.packets_rev) == (4, 3)
     assert before.src_process is not None and before.src_process.pid == 4242
@@ -145,23 +153,30 @@ async def test_pod_ip_reuse_attributed_end_to_end(make_config: Callable[..., Con
     env_cfg.write_text(f"kafka:\n  bootstrap: {cfg.get('kafka.bootstrap')}\n")
     out = await anyio.to_thread.run_sync(lambda: subprocess.run(
         [sys.executable, "-m", "rawcap.cli", "--config", str(env_cfg), "flows", "--from", "-5m",
-         "--node", node_name, "--namespace", "billing", "--json"],
+         "--node", node_name, "--namespace", billing, "--json"],
         capture_output=True, text=True, timeout=60))
     assert out.returncode == 0, out.stderr
     lines = [json.loads(x) for x in out.stdout.splitlines()]
-    assert [(d["sport"], d["src_workload"]["name"]) for d in lines] == [(40002, "batch-7")]
+    assert [(d["sport"], d["src_workload"]["name"]) for d in lines] == [(40002, batch)]
     text = await anyio.to_thread.run_sync(lambda: subprocess.run(
         [sys.executable, "-m", "rawcap.cli", "--config", str(env_cfg), "flows", "--from", "-5m",
          "--node", node_name], capture_output=True, text=True, timeout=60))
-    assert "pod/shop/web-1" in text.stdout and "pid=4242 comm=curl" in text.stdout
+    assert f"pod/{shop}/{web}" in text.stdout and "pid=4242 comm=curl" in text.stdout
 
 
+@pytest.mark.timeout(600)  # a real control plane + Kafka on 2 shared cores
 async def test_values_change_republishes_capture_filters(make_config: Callable[..., Config],
-                                                         tmp_path: Path) -> None:
+                                                         kube: KubeCluster) -> None:
     cfg = make_config()
     await ensure_topics(cfg)
-    async with fake_cluster(tmp_path) as (fk, kc):
-        fk.put("pod", pod("billing", "ledger-0", "10.231.8.5", "enr-node-a"))
+    with real_cluster(kube) as (k, names):
+        billing, node, kc = names["billing"], names["node"], str(kube.kubeconfig)
+        k.deployment(billing, "ledger")
+        k.run_pod(billing, k.wait_pod(billing, "ledger"), node, "10.231.8.5")
+
+        def second_ledger_pod() -> None:
+            k.deployment(billing, "ledger1")
+            k.run_pod(billing, k.wait_pod(billing, "ledger1"), node, "10.231.8.6")
 
         async def watch_with(sel: Selection, check: Callable[[dict[str, CaptureFilter]], bool],
                              then: Callable[[], Any] | None = None,
@@ -172,7 +187,7 @@ async def test_values_change_republishes_capture_filters(make_config: Callable[.
                                                     stop=stop, settle_s=0.1))
                 await _wait(lambda: check(await_filters()), 30, "filters")
                 if then is not None and then_check is not None:
-                    then()
+                    await anyio.to_thread.run_sync(then)
                     await _wait(lambda: then_check(await_filters()), 30, "updated filters")
                 stop.set()
 
@@ -196,12 +211,12 @@ async def test_values_change_republishes_capture_filters(make_config: Callable[.
             # values change: billing excluded -> the node's filter denies the billing pod IPs,
             # and a billing pod started later is denied within seconds
             await watch_with(
-                Selection(excluded=("billing",)),
-                lambda f: "10.231.8.5/32" in getattr(f.get("filter/enr-node-a"), "deny_ips", ()),
-                then=lambda: fk.put("pod", pod("billing", "ledger-1", "10.231.8.6", "enr-node-a")),
-                then_check=lambda f: "10.231.8.6/32" in getattr(f.get("filter/enr-node-a"), "deny_ips", ()),
+                Selection(excluded=(billing,)),
+                lambda f: "10.231.8.5/32" in getattr(f.get(f"filter/{node}"), "deny_ips", ()),
+                then=second_ledger_pod,
+                then_check=lambda f: "10.231.8.6/32" in getattr(f.get(f"filter/{node}"), "deny_ips", ()),
             )
-            assert current["filter/enr-node-a"].version > v0
-            assert "10.231.7.20/32" not in current["filter/enr-node-a"].deny_ips  # shop still captured
+            assert current[f"filter/{node}"].version > v0
+            assert "10.231.7.20/32" not in current[f"filter/{node}"].deny_ips  # shop still captured
             outer.cancel_scope.cancel()
-    await clear_capture_filters(cfg, "enr-node-a")
+    await clear_capture_filters(cfg, node)

@@ -96,6 +96,32 @@ def test_index_pod_first_seen_finished() -> None:
     assert len(idx._ips[ip]) == 3
 
 
+def test_index_short_pod_first_seen_with_its_ip_when_finished() -> None:
+    """A pod that runs a second: the kubelet's status updates may go from Pending (no IP)
+    straight to Succeeded (with the IP); its traffic still belongs to it (seen on a real node)."""
+    idx = WorkloadIndex()
+    ip = pack_ip("10.231.0.8")
+    pending = PodRecord("ns", "client", "uid-c", "n1", (), phase="Pending", start_ns=100 * S)
+    done = PodRecord("ns", "client", "uid-c", "n1", ("10.231.0.8",), phase="Succeeded",
+                     start_ns=100 * S, end_ns=103 * S)
+    idx.apply(pending.key, pending, 100 * S)
+    idx.apply(done.key, done, 104 * S)
+    assert idx.resolve(ip, 102 * S).name == "client"  # type: ignore[union-attr]
+    assert idx.resolve(ip, 103 * S) is None and idx.resolve(ip, 99 * S) is None
+
+
+def test_finished_at_in_whole_seconds_ends_the_pod_at_the_end_of_that_second() -> None:
+    obj = pod("ns", "client", "10.231.0.8", "n1", phase="Succeeded", start="2026-11-23T00:00:00Z")
+    obj["status"]["containerStatuses"] = [{"name": "c", "state": {"terminated": {
+        "exitCode": 0, "startedAt": "2026-11-23T00:00:01Z", "finishedAt": "2026-11-23T00:00:03Z"}}}]
+    rec = to_record("pod", obj)
+    assert isinstance(rec, PodRecord)
+    assert rec.end_ns == rec.start_ns + 4 * S  # [00:00:03, 00:00:04) is when it ended
+    idx = WorkloadIndex()
+    idx.apply(rec.key, rec, rec.start_ns + 10 * S)
+    assert idx.resolve(pack_ip("10.231.0.8"), rec.start_ns + 3 * S + S // 2).name == "client"  # type: ignore[union-attr]
+
+
 def test_index_services_and_membership() -> None:
     idx = WorkloadIndex()
     for kind, obj in [("pod", pod("ns", "api-0", "10.231.0.7", "n1", owner=("StatefulSet", "api"))),
@@ -220,6 +246,21 @@ def test_enricher_joins_workloads_and_processes() -> None:
     assert decode_flow(encode_flow(rec)) == rec
     assert e.commit_offsets() == {0: 8}
     assert isinstance(rec, FlowRecord)
+
+
+def test_a_revoked_partition_is_forgotten_not_committed() -> None:
+    e = Enricher(WorkloadIndex(), ProcIndex(), 10 * S, grace_ns=0)
+    t0 = 1_800_000_000 * S
+    for partition, offset in ((0, 7), (1, 30)):
+        pkts = [Packet(t0 + i * 1000, len(f), len(f), 2, 0, memoryview(f))
+                for i, f in enumerate(handshake("10.231.0.1", 40000 + partition, "10.231.0.2", 80))]
+        e.add_batch(partition, offset, encode_batch(node=f"n{partition}", seq=1, packets=pkts,
+                                                    ifaces={2: "eth0"}))
+    assert e.commit_offsets() == {0: 7, 1: 30}  # up to each open flow's first packet
+    e.keep_partitions({0})  # partition 1 moved to another instance
+    assert e.commit_offsets() == {0: 7}
+    [rec] = e.flush()  # partition 1's open flow is the new owner's to count
+    assert rec.node == "n0"
 
 
 def test_process_context_kinds() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from schemas import (
@@ -67,6 +67,8 @@ def test_block_batches_round_trip(frames: list[tuple[int, bytes]], nblocks: int)
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
+@example(b"\x81\x90\x00")  # a map whose key is an array: unhashable (was a TypeError)
+@example(b"\x81\x80\x00")  # ... a map
 def test_garbage_raises_only_batch_errors(junk: bytes) -> None:
     for value in (junk, MAGIC + junk):
         try:
@@ -83,6 +85,22 @@ def test_every_truncation_of_a_valid_batch_is_rejected(data: st.DataObject) -> N
     cut = data.draw(st.integers(0, len(value) - 1))
     with pytest.raises((BadMagic, TruncatedBatch, CorruptBody, RecordOverrun)):
         decode_batch(value[:cut])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["node", "seq", "n", "t0", "t1", "ifaces", "link", "body", "codec", "blen", "snap"]),
+       st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(),
+                 st.text(max_size=5), st.binary(max_size=5), st.lists(st.integers(0, 9), max_size=3),
+                 st.dictionaries(st.integers(-9, 9), st.text(max_size=3), max_size=2)))
+@example("seq", float("-inf"))  # int(-inf) is an OverflowError (was raised as such)
+def test_a_mistyped_header_field_is_a_batch_error(field: str, value: object) -> None:
+    good = encode_batch(node="n", seq=3, packets=[Packet(1, 5, 5, 1, 0, b"hello")] * 3, ifaces={1: "lo"})
+    header, offset = decode_header(good)
+    doc = {**header.to_msgpack_map(), field: value}
+    try:
+        decode_batch(MAGIC + msgpack.packb(doc) + good[offset:])
+    except (TruncatedBatch, CorruptBody, RecordOverrun):
+        pass
 
 
 def test_unknown_major_version_error_is_clear() -> None:

@@ -70,3 +70,22 @@ def test_topic_specs_follow_the_values_file() -> None:
     assert specs[PACKETS].num_partitions == 3
     assert specs[PACKETS].topic_configs["retention.bytes"] == str(10 * 1024 * 1024)
     assert specs[K8S].topic_configs["cleanup.policy"] == "compact"
+
+
+def test_replication_follows_the_cluster_unless_configured() -> None:
+    one = {t.name: t for t in topic_specs(cfg(), brokers=1)}
+    assert {t.replication_factor for t in one.values()} == {1}
+    assert "min.insync.replicas" not in one[PACKETS].topic_configs  # one broker: as before
+    three = {t.name: t for t in topic_specs(cfg(), brokers=3)}
+    assert {t.replication_factor for t in three.values()} == {3}
+    assert {t.topic_configs["min.insync.replicas"] for t in three.values()} == {"2"}
+    two = topic_specs(cfg(kafka__topics__replicationFactor=2), brokers=3)
+    assert {(t.replication_factor, t.topic_configs["min.insync.replicas"]) for t in two} == {(2, "1")}
+    pinned = topic_specs(cfg(kafka__topics__replicationFactor=3, kafka__topics__minInsyncReplicas=3),
+                         brokers=5)
+    assert {t.topic_configs["min.insync.replicas"] for t in pinned} == {"3"}
+
+
+def test_a_negative_replication_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"kafka\.topics\.replicationFactor.*non-negative"):
+        cfg(kafka__topics__replicationFactor=-1)

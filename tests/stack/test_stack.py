@@ -45,7 +45,9 @@ def status_json(stack: Stack) -> dict[str, Any]:
 def test_status_json_has_exactly_the_documented_shape(stack: Stack) -> None:
     doc = status_json(stack)
     assert doc == {
-        "kafka": {"bootstrap": stack.bootstrap, "up": True},
+        "kafka": {"bootstrap": stack.bootstrap, "up": True,
+                  "brokers": [{"id": 1, "bootstrap": stack.bootstrap, "pid": stack.kafka.pid(),
+                               "up": True}]},
         "s3": {"endpoint": stack.s3_endpoint, "bucket": stack.bucket,
                "access_key": stack.access_key, "secret_key": stack.secret_key, "up": True},
     }
@@ -65,7 +67,8 @@ def test_status_of_a_stack_that_is_not_running(tmp_path: Path) -> None:
                   "--kafka-port", "1", "--s3-port", "2", check=False)
     assert proc.returncode == 1
     doc = json.loads(proc.stdout)
-    assert doc["kafka"] == {"bootstrap": "127.0.0.1:1", "up": False}
+    assert doc["kafka"] == {"bootstrap": "127.0.0.1:1", "up": False, "brokers": [
+        {"id": 1, "bootstrap": "127.0.0.1:1", "pid": None, "up": False}]}
     assert doc["s3"]["up"] is False and doc["s3"]["endpoint"] == "http://127.0.0.1:2"
 
 
@@ -146,7 +149,7 @@ async def test_data_survives_down_and_up(stack: Stack) -> None:
     assert json.loads(gone.stdout)["kafka"]["up"] is False
 
     up = json.loads(rawcap("stack", "up", "--json", "--data-dir", str(stack.data_dir)).stdout)
-    assert up["kafka"] == {"bootstrap": stack.bootstrap, "up": True}
+    assert (up["kafka"]["bootstrap"], up["kafka"]["up"]) == (stack.bootstrap, True)
     assert up["s3"]["secret_key"] == stack.secret_key
 
     assert await _fetch(stack.bootstrap, CONTROL, offset) == value
