@@ -319,6 +319,10 @@ class Archiver:
                         for r in recs:
                             await self._take(plan, r)
                         c.seek(tp, offset)  # aiokafka's position: what the group lag gauge reads
+                        if offset >= fetcher.highwater >= 0:  # at the end: no timer tick to wait
+                            for buf in plan.due(time.monotonic(), self.flush_interval,
+                                                caught_up_ms=int(time.time() * 1000)):
+                                self._queue(buf)
                     if recs and handover:
                         raise Unsupported("test hook archive-handover")
             except (Unsupported, OSError, KafkaError) as exc:
