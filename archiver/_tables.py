@@ -9,11 +9,22 @@ the partition moves on to a later hour, and at shutdown); its key names the Kafk
 holds (layout: :mod:`schemas.tables`). Offsets are committed only after the object is
 written.
 
+Each raw object is followed by its hourly roll-ups (:mod:`schemas.rollups`: ``calls_1h`` or
+``flows_1h``, then ``peers_1h``), objects of the same name under their own kinds, computed
+from the same records.
+
 Exactly once: a Parquet object is written by a single PUT, so an object that exists is
-complete. After a crash the partition restarts from its committed offset; for each hour
-it meets, the objects of that hour and partition are listed, and a record whose offset lies
-inside one of them is skipped (it is archived already); the others are written. No record
-is written twice, none is left out. A record that does not decode goes to ``rawcap.dlq``.
+complete. The last roll-up (``peers_1h``) plays the packet archive's index: written last, it
+says the raw object and all its roll-ups are there. After a crash the partition restarts
+from its committed offset; for each hour it meets, the objects of that hour and partition
+are listed; a record inside a raw object that has its ``peers_1h`` is skipped (archived
+already); a raw object without it (the crash fell between the PUTs, or it was written before
+roll-ups existed) is *adopted*: the buffer that starts at its first offset is cut at its last
+offset, so the same raw object is written again, then its roll-ups. No record is counted
+twice, none is left out. A record that does not decode goes to ``rawcap.dlq``.
+
+:func:`backfill` writes the missing roll-ups of raw objects already in the bucket (objects
+written before roll-ups existed), reading each raw object once; it is idempotent.
 """
 
 from __future__ import annotations
@@ -21,15 +32,18 @@ from __future__ import annotations
 import io
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
+from rawcap.archive import ArchiveStore
 from rawcap.config import Config
 from schemas import topics
-from schemas.calls import decode_call
+from schemas.calls import decode_calls
 from schemas.flows import UnsupportedFlow, decode_flow
+from schemas.rollups import ROLLUP_OF, rollup_key, rollups
 from schemas.tables import (
     HOUR_NS,
     call_rows,
@@ -38,13 +52,14 @@ from schemas.tables import (
     frame,
     hour_prefix,
     parse_table_key,
+    polars_schema,
     table_key,
 )
 
 from ._archiver import Archiver
 from ._plan import Buffer, Known, PartitionPlan
 
-__all__ = ("TABLES_GROUP", "TableArchiver", "to_parquet")
+__all__ = ("TABLES_GROUP", "Backfill", "TableArchiver", "backfill", "to_parquet")
 
 log = logging.getLogger("rawcap.archive")
 
@@ -70,16 +85,20 @@ def to_parquet(df: Any, row_group_rows: int) -> bytes:
     return out.getvalue()
 
 
-def _decode(kind: str, value: bytes) -> tuple[int, Any]:
-    """(row time in ns, record); ValueError if the value is not a record of ``kind``."""
+def _decode(kind: str, value: bytes) -> tuple[int, list[Any]]:
+    """(row time in ns, rows) of one record; ValueError if the value is not a record of
+    ``kind``. A ``rawcap.calls`` record of version 2 holds several calls (the dissector cuts
+    its records so that they share node and UTC hour); its row time is its first call's."""
     if kind == "calls":
-        call = decode_call(value)
-        return call.ts_ns, call
+        calls = decode_calls(value)
+        if not calls:
+            raise ValueError("call record without calls")
+        return calls[0].ts_ns, calls
     try:
         flow = decode_flow(value)
     except UnsupportedFlow as exc:
         raise ValueError(str(exc)) from None
-    return flow_ts_ns(flow), flow
+    return flow_ts_ns(flow), [flow]
 
 
 class TableArchiver(Archiver):
@@ -106,7 +125,7 @@ class TableArchiver(Archiver):
         self.kind = kind
         self.own_signals = own_signals
         self.row_group_rows = int(cfg.get("archive.tables.rowGroupRows"))
-        self._group_of = _Row(kind, 1)
+        self._one_row = _Row(kind, 1)
 
     async def _signals(self) -> None:
         if self.own_signals:
@@ -118,48 +137,142 @@ class TableArchiver(Archiver):
         try:
             if r.value is None:
                 raise ValueError("record has no value")
-            ts_ns, _rec = _decode(self.kind, r.value)
+            ts_ns, rows = _decode(self.kind, r.value)
         except ValueError as exc:
             await self._dlq(r, exc, plan.partition)
             plan.skip(r.offset)
             return
-        await self._place(plan, r, self._group_of, ts_ns // HOUR_NS)
+        group = self._one_row if len(rows) == 1 else _Row(self.kind, len(rows))
+        await self._place(plan, r, group, ts_ns // HOUR_NS)
 
     async def _lookup(self, plan: PartitionPlan, node: str, hour: int) -> list[Known]:
-        """Objects of this partition already written for this hour (each one is complete)."""
-        (metas,) = await self._list_retrying(hour_prefix(self.kind, hour))
-        found = []
-        for m in metas:
-            try:
-                k = parse_table_key(m["path"])
-            except ValueError:
-                continue
-            if k.topic == plan.topic and k.partition == plan.partition and k.kind == self.kind:
-                found.append(Known(k.first, k.last, True))
-        return found
+        """Objects of this partition already written for this hour (each one is complete);
+        ``indexed``: its last roll-up exists too."""
+        last = ROLLUP_OF[self.kind][-1]
+        raw, done = await self._list_retrying(hour_prefix(self.kind, hour), hour_prefix(last, hour))
 
-    def _build(self, plan: PartitionPlan, buf: Buffer) -> tuple[str, bytes, int]:
-        recs = [(plan.partition, off, _decode(self.kind, value)[1]) for off, value, _h in buf.batches]
+        def ranges(metas: list[dict[str, Any]], kind: str) -> set[tuple[int, int]]:
+            out = set()
+            for m in metas:
+                try:
+                    k = parse_table_key(m["path"])
+                except ValueError:
+                    continue
+                if k.topic == plan.topic and k.partition == plan.partition and k.kind == kind:
+                    out.add((k.first, k.last))
+            return out
+
+        complete = ranges(done, last)
+        return [Known(f, la, (f, la) in complete) for f, la in ranges(raw, self.kind)]
+
+    def _build(self, plan: PartitionPlan, buf: Buffer) -> tuple[list[tuple[str, str, bytes]], int, int]:
+        """The PUTs of one buffer, in order (raw object, then its roll-ups), its rows and the
+        raw object's size."""
+        recs = [(plan.partition, off, row) for off, value, _h in buf.batches
+                for row in _decode(self.kind, value)[1]]
         cols = call_rows(recs) if self.kind == "calls" else flow_rows(recs)
         key = table_key(self.kind, buf.hour, plan.topic, plan.partition, buf.first, buf.batches[-1][0])
-        return key, to_parquet(frame(self.kind, cols), self.row_group_rows), len(recs)
+        df = frame(self.kind, cols)
+        data = to_parquet(df, self.row_group_rows)
+        puts = [("put_data", key, data)]
+        puts += [("put_rollup", rollup_key(key, rkind), to_parquet(r, self.row_group_rows))
+                 for rkind, r in rollups(self.kind, df).items()]
+        return puts, len(recs), len(data)
 
     async def _write(self, buf: Buffer) -> None:
         plan = buf.plan
         if plan.abandoned:
             return
-        key, data, rows = await anyio.to_thread.run_sync(self._build, plan, buf)
+        puts, rows, size = await anyio.to_thread.run_sync(self._build, plan, buf)
+        records = len(buf.batches)
         buf.batches = []
-        t = await self._put_retrying(plan, [("put_data", key, data)])
+        t = await self._put_retrying(plan, puts)
         if t is None:
             return
         m, s = self.metrics, self.summary
         m.upload_seconds.observe(time.monotonic() - t)
         m.objects_written.inc()
-        m.bytes_written.inc(len(data))
+        m.index_written.inc()  # the roll-ups: the raw object's completion mark
+        m.bytes_written.inc(size)
         m.packets_written.inc(rows)
         s.objects += 1
-        s.batches += rows
+        s.batches += records
         s.packets += rows
-        s.bytes += len(data)
-        log.debug("wrote %s", key, extra={"bytes": len(data), "rows": rows})
+        s.bytes += size
+        log.debug("wrote %s and its roll-ups", puts[0][1], extra={"bytes": size, "rows": rows})
+
+
+# -- backfill -------------------------------------------------------------------------------
+@dataclass
+class Backfill:
+    """What :func:`backfill` did."""
+
+    raw: int = 0  # raw objects in the range
+    complete: int = 0  # that had every roll-up already
+    built: int = 0  # raw objects read and rolled up
+    written: int = 0  # roll-up objects written
+    bytes_read: int = 0
+    bytes_written: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+async def backfill(store: ArchiveStore, kinds: list[str], lo_hour: int, hi_hour: int, *, workers: int = 2,
+                   row_group_rows: int = 131072,
+                   progress: Callable[[Backfill], None] | None = None) -> Backfill:
+    """Write the missing roll-ups of the raw ``kinds`` objects of hours ``[lo, hi)``; an object
+    that fails is named in ``errors`` and the others go on."""
+    out = Backfill()
+    todo: list[tuple[str, str, list[str]]] = []  # (kind, raw key, missing roll-up kinds)
+    days = sorted({h // 24 for h in range(lo_hour, hi_hour)})
+    for kind in kinds:
+        for day in days:
+            date = time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+            raw = await store.alist(f"kind={kind}/date={date}/")
+            have = {m["path"] for rk in ROLLUP_OF[kind] for m in await store.alist(f"kind={rk}/date={date}/")}
+            for m in raw:
+                try:
+                    k = parse_table_key(m["path"])
+                except ValueError:
+                    continue
+                if k.kind != kind or not lo_hour <= k.hour < hi_hour:
+                    continue
+                out.raw += 1
+                missing = [rk for rk in ROLLUP_OF[kind] if rollup_key(m["path"], rk) not in have]
+                if missing:
+                    todo.append((kind, m["path"], missing))
+                else:
+                    out.complete += 1
+
+    def build(kind: str, key: str) -> tuple[int, dict[str, bytes]]:
+        import polars as pl
+
+        data = store.get(key)
+        df = pl.read_parquet(io.BytesIO(data))
+        df = df.select(pl.col(c).cast(t) if c in df.columns else pl.lit(None, t).alias(c)
+                       for c, t in polars_schema(kind).items())
+        return len(data), {rk: to_parquet(r, row_group_rows) for rk, r in rollups(kind, df).items()}
+
+    async def one(item: tuple[str, str, list[str]], limit: anyio.CapacityLimiter) -> None:
+        kind, key, missing = item
+        try:
+            async with limit:
+                size, made = await anyio.to_thread.run_sync(build, kind, key)
+            last = ROLLUP_OF[kind][-1]
+            for rk in ROLLUP_OF[kind]:  # in the writer's order: the last one marks completion
+                if rk in missing or rk == last:
+                    await store.put(rollup_key(key, rk), made[rk])
+                    out.written += 1
+                    out.bytes_written += len(made[rk])
+        except Exception as exc:
+            out.errors.append(f"{key}: {str(exc).splitlines()[0][:300]}")
+            return
+        out.built += 1
+        out.bytes_read += size
+        if progress:
+            progress(out)
+
+    limit = anyio.CapacityLimiter(max(1, workers))
+    async with anyio.create_task_group() as tg:
+        for item in todo:
+            tg.start_soon(one, item, limit)
+    return out

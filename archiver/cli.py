@@ -37,7 +37,11 @@ kind=calls|flows/date=YYYY-MM-DD/hour=HH/<topic>-<partition>-<first>-<last>.parq
 One consumer group per table (rawcap-tables-calls, rawcap-tables-flows). An object is one
 PUT, its name says which offsets it holds, offsets are committed after it is written; after
 a crash the writer skips what existing objects hold, so every record is written exactly once.
-Columns: schemas/tables.py and docs/history.md. SIGTERM: final flush, commit, exit 0.
+Each object is followed by its hourly roll-ups (kind=calls_1h, flows_1h, peers_1h: counts,
+bytes, latency sketches, peers), which rawcap trends and anomalies read for whole hours.
+--rollup-backfill writes the roll-ups of objects written before them, once, and exits.
+Columns: schemas/tables.py, schemas/rollups.py, docs/history.md. SIGTERM: final flush,
+commit, exit 0.
 """
 
 
@@ -75,6 +79,10 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     t.add_argument("--kinds", default="calls,flows", metavar="calls,flows",
                    help="which tables to write (default both; one consumer group each)")
     t.add_argument("--row-group-rows", metavar="N", help="rows per row group (archive.tables.rowGroupRows)")
+    t.add_argument("--rollup-backfill", action="store_true",
+                   help="write the missing roll-ups of the objects of --from..--to, then exit")
+    t.add_argument("--from", dest="from_", metavar="T", help="with --rollup-backfill: start (default -90d)")
+    t.add_argument("--to", metavar="T", help="with --rollup-backfill: end (default now)")
     _consumer_args(t)
     t.set_defaults(func=run_tables, service=True)
     ls = asub.add_parser(
@@ -155,6 +163,10 @@ async def run_tables(args: argparse.Namespace, cfg: Config) -> int:
             "archive.tables.flushInterval": args.flush_interval,
             "archive.tables.rowGroupRows": args.row_group_rows}
     cfg = cfg.with_overrides({k: v for k, v in over.items() if v is not None})
+    if args.rollup_backfill:
+        return await _backfill(args, cfg, list(dict.fromkeys(kinds)))
+    if args.from_ or args.to:
+        raise ConfigError("--from and --to go with --rollup-backfill")
     writers = [
         TableArchiver(cfg, kind, group=f"{args.group or TABLES_GROUP}-{kind}", own_signals=False,
                       uploads=args.uploads, max_records=args.max_records,
@@ -180,6 +192,35 @@ async def run_tables(args: argparse.Namespace, cfg: Config) -> int:
                 tg.start_soon(one, w)
         outer.cancel_scope.cancel()
     return max(codes, default=1)
+
+
+async def _backfill(args: argparse.Namespace, cfg: Config, kinds: list[str]) -> int:
+    import time
+
+    from rawcap.archive import ArchiveStore
+    from schemas.tables import HOUR_NS
+
+    from ._tables import Backfill, backfill
+
+    lo, hi = parse_window(args.from_ or "-90d", args.to)
+    tty = sys.stderr.isatty()
+    t0 = time.monotonic()
+
+    def progress(b: Backfill) -> None:
+        if tty:
+            print(f"\rrolled up {b.built} objects, {b.bytes_read / 1e6:.0f} MB read", end="", file=sys.stderr)
+
+    b = await backfill(ArchiveStore.from_config(cfg), kinds, lo // HOUR_NS, -(-hi // HOUR_NS),
+                       workers=max(1, min(args.uploads, 4)),
+                       row_group_rows=int(cfg.get("archive.tables.rowGroupRows")), progress=progress)
+    if tty:
+        print(file=sys.stderr)
+    for err in b.errors[:20]:
+        print(f"rawcap: roll-up failed: {err}", file=sys.stderr)
+    print(f"backfill: {b.raw} objects in range, {b.complete} had their roll-ups, {b.built} rolled up "
+          f"({b.bytes_read / 1e6:.1f} MB read, {b.written} roll-up objects, {b.bytes_written / 1e6:.2f} MB "
+          f"written), {len(b.errors)} failed, {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    return 1 if b.errors else 0
 
 
 async def run_ls(args: argparse.Namespace, cfg: Config) -> int:

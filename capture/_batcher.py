@@ -19,7 +19,8 @@ msgpack header, one zstd frame over the concatenated blocks (each trimmed to ``b
 Incompressible traffic (TLS, already-compressed payloads) costs zstd CPU for nothing, most
 of the agent's at high rates. So compression adapts: when a batch shrinks by less than
 ``_WORTH`` the next ``_PLAIN_BATCHES`` batches are stored with codec ``none`` (a plain copy
-out of the ring, far cheaper), then one batch probes zstd again.
+out of the ring, far cheaper), then one batch probes zstd again. With ``codec="none"``
+(``capture.codec: none``) every batch is stored that way and zstd never runs.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ from rawcap.kafka import Framed
 from schemas import BODY_TPACKET3, BatchHeader, block_summary, encode_header
 from schemas.tpacket import BLOCK_DESC_FIELDS, FRAME_HDR_FIELDS, fields_view
 
-__all__ = ("BlockBatcher", "ClosedBatch", "Piece")
+__all__ = ("CODECS", "BlockBatcher", "ClosedBatch", "Piece")
+
+#: Values of ``capture.codec``: ``zstd`` (adaptive, see above) or ``none`` (never compress).
+CODECS = ("zstd", "none")
 
 #: A piece of a batch's wire bytes: ``bytes``, or a view into a :class:`Framed` buffer.
 Piece = bytes | memoryview
@@ -77,8 +81,11 @@ class BlockBatcher:
 
     def __init__(self, *, node: str, next_seq: int, ifaces: Callable[[], dict[int, str]],
                  max_bytes: int, max_delay: float, level: int, snaplen: int = 0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 codec: str = "zstd", clock: Callable[[], float] = time.monotonic) -> None:
+        if codec not in CODECS:
+            raise ValueError(f"batch codec must be one of {', '.join(CODECS)}, not {codec!r}")
         self.node, self.next_seq = node, next_seq
+        self.codec = codec
         self._ifaces = ifaces
         self.max_bytes, self.max_delay = max_bytes, max_delay
         self.snaplen = snaplen
@@ -125,7 +132,7 @@ class BlockBatcher:
         # A block that alone (nearly) fills a batch is the batch, compressed from the ring.
         alone = self._count == 0 and blk_len >= self.max_bytes - (self.max_bytes >> 3)
         if self._count == 0:
-            self._plain = self._plain_left > 0
+            self._plain = self.codec == "none" or self._plain_left > 0
             self._opened = self._clock()
             self._first = t0
         used = block[:blk_len]
@@ -165,7 +172,7 @@ class BlockBatcher:
 
     def _close(self) -> ClosedBatch:
         if self._plain:
-            self._plain_left -= 1
+            self._plain_left = max(0, self._plain_left - 1)
             self.plain_batches += 1
         else:
             if self._acc_len:  # gathered from several blocks; a lone block is done

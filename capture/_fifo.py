@@ -14,6 +14,14 @@ milliseconds, so the node's disk sees almost nothing. Without a shipper (``--no-
 broker down) every batch goes to disk at once. A crash loses what only memory held; so
 that consumers still see the loss, the sequence numbers memory may use are reserved in
 ``shipped.json`` first (``reserved_seq``) and a restart after a crash starts past them.
+
+Besides the loss counters kept across restarts (``lost_*``, in ``shipped.json``), the FIFO
+splits the batches of this run (sequence numbers from ``run_first_seq`` on) exactly: each
+ends up delivered (``run_shipped_*``: Kafka acknowledged it), lost (``run_lost_*``: recycled
+or refused by a full disk before Kafka took it) or pending (:meth:`run_pending`: still in
+memory or on disk). A batch whose segment is recycled while it is in a send (``in_flight_to``)
+is neither yet: it is delivered if that send is acknowledged (or Kafka turns out to hold it
+when the shipper reconnects), lost otherwise (:meth:`abandon_in_flight`).
 """
 
 from __future__ import annotations
@@ -130,6 +138,9 @@ class Fifo:
         self.dir = Path(root) / node
         self.node = node
         self._lock = threading.RLock()
+        #: Held by the shipper while it takes batches for a send and records ``in_flight_to``,
+        #: so that no segment is recycled in between (reentrant; the methods take it too).
+        self.lock = self._lock
         self._full_logged = -1e9
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -164,6 +175,13 @@ class Fifo:
                         extra={"first_seq": known + 1, "last_seq": self._reserved})
         self.next_seq = max(known, self._reserved) + 1
         self._reserved = self.next_seq - 1
+        # This run's split (see the module docstring).
+        self.run_first_seq = self.next_seq
+        self.run_shipped_batches = self.run_shipped_packets = 0
+        self.run_lost_batches = self.run_lost_packets = 0
+        #: Highest sequence handed to the producer and not known to have failed.
+        self.in_flight_to = 0
+        self._limbo: dict[int, Entry] = {}  # recycled while in flight: delivered or lost?
         # Memory first while a shipper is connected (see the module docstring).
         self.hold_bytes, self.hold_for = hold_bytes, hold_for
         self.holding = False
@@ -298,12 +316,18 @@ class Fifo:
         self._recycle_oldest()
         return True
 
+    def _count_lost(self, entries: list[Entry]) -> None:
+        self.lost_batches += len(entries)
+        self.lost_packets += sum(e.count for e in entries)
+        self.lost_bytes += sum(e.raw_bytes for e in entries)
+        mine = [e for e in entries if e.seq >= self.run_first_seq]
+        self.run_lost_batches += len(mine)
+        self.run_lost_packets += sum(e.count for e in mine)
+
     def _lose(self, entry: Entry, exc: OSError) -> None:
         """A batch the full disk cannot take: its sequence number is used up (consumers see
         the gap) and it is counted and logged like a recycled one."""
-        self.lost_batches += 1
-        self.lost_packets += entry.count
-        self.lost_bytes += entry.raw_bytes
+        self._count_lost([entry])
         now = time.monotonic()
         if now - self._full_logged >= 10.0:
             self._full_logged = now
@@ -338,12 +362,15 @@ class Fifo:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             seg.path.unlink()
+        # In a send right now: its fate is the send's (mark_acked / abandon_in_flight).
+        for e in unshipped:
+            if e.seq <= self.in_flight_to:
+                self._limbo[e.seq] = e
+        unshipped = [e for e in unshipped if e.seq > self.in_flight_to]
         if unshipped:
             packets = sum(e.count for e in unshipped)
             raw = sum(e.raw_bytes for e in unshipped)
-            self.lost_batches += len(unshipped)
-            self.lost_packets += packets
-            self.lost_bytes += raw
+            self._count_lost(unshipped)
             log.warning(
                 "buffer full: recycled %d unshipped batches (%d packets) before Kafka took them",
                 len(unshipped), packets,
@@ -405,6 +432,7 @@ class Fifo:
         """Record Kafka's acknowledgement of everything up to ``seq`` (in order). The state
         file follows within ``STATE_EVERY_S`` / ``STATE_EVERY_BATCHES`` (see above)."""
         if seq > self.acked_seq:
+            self._count_delivered(self.acked_seq, seq)
             self.acked_seq = seq
             while self._held and next(iter(self._held)) <= seq:
                 _, held = self._held.popitem(last=False)
@@ -412,6 +440,46 @@ class Fifo:
             if (seq - self._state_seq >= STATE_EVERY_BATCHES
                     or time.monotonic() - self._state_at >= STATE_EVERY_S):
                 self.write_state()
+
+    def _count_delivered(self, after: int, upto: int) -> None:
+        """Kafka acknowledged batches ``after+1 .. upto``: every one of this run still held,
+        on disk or in limbo was in the acknowledged sends (the shipper sends in order and
+        skips only batches already recycled, which were counted lost then)."""
+        for seq in range(max(after + 1, self.run_first_seq), upto + 1):
+            held = self._held.get(seq)
+            entry = held.entry if held is not None else self._limbo.pop(seq, None)
+            if entry is None:
+                found = self.locate(seq)
+                entry = found[1] if found is not None else None
+            if entry is not None:
+                self.run_shipped_batches += 1
+                self.run_shipped_packets += entry.count
+        for seq in [q for q in self._limbo if q <= upto]:  # earlier runs' batches
+            del self._limbo[seq]
+
+    @_locked
+    def abandon_in_flight(self) -> None:
+        """The sends in flight failed (the shipper reconnected and skipped what Kafka already
+        holds, or it stopped): batches recycled while in them are lost after all."""
+        lost = sorted((e for q, e in self._limbo.items() if q > self.acked_seq), key=lambda e: e.seq)
+        self._limbo.clear()
+        self.in_flight_to = self.acked_seq
+        if lost:
+            self._count_lost(lost)
+            log.warning("buffer full: %d batches (%d packets) recycled while a failed send carried "
+                        "them are lost", len(lost), sum(e.count for e in lost),
+                        extra={"first_seq": lost[0].seq, "last_seq": lost[-1].seq})
+            self.write_state()
+
+    @_locked
+    def run_pending(self) -> tuple[int, int]:
+        """(batches, packets) of this run that Kafka has not acknowledged and that are not
+        lost: in memory, on disk, or in a send whose outcome is not known yet."""
+        first = max(self.acked_seq + 1, self.run_first_seq)
+        entries = [h.entry for q, h in self._held.items() if q >= first]
+        entries += [e for seg in self.segments for e in seg.entries if e.seq >= first]
+        entries += [e for q, e in self._limbo.items() if q >= first]
+        return len(entries), sum(e.count for e in entries)
 
     @_locked
     def sync_state(self) -> None:

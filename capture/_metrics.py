@@ -86,6 +86,15 @@ class Metrics:
         self.lost_batches = g("rawcap_capture_lost_batches", "batches recycled before Kafka took them")
         self.lost_packets = g("rawcap_capture_lost_packets", "packets recycled before Kafka took them")
         self.lost_bytes = g("rawcap_capture_lost_bytes", "raw bytes recycled before Kafka took them")
+        # This run's split of the packets the socket saw (docs/capture.md, "Loss"):
+        # kernel_packets = kernel_drops + shipped + recycled + unshipped (+ what the ring
+        # thread has not batched yet).
+        self.run_shipped_packets = g("rawcap_capture_shipped_packets",
+                                     "packets of this run's batches Kafka acknowledged")
+        self.run_lost_packets = g("rawcap_capture_recycled_packets",
+                                  "packets of this run lost before Kafka took them (recycled, disk full)")
+        self.run_unshipped_packets = g("rawcap_capture_unshipped_packets",
+                                       "packets of this run in the buffer, not yet acknowledged")
         self.ship_lag_batches = g("rawcap_capture_ship_lag_batches", "batches written but not acknowledged")
         self.ship_lag_seconds = g("rawcap_capture_ship_lag_seconds", "age of the oldest unacknowledged batch")
         self.procs_events = c("rawcap_capture_procs_events", "process-context records published")

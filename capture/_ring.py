@@ -48,6 +48,10 @@ TPACKET_REQ3: Final = fields_struct(TPACKET_REQ3_FIELDS, "=")
 TPACKET_STATS_V3: Final = fields_struct(TPACKET_STATS_V3_FIELDS, "=")
 SOCKADDR_LL: Final = fields_struct(SOCKADDR_LL_FIELDS, "=")
 _STATUS_OFFSET: Final = field_offset(BLOCK_DESC_FIELDS, "block_status")
+_NUM_PKTS_OFFSET: Final = field_offset(BLOCK_DESC_FIELDS, "num_pkts")
+#: IEEE 802 local experimental EtherType 1: what the socket is bound to once it must take
+#: no more packets (:meth:`Ring.stop_receiving`).
+_ETH_P_NONE: Final = 0x88B5
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -116,10 +120,13 @@ class Ring:
             self.map = mmap.mmap(self.sock.fileno(), block_size * block_count,
                                  mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self.view = memoryview(self.map)
+            # The name is looked up now, in the namespace the ring is opened in; bind(2)
+            # later resolves it in the socket's own namespace, whichever thread calls.
+            self._ifname = socket.if_indextoname(ifindex) if ifindex else ""
             if ifindex == 0:
                 _bind_all(self.sock, ETH_P_ALL)
             else:
-                self.sock.bind((socket.if_indextoname(ifindex), ETH_P_ALL))
+                self.sock.bind((self._ifname, ETH_P_ALL))
         except BaseException:
             self.sock.close()
             raise
@@ -135,6 +142,14 @@ class Ring:
 
     def ready(self) -> bool:
         return bool(self._block_status(self.cur) & TP_STATUS_USER)
+
+    def drained(self) -> bool:
+        """Nothing retired is waiting and the kernel's open block (the one after the last
+        taken) holds no packet: after :meth:`stop_receiving`, every packet was handed on."""
+        if self.ready():
+            return False
+        at = self.cur * self.block_size + _NUM_PKTS_OFFSET
+        return int.from_bytes(self.view[at:at + 4], "little") == 0
 
     def wait(self, timeout_ms: int) -> bool:
         """Block (in a worker thread) until the current block is retired or the timeout."""
@@ -162,6 +177,19 @@ class Ring:
             self.cur = (self.cur + 1) % self.block_count
             n += 1
         return n
+
+    def stop_receiving(self) -> None:
+        """Take no more packets. bind(2) to another protocol unhooks the socket from
+        ``ETH_P_ALL`` (the kernel waits for receivers in progress: ``synchronize_net``) and
+        hooks it to ``_ETH_P_NONE``, an experimental EtherType that the eBPF filter rejects
+        anyway (protocol 0 would not do: bind keeps the current protocol for 0). Blocks
+        already filled stay readable and the open one is still retired after the block
+        timeout, so after a last :meth:`take` every packet ``PACKET_STATISTICS`` counts was
+        either handed on or dropped."""
+        if self.ifindex == 0:
+            _bind_all(self.sock, _ETH_P_NONE)
+        else:
+            self.sock.bind((self._ifname, _ETH_P_NONE))
 
     def read_stats(self) -> RingStats:
         """Fold the kernel's since-last-read counters into the cumulative totals."""

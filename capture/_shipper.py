@@ -85,6 +85,8 @@ class Shipper:
                     self._topics_ok = True
                 await producer.start()
                 await self._skip_already_in_kafka()
+                # What a failed send carried and Kafka does not hold: lost if recycled meanwhile.
+                self.fifo.abandon_in_flight()
                 malloc_trim()  # the tail read's fetch buffers (up to 64 large records) are garbage now
                 self.connected = True
                 backoff = 0.5
@@ -191,16 +193,19 @@ class Shipper:
         sequence order, with no gap) and the sequence number of the first."""
         records: list[tuple[tuple[Any, ...], int]] = []
         sizes: list[int] = []
-        while seq <= self.fifo.last_seq and len(records) < BatchProducer.RECORDS_PER_REQUEST:
-            got = self.fifo.read(seq)
-            if got is None:
-                break
-            entry, parts = got
-            if BatchProducer.records_for([*sizes, entry.length]) <= len(records):
-                break
-            records.append((parts, entry.first_ns // 1_000_000))
-            sizes.append(entry.length)
-            seq += 1
+        with self.fifo.lock:  # no recycling between the reads and in_flight_to
+            while seq <= self.fifo.last_seq and len(records) < BatchProducer.RECORDS_PER_REQUEST:
+                got = self.fifo.read(seq)
+                if got is None:
+                    break
+                entry, parts = got
+                if BatchProducer.records_for([*sizes, entry.length]) <= len(records):
+                    break
+                records.append((parts, entry.first_ns // 1_000_000))
+                sizes.append(entry.length)
+                seq += 1
+            if records:
+                self.fifo.in_flight_to = max(self.fifo.in_flight_to, seq - 1)
         return records, seq - len(records)
 
     def _acked(self, seq: int, count: int = 1) -> None:

@@ -90,18 +90,26 @@ def liveness(uptime: float, phase: str, stopping: bool, ring_age: float | None,
 
 @dataclass
 class Summary:
+    """What one run of the agent did. Its packets split exactly (docs/capture.md, "Loss"):
+    ``kernel_packets = kernel_drops + packets`` and, with Kafka,
+    ``packets = shipped_packets + lost_packets + unshipped_packets``: every packet the
+    socket saw was dropped by the kernel (ring full), delivered, recycled before Kafka took
+    it (or refused by a full disk), or is still in the buffer for the next start."""
+
     node: str
     seconds: float = 0.0
     packets: int = 0
     raw_bytes: int = 0
     batches: int = 0
     shipped: int = 0
+    shipped_packets: int = 0
     kernel_packets: int = 0
     kernel_drops: int = 0
     filter_rejected: int = 0
     lost_batches: int = 0
     lost_packets: int = 0
     unshipped: int = 0
+    unshipped_packets: int = 0
     first_seq: int = 0
     last_seq: int = 0
 
@@ -111,7 +119,8 @@ class Summary:
                 f"seq={self.first_seq}-{self.last_seq} shipped={self.shipped} "
                 f"unshipped={self.unshipped} kernel_drops={self.kernel_drops} "
                 f"filtered_out={self.filter_rejected} lost_batches={self.lost_batches} "
-                f"lost_packets={self.lost_packets}")
+                f"lost_packets={self.lost_packets} kernel_packets={self.kernel_packets} "
+                f"shipped_packets={self.shipped_packets} unshipped_packets={self.unshipped_packets}")
 
 
 def _check_batch_fits(cfg: Config) -> None:
@@ -328,6 +337,7 @@ class Agent:
             max_bytes=int(self.cfg.get("capture.batch.maxBytes")),
             max_delay=float(self.cfg.get("capture.batch.maxDelay")),
             level=int(self.cfg.get("capture.zstdLevel")),
+            codec=str(self.cfg.get("capture.codec")),
             snaplen=int(self.cfg.get("capture.snaplen")),
         )
         out: list[ClosedBatch] = []
@@ -341,7 +351,13 @@ class Agent:
         while True:
             self._ring_beat = time.monotonic()
             if deadline is None and self._stop.is_set():
-                # The kernel retires the open block after blockTimeout: wait for it.
+                # No packet enters after this (so the split of the summary is exact); the
+                # kernel retires the open block after blockTimeout: wait for it (or, when it
+                # holds nothing, stop at once).
+                try:
+                    ring.stop_receiving()
+                except OSError as exc:  # the interface went away: nothing more comes anyway
+                    log.debug("unhooking the ring: %s", exc)
                 deadline = time.monotonic() + flush_window
             ring.wait(50 if deadline else 200)
             ring.take(consume)
@@ -349,8 +365,9 @@ class Agent:
                 b = batcher.close()
                 if b is not None:
                     out.append(b)
-            done = deadline is not None and time.monotonic() >= deadline
+            done = deadline is not None and (ring.drained() or time.monotonic() >= deadline)
             if done:
+                ring.take(consume)  # a block retired since the take above
                 b = batcher.close()
                 if b is not None:
                     out.append(b)
@@ -413,6 +430,13 @@ class Agent:
             m.lost_batches.set(fifo.lost_batches)
             m.lost_packets.set(fifo.lost_packets)
             m.lost_bytes.set(fifo.lost_bytes)
+            m.run_lost_packets.set(fifo.run_lost_packets)
+            if self.kafka:
+                m.run_shipped_packets.set(fifo.run_shipped_packets)
+                # (what the ring thread appended, less the rest of the split: the summary
+                # counts the buffer's entries instead, which costs a walk of every segment)
+                m.run_unshipped_packets.set(max(
+                    0, self.summary.packets - fifo.run_shipped_packets - fifo.run_lost_packets))
             m.ship_lag_batches.set(fifo.last_seq - fifo.acked_seq if self.kafka else 0)
             if self.shipper is not None:
                 m.ship_lag_seconds.set(self.shipper.lag_seconds())
@@ -421,6 +445,10 @@ class Agent:
         s = self.summary
         s.seconds = seconds
         try:
+            if self.fifo is not None:
+                # A send still unacknowledged now has an unknown outcome: batches it carried
+                # whose segment was recycled meanwhile count as lost (Kafka may yet have them).
+                self.fifo.abandon_in_flight()
             self._update_stats()
         except Exception:  # best effort; the ring may already be gone
             pass
@@ -432,11 +460,12 @@ class Agent:
         self.filter.close()
         if self.procs is not None:
             self.procs.close()
-        if self.fifo is not None:
-            s.last_seq = self.fifo.last_seq
-            s.lost_batches, s.lost_packets = self.fifo.lost_batches, self.fifo.lost_packets
-            s.unshipped = self.fifo.last_seq - self.fifo.acked_seq if self.kafka else 0
-            if self.shipper is not None:
-                s.shipped = self.shipper.shipped_batches
-            self.fifo.close()
+        fifo = self.fifo
+        if fifo is not None:
+            s.last_seq = fifo.last_seq
+            s.lost_batches, s.lost_packets = fifo.run_lost_batches, fifo.run_lost_packets
+            if self.kafka:
+                s.unshipped, s.unshipped_packets = fifo.run_pending()
+                s.shipped, s.shipped_packets = fifo.run_shipped_batches, fifo.run_shipped_packets
+            fifo.close()
         self.metrics.close()

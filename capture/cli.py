@@ -13,8 +13,9 @@ __all__ = ("add_commands",)
 DESCRIPTION = """\
 Capture TCP/UDP packets on this node into the node FIFO buffer and ship them to
 rawcap.packets. An eBPF socket filter keeps only TCP/UDP (and applies the capture filter
-from rawcap.control at run time); whole TPACKET_V3 ring blocks become zstd batches.
-Without a Kafka bootstrap (or with --no-kafka) it only fills the buffer, which
+from rawcap.control at run time); whole TPACKET_V3 ring blocks become zstd batches
+(plain ones with --codec none). Without a Kafka bootstrap (or with --no-kafka) it only
+fills the buffer, which
 `rawcap pcap export --source local` reads. Stops on SIGTERM/SIGINT or after --duration,
 flushing what it holds, and prints one summary line.
 """
@@ -38,6 +39,8 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
                    help="bytes kept per packet, 0 = all (capture.snaplen)")
     p.add_argument("--ring-block-size", metavar="SIZE", help="capture.ring.blockSize, e.g. 1Mi")
     p.add_argument("--ring-block-count", metavar="N", type=int, help="capture.ring.blockCount")
+    p.add_argument("--codec", metavar="CODEC",
+                   help="batch body codec: zstd (default) or none (capture.codec)")
     p.add_argument("--zstd-level", metavar="N", type=int, help="capture.zstdLevel")
     p.add_argument("--netns", metavar="NAME",
                    help="capture inside this network namespace (ip netns name or path); "
@@ -58,6 +61,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "capture.ring.blockSize": args.ring_block_size,
         "capture.ring.blockCount": args.ring_block_count,
         "capture.zstdLevel": args.zstd_level,
+        "capture.codec": args.codec,
     }
     if args.no_kafka:
         o["capture.kafka"] = False

@@ -31,17 +31,18 @@ import anyio
 
 from rawcap.config import Config, parse_duration
 from rawcap.timeparse import parse_window
-from schemas import decode_batch, topics
-from schemas.calls import Call, encode_call
+from schemas import BODY_RECORDS, decode_batch, iter_packets, topics
+from schemas.calls import CALLS_RECORD_BYTES, encode_calls
 from schemas.control import DISSECTION_KEY, DissectionSwitch, decode_control
-from schemas.errors import BatchError, ConfigError, TransportError
+from schemas.errors import BatchError, ConfigError, RecordOverrun, TransportError
 
 from ._engine import Dissector
-from ._run import CallOutput, db_path, dissector_from_config
+from ._run import CallOutput, Flushed, db_path, dissector_from_config
 from ._store import CallStore
 from ._workloads import READY_WAIT_S, follow_workloads, load_workloads
 
 if TYPE_CHECKING:
+    from rawcap.window import RawBatch
     from rawcap.workloads import Workloads
 
 __all__ = ("GROUP_ID", "dissection_switch", "read_switch", "run_dissect")
@@ -82,6 +83,57 @@ class _Nodes:
         return {n: d.stats() for n, d in self.by_node.items()}
 
 
+_HOUR_NS = 3_600_000_000_000
+
+
+class _Publisher:
+    """Produces calls to ``rawcap.calls`` as version-2 records (``schemas.calls``): the rows
+    of one flush, per node (the key) and UTC hour of the calls' time (the Parquet tables file
+    a record under one hour), in records of at most ``CALLS_RECORD_BYTES``; sends
+    are not awaited one by one, at most ``MAX_PENDING`` wait for their acknowledgement."""
+
+    MAX_PENDING = 16
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self._futures: list[Any] = []
+
+    async def publish(self, flushed: Flushed) -> None:
+        """Queue the flushed calls; raises what an earlier record's delivery raised."""
+        calls, rows = flushed
+        if not calls:
+            return
+        assert rows is not None, "CallOutput(publish=True) when publishing"
+        by_node: dict[tuple[str, int], list[bytes]] = {}
+        for c, row in zip(calls, rows, strict=True):
+            by_node.setdefault((c.node, (c.req_ts_ns or c.resp_ts_ns) // _HOUR_NS), []).append(row)
+        for (node, _hour), node_rows in by_node.items():
+            key = node.encode()
+            part: list[bytes] = []
+            size = 0
+            for row in node_rows:
+                if part and size + len(row) > CALLS_RECORD_BYTES:
+                    await self._send(key, part)
+                    part, size = [], 0
+                part.append(row)
+                size += len(row)
+            await self._send(key, part)
+
+    async def _send(self, key: bytes, rows: list[bytes]) -> None:
+        self._futures.append(await self.producer.send(topics.CALLS, encode_calls(rows), key=key))
+        if len(self._futures) > self.MAX_PENDING:
+            done, self._futures = self._futures[:-self.MAX_PENDING // 2], \
+                self._futures[-self.MAX_PENDING // 2:]
+            for f in done:
+                await f
+
+    async def wait(self) -> None:
+        """Wait until every queued record is delivered (or raise why it was not)."""
+        futures, self._futures = self._futures, []
+        for f in futures:
+            await f
+
+
 async def _publisher(cfg: Config) -> Any:
     from rawcap.kafka import make_producer
 
@@ -96,27 +148,18 @@ async def _publisher(cfg: Config) -> Any:
     return producer
 
 
-async def _publish(producer: Any, calls: list[Call]) -> None:
-    if producer is None or not calls:
-        return
-    futs = [await producer.send(topics.CALLS, encode_call(c), key=c.node.encode())
-            for c in calls]
-    for f in futs:
-        await f
-
-
 def _output(args: argparse.Namespace, cfg: Config,
             workloads: Workloads | None = None) -> CallOutput:
     store = None if args.no_store else CallStore(db_path(cfg, args.db),
                                                  cfg.get("tap.capture.dbMaxSize"))
     return CallOutput(store=store, out=None if args.quiet else sys.stdout, as_json=args.json,
-                      workloads=workloads)
+                      workloads=workloads, publish=not args.no_publish)
 
 
 async def run_dissect(args: argparse.Namespace, cfg: Config) -> int:
     if args.follow:
         return await _follow(args, cfg)
-    from rawcap.window import WindowReader
+    from rawcap.window import RawBatch, WindowReader
 
     source = args.source
     node_list = [args.node] if args.node else None
@@ -142,27 +185,61 @@ async def run_dissect(args: argparse.Namespace, cfg: Config) -> int:
     # the whole range (IPs reused within it resolve to each owner's interval)
     out = _output(args, cfg, await load_workloads(cfg, getattr(args, "k8s", None)))
     nodes = _Nodes(cfg, out, not args.no_redact)
-    producer = None if args.no_publish else await _publisher(cfg)
+    producer = None
     try:
+        producer = None if args.no_publish else await _publisher(cfg)
+        pub = None if producer is None else _Publisher(producer)
         async with reader_ctx as reader:
-            async for pkts in reader.packets(match=match):
-                for p in pkts:
-                    nodes.get(p.node).packet(p.ts_ns, p.data)
-                await _publish(producer, out.flush())
+            async for item in reader.items(match=match):
+                if isinstance(item, RawBatch):
+                    await _dissect_batch(reader, nodes, item)
+                else:
+                    for p in item:
+                        nodes.get(p.node).packet(p.ts_ns, p.data)
+                if pub is not None:
+                    for flushed in out.take():
+                        await pub.publish(flushed)
             if args.node:
                 await reader.check_nodes()  # a typo'd node: say so rather than print nothing
         nodes.finish()
-        await _publish(producer, out.flush())
+        if pub is not None:
+            for flushed in out.take():
+                await pub.publish(flushed)
+            await pub.wait()
+        out.close()
     finally:
         if producer is not None:
             with anyio.CancelScope(shield=True):
                 await producer.stop()
-        if out.store is not None:
-            out.store.close()
+        out.close()
     if args.stats:
         print(json.dumps({"dissector": nodes.stats()}), file=sys.stderr)
     log.info("range dissected", extra={"calls": out.count})
     return 0
+
+
+async def _dissect_batch(reader: Any, nodes: _Nodes, item: RawBatch) -> None:
+    """A whole in-window batch: its body walked by the engine (no per-packet objects)."""
+    h = item.header
+    d = nodes.get(h.node)
+    if h.body == BODY_RECORDS:
+        body = item.body if type(item.body) is bytes else bytes(item.body)
+        n, end = d.run_records(body)
+        if n == h.count and end == len(body):
+            return
+        # what came before the damage is dissected; the batch is reported like any other
+        await reader.corrupt_batch(item, RecordOverrun(
+            f"rec body: {n} whole records of {h.count} announced, {len(body) - end} bytes "
+            "left over"))
+        return
+    try:
+        packets = list(iter_packets(h, item.body))
+    except BatchError as exc:
+        await reader.corrupt_batch(item, exc)
+        return
+    pkt = d.packet
+    for p in packets:
+        pkt(p.ts_ns, p.data)
 
 
 async def _partitions(consumer: Any, topic: str) -> set[int]:
@@ -281,6 +358,15 @@ async def _follow(args: argparse.Namespace, cfg: Config) -> int:
     out = _output(args, cfg, workloads)
     nodes = _Nodes(cfg, out, not args.no_redact)
     producer = None if args.no_publish else await _publisher(cfg)
+    pub = None if producer is None else _Publisher(producer)
+
+    async def publish() -> None:
+        out.flush()
+        if pub is not None:
+            for flushed in out.take():
+                await pub.publish(flushed)
+            await pub.wait()
+
     consumer = make_consumer(cfg, topics.PACKETS, group_id=GROUP_ID)
     control = make_consumer(cfg)
     lag, server = _lag_metrics(cfg)
@@ -358,8 +444,7 @@ async def _follow(args: argparse.Namespace, cfg: Config) -> int:
                             n += len(batch.packets)
                     if n:
                         state["last_packet"] = time.monotonic()
-                    calls = out.flush()
-                    await _publish(producer, calls)
+                    await publish()
                     if got:
                         await consumer.commit()  # only after calls are stored and produced
                     idle = time.monotonic() - state["last_packet"]
@@ -381,14 +466,13 @@ async def _follow(args: argparse.Namespace, cfg: Config) -> int:
         with anyio.move_on_after(15, shield=True):
             # Final flush: calls of an interrupted fetch are stored and produced; its offsets
             # were not committed, so a restart dissects it again (the store ignores repeats).
-            await _publish(producer, out.flush())
+            await publish()
         with anyio.CancelScope(shield=True):
             await control.stop()
             await consumer.stop()
             if producer is not None:
                 await producer.stop()
-            if out.store is not None:
-                out.store.close()
+            out.close()
             if server is not None:
                 server[0].shutdown()
                 server[0].server_close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from rawcap.packet import format_addr, parse_l4
 from rawcap.pcap import PCAP_RECORD_FIELDS, layout
@@ -30,6 +30,11 @@ _DETECT_LIMIT: Final = 16384
 #: Ethernet + IPv4 (no options) + the first 14 bytes of TCP, in one unpack.
 _FAST = struct.Struct("!12xHBxH2xH1xB2x4s4sHHI4xBB").unpack_from
 _SWEEP_EVERY: Final = 65536
+# A classic-pcap record header (rawcap.pcap); a rec-layout body's first 16 bytes are read in
+# the same shape (ts_ns as two u32, caplen, origlen)
+_PCAP_LE: Final = layout(PCAP_RECORD_FIELDS, "<").unpack_from
+_PCAP_BE: Final = layout(PCAP_RECORD_FIELDS, ">").unpack_from
+_Walk = Callable[["Dissector", Any, int, int, int, int, bool], tuple[int, int]]
 
 
 class _Flow:
@@ -308,25 +313,40 @@ class Dissector:
     def run_pcap_records(self, buf: Any, off: int, big_endian: bool, ns_mul: int,
                          ) -> tuple[int, int]:
         """Walk classic-pcap records in ``buf`` from ``off``; return (packets, end offset):
-        an end offset short of ``len(buf)`` means the last record was cut off.
+        an end offset short of ``len(buf)`` means the last record was cut off."""
+        return _walk(self, buf, off, 16, 1_000_000_000, ns_mul, big_endian)
 
-        The same work as calling :meth:`packet` per record, with the TCP/IPv4 fast path
-        inlined: a file of millions of packets is where per-call overhead shows.
+    def run_records(self, body: bytes) -> tuple[int, int]:
+        """Walk a batch body of layout ``rec`` (``schemas/FORMAT.md``: ``ts_ns`` u64,
+        ``caplen``, ``origlen``, ``ifindex``, ``pkttype``, 3 zero bytes, then the frame);
+        return (packets, end offset), as :meth:`run_pcap_records`."""
+        # ts_ns is read as two u32 (low, high): the pcap walk's (seconds, fraction) shape
+        return _walk(self, body, 0, 24, 1, 1 << 32, False)
+
+    def _py_walk(self, buf: Any, off: int, hsize: int, mul_a: int, mul_b: int,
+                 big_endian: bool) -> tuple[int, int]:
+        """Records of ``hsize`` bytes whose first 16 are (a, b, caplen, _) u32, each followed by
+        its frame; the frame's time is ``a * mul_a + b * mul_b``.
+
+        The same work as calling :meth:`packet` per record, with the fast path of a TCP
+        segment of a known flow inlined (every other frame goes to :meth:`packet`): a file of
+        millions of packets is where per-call overhead shows. The walk the two ``run_*``
+        methods use is this, or its compiled twin ``dissector/_cwalk.c`` when built.
         """
-        rec = layout(PCAP_RECORD_FIELDS, ">" if big_endian else "<").unpack_from
+        rec = _PCAP_BE if big_endian else _PCAP_LE
         fast = _FAST
         flows = self.flows
         packet = self.packet
-        dns_ports = DNS_PORTS
         n = len(buf)
         count = 0
-        while off + 16 <= n:
-            sec, frac, caplen, _orig = rec(buf, off)
-            off += 16
+        while off + hsize <= n:
+            a, b, caplen, _orig = rec(buf, off)
+            off += hsize
             end = off + caplen
             if end > n:
+                off -= hsize
                 break
-            ts = sec * 1_000_000_000 + frac * ns_mul
+            ts = a * mul_a + b * mul_b
             count += 1
             if caplen >= 54 and (count & 0xFFFF):
                 (etype, vihl, total, frag, proto, src, dst, sport, dport, seq, doff,
@@ -365,20 +385,28 @@ class Dissector:
                         self.packets += 1
                         off = end
                         continue
-                elif (etype == 0x0800 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF
-                      and (sport in dns_ports or dport in dns_ports)):
-                    # DNS over UDP: Dissector.packet's UDP branch, inlined.
-                    self.packets += 1
-                    self.last_ts = ts
-                    try:
-                        msg = parse_message(buf[off + 42:min(off + 14 + total, end)], ts)
-                    except ParseError:
-                        self.udp_errors += 1
-                    else:
-                        self.udp_dns += 1
-                        self._dns(msg, src, sport, dst, dport)
-                    off = end
-                    continue
             packet(ts, buf[off:end])
             off = end
         return count, off
+
+
+def _compiled_walk() -> _Walk:
+    """``dissector/_cwalk.c``'s ``walk`` when built (and ``RAWCAP_PURE_PYTHON`` is unset),
+    else :meth:`Dissector._py_walk`."""
+    import importlib
+    import os
+
+    if not os.environ.get("RAWCAP_PURE_PYTHON"):
+        try:
+            cwalk = importlib.import_module("dissector._cwalk")
+        except ImportError:
+            pass
+        else:
+            from ._reassembly import ReassemblyStats, _Half
+
+            cwalk.setup(_Flow, TcpStream, _Half, ReassemblyStats)
+            return cast(_Walk, cwalk.walk)
+    return Dissector._py_walk
+
+
+_walk: _Walk = _compiled_walk()

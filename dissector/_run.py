@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 from rawcap.config import Config
 from rawcap.pcap import (
@@ -23,17 +24,19 @@ from rawcap.pcap import (
     layout,
     read_capture,
 )
-from rawcap.timeparse import format_ns
 from schemas.calls import Call
 from schemas.errors import ConfigError
 
 from ._engine import Dissector
+from ._names import CallNamer
+from ._rows import rows as call_rows
 from ._store import CallStore
 
 if TYPE_CHECKING:
     from rawcap.workloads import Workloads
 
-__all__ = ("CallOutput", "db_path", "dissect_pcap", "dissector_from_config", "format_call")
+__all__ = ("CallOutput", "Flushed", "db_path", "dissect_pcap", "dissector_from_config",
+           "format_call")
 
 
 def db_path(cfg: Config, override: str | None = None) -> Path:
@@ -56,56 +59,116 @@ def _end(ip: str, port: int, workload: str, namespace: str) -> str:
     return f"{ip}:{port} ({namespace}/{workload})" if namespace else f"{ip}:{port} ({workload})"
 
 
+_seconds: dict[int, str] = {}
+
+
+def _format_ts(ns: int) -> str:
+    """``rawcap.timeparse.format_ns`` (ISO-8601 UTC, nanoseconds) with the seconds part
+    cached: calls come in time order, so most share their second with the previous one."""
+    sec, frac = divmod(ns, 1_000_000_000)
+    text = _seconds.get(sec)
+    if text is None:
+        if len(_seconds) >= 4096:
+            _seconds.clear()
+        text = _seconds[sec] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{frac:09d}Z"
+
+
 def format_call(c: Call) -> str:
     lat = f"{c.latency_ns / 1e6:.3f}ms" if c.latency_ns else "-"
     flag = "" if c.complete else f"  [incomplete: {c.error}]"
-    return (f"{format_ns(c.ts_ns) if c.ts_ns else '-'} {c.proto:5} "
+    ts = c.req_ts_ns or c.resp_ts_ns
+    return (f"{_format_ts(ts) if ts else '-'} {c.proto:5} "
             f"{_end(c.src_ip, c.src_port, c.src_workload, c.src_namespace)} > "
             f"{_end(c.dst_ip, c.dst_port, c.dst_workload, c.dst_namespace)} "
             f"{c.summary()} {lat}{flag}")
 
 
+class Flushed(NamedTuple):
+    """What one :meth:`CallOutput.flush` let go: the calls and, when they are stored or
+    published, their ``rawcap.calls`` rows (``schemas.calls.call_rows``: encoded once for
+    both)."""
+
+    calls: list[Call]
+    records: list[bytes] | None
+
+
 class CallOutput:
     """Collects calls: names their workloads (when ``workloads`` is given), prints them (text
-    or JSON lines), writes the store in batches."""
+    or JSON lines, written once per batch), encodes each once (``schemas.calls.call_rows``),
+    and hands each batch to the store (one block) and to the caller (to publish).
+
+    ``publish``: every flush (also those that ``batch`` triggers) is kept for the caller to
+    publish (:meth:`take`); ``close()`` flushes and closes the store.
+    """
 
     def __init__(self, *, store: CallStore | None = None, out: TextIO | None = None,
                  as_json: bool = False, batch: int = 2000,
-                 workloads: Workloads | None = None) -> None:
+                 workloads: Workloads | None = None, publish: bool = False) -> None:
         #: ``rawcap.k8s`` as loaded (range, pcap) or being followed (live); None: no names
         self.workloads = workloads
+        self.names = CallNamer(workloads) if workloads is not None else None
         self.store = store
         self.out = out
         self.as_json = as_json
         self.batch = batch
+        self.publish = publish
+        self.encode = publish or store is not None
+        self.unpublished: list[Flushed] = []
         self.buf: list[Call] = []
         self.count = 0
         self.extra: list[Callable[[list[Call]], Any]] = []
 
     def __call__(self, call: Call) -> None:
         self.count += 1
-        wl = self.workloads
-        if wl is not None and wl.records:
+        wl = self.names
+        if wl is not None and wl.wl.records:
             # as of the request (else response) time; the call is fresh from the dissector
             # and owned by us, so it is filled in place (a with_() copy costs ~6 us per call)
             (call.src_workload, call.src_namespace, call.dst_workload,
-             call.dst_namespace) = wl.call_names(call.src_ip, call.dst_ip, call.ts_ns)
-        if self.out is not None:
-            if self.as_json:
-                self.out.write(json.dumps(call.as_dict(), default=str) + "\n")
-            else:
-                self.out.write(format_call(call) + "\n")
-        self.buf.append(call)
-        if len(self.buf) >= self.batch:
+             call.dst_namespace) = wl(call.src_ip, call.dst_ip, call.req_ts_ns or call.resp_ts_ns)
+        buf = self.buf
+        buf.append(call)
+        if len(buf) >= self.batch:
             self.flush()
 
-    def flush(self) -> list[Call]:
+    def _print(self, calls: list[Call]) -> None:
+        out = self.out
+        if out is None or not calls:
+            return
+        if self.as_json:
+            dumps = json.dumps
+            out.write("".join([dumps(c.as_dict(), default=str) + "\n" for c in calls]))
+        else:
+            out.write("".join([format_call(c) + "\n" for c in calls]))
+
+    def flush(self) -> Flushed:
         buf, self.buf = self.buf, []
+        self._print(buf)
+        records = call_rows(buf) if buf and self.encode else None
         if buf and self.store is not None:
-            self.store.add(buf)
+            self.store.add(buf, records)
         for f in self.extra:
             f(buf)
-        return buf
+        flushed = Flushed(buf, records)
+        if buf and self.publish:
+            self.unpublished.append(flushed)
+        return flushed
+
+    def take(self) -> list[Flushed]:
+        """What was flushed since the last call, for the caller to publish (``publish``)."""
+        if self.buf:
+            self.flush()
+        out, self.unpublished = self.unpublished, []
+        return out
+
+    def close(self) -> None:
+        """Flush and close the store; idempotent."""
+        if self.buf:
+            self.flush()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
 
 def dissect_pcap(path: str | Path, dissector: Dissector) -> int:

@@ -112,3 +112,4 @@ class CallFilter:
     def __call__(self, c: Call) -> bool:
         return self.empty or self.end(c.src_workload, c.src_namespace) or \
             self.end(c.dst_workload, c.dst_namespace)
+

@@ -55,10 +55,8 @@ def _dissect_pcap(args: argparse.Namespace, cfg: Config) -> int:
     try:
         dissect_pcap(args.pcap, d)
     finally:
-        out.flush()
+        out.close()  # a truncated file: what came before it is printed and stored
         sys.stdout.flush()
-        if store is not None:
-            store.close()
     if args.stats:
         stderr_stats(d)
     return 0

@@ -24,6 +24,10 @@ window are judged (a partial last hour would look like a drop). Rules (docs/hist
 Consecutive flagged hours of the same rule and subject are one finding (its worst hour's
 numbers). Each finding carries the ``rawcap pcap export --source archive`` command for its
 packets.
+
+The same rules run on raw rows (:func:`find_anomalies`) or on the hourly roll-ups
+(:func:`find_anomalies_rollups`: ``calls_1h`` and ``peers_1h``), where counts are the same
+and a p99 comes from the merged latency sketches (within ``schemas.rollups.ALPHA``).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ __all__ = (
     "Finding",
     "Z",
     "find_anomalies",
+    "find_anomalies_rollups",
     "robust_z",
 )
 
@@ -172,6 +177,19 @@ def _edges(frames: dict[str, Any], lo_ns: int) -> Any:
         pl.col("kind").unique().sort().alias("kinds"))
 
 
+def _edges_rollups(peers_1h: Any) -> Any:
+    """:func:`_edges` from ``peers_1h`` roll-ups (``span`` 1: the window)."""
+    import polars as pl
+
+    return peers_1h.with_columns((pl.col("span") == 1).alias("current")).group_by(
+        "client", "peer", "port", "current").agg(
+        pl.col("records").sum().alias("rows"), pl.col("bytes").sum(), pl.col("first").min(),
+        pl.col("last").max(), pl.col("ip").min(),
+        pl.col("nodes").explode().unique().sort().head(3).alias("nodes"),
+        pl.col("source").unique().sort().alias("kinds"),
+    ).collect(engine="streaming")
+
+
 def _new_peers(edges: Any) -> list[Finding]:
     base = edges.filter(~edges["current"])
     known_clients = set(base["client"].to_list())
@@ -218,16 +236,51 @@ def _hourly_first(calls: Any, who: Any) -> Any:
     ).collect(engine="streaming")
 
 
-def _hourly(calls: Any, span: tuple[int, int]) -> Any:
-    """Per (endpoint, workload, hour): calls, errors, p99, an address and port, nodes.
+def _who() -> Any:
+    import polars as pl
+
+    return pl.when(pl.col("dst_service") != "").then(pl.col("dst_service")).otherwise(pl.col("dst_pod"))
+
+
+def _hourly_first_rollups(calls_1h: Any) -> Any:
+    """:func:`_hourly_first` from ``calls_1h`` roll-ups: sums, and the p99 of the merged
+    sketches."""
+    import polars as pl
+
+    from schemas.rollups import sketch_quantiles
+
+    who = _who()
+    keys = ["dst_ns", "who", "svc", "dst_addr", "endpoint", "hour"]
+    rows = calls_1h.select(
+        pl.col("dst_namespace").alias("dst_ns"), who.alias("who"), (pl.col("dst_service") != "").alias("svc"),
+        pl.when(who == "").then(pl.col("dst_ip")).otherwise(pl.lit("")).alias("dst_addr"), "endpoint",
+        (pl.col("hour").dt.epoch("us") // (HOUR_NS // 1000)).alias("hour"), "calls", "errors", "lat_bins",
+        "lat_counts", "dst_ip", "dst_port", "node",
+    ).collect(engine="streaming")
+    # one integer per key: the sketches' bins are merged on (key, bin), not on six strings
+    rows = rows.with_columns(pl.struct(keys).rank("dense").alias("_k"))
+    counts = rows.group_by(keys).agg(
+        pl.col("_k").first(), pl.col("calls").sum().alias("n"), pl.col("errors").sum(),
+        pl.col("dst_ip").first().alias("ip"), pl.col("dst_port").first().alias("port"),
+        pl.col("node").first())
+    long = rows.select("_k", pl.col("lat_bins").alias("bin"), pl.col("lat_counts").alias("n")).explode(
+        "bin", "n").drop_nulls("bin").group_by("_k", "bin").agg(pl.col("n").sum())
+    return counts.join(sketch_quantiles(long, ["_k"], {"p99": 0.99}), on="_k", how="left").drop("_k")
+
+
+def _hourly(calls: Any, span: tuple[int, int] | None) -> Any:
+    """Per (endpoint, workload, hour): calls, errors, p99, an address and port, nodes, from
+    raw rows (``span``: their range) or from ``calls_1h`` roll-ups (``span`` None).
 
     Aggregated by what each call names (service, or pod) first; a workload reached by pod
     name on several pods gets the largest of its pods' p99 (a call names a service when it
     went through one, the usual case, and then the p99 is exact)."""
     import polars as pl
 
-    who = pl.when(pl.col("dst_service") != "").then(pl.col("dst_service")).otherwise(pl.col("dst_pod"))
-    first = pl.concat([_hourly_first(day, who) for day in _day_slices(calls, *span)])
+    if span is None:
+        first = _hourly_first_rollups(calls)
+    else:
+        first = pl.concat([_hourly_first(day, _who()) for day in _day_slices(calls, *span)])
     named = first.with_columns(
         pl.when(pl.col("svc")).then(pl.col("who")).otherwise(None).alias("dst_svc"),
         pl.lit("").alias("dst_own"),
@@ -361,6 +414,23 @@ def find_anomalies(frames: dict[str, Any], base_lo_ns: int, lo_ns: int, hi_ns: i
     if "calls" in frames:
         hourly = _hourly(frames["calls"], (base_lo_ns, hi_ns))
         found += _merge(_endpoint_rules(hourly, lo_h, hi_h) + _volume_rules(hourly, base_lo_h, lo_h, hi_h))
+    return _ordered(found)
+
+
+def find_anomalies_rollups(rollups: dict[str, Any], base_lo_ns: int, lo_ns: int, hi_ns: int) -> list[Finding]:
+    """:func:`find_anomalies` from the hourly roll-ups: ``rollups`` maps ``calls_1h`` and
+    ``peers_1h`` to LazyFrames over ``[base_lo, hi)`` whose ``span`` is 0 in the baseline and
+    1 in the window (:func:`history._source.rollup_frames` with cuts base_lo, lo, hi)."""
+    lo_h = -(-lo_ns // HOUR_NS)
+    hi_h = hi_ns // HOUR_NS
+    base_lo_h = -(-base_lo_ns // HOUR_NS)
+    found = _new_peers(_edges_rollups(rollups["peers_1h"]))
+    hourly = _hourly(rollups["calls_1h"], None)
+    found += _merge(_endpoint_rules(hourly, lo_h, hi_h) + _volume_rules(hourly, base_lo_h, lo_h, hi_h))
+    return _ordered(found)
+
+
+def _ordered(found: list[Finding]) -> list[Finding]:
     order = {"new-peer": 0, "error-rate": 1, "latency": 2, "volume-drop": 3, "volume-spike": 4}
     found.sort(key=lambda f: (order[f.rule], -f.score, f.subject))
     return found

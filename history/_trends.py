@@ -7,6 +7,13 @@ Metrics from calls: ``requests`` (count), ``errors`` (``failed`` calls), ``error
 were both seen; linear interpolation between closest ranks); from flows: ``bytes`` (both
 directions) and ``flows`` (distinct 5-tuples in the bucket). Buckets start at multiples of
 ``every`` since the epoch (UTC).
+
+A kind is answered from the hourly roll-ups (:mod:`schemas.rollups`) when
+:meth:`TrendQuery.rollup_reason` finds nothing against it: ``every`` a multiple of one hour,
+the serving side, filters only on roll-up keys (``--node``, ``--proto``), no ``flows``
+metric (distinct 5-tuples do not add up over hours), and not ``exact``. Counts, errors and
+bytes are then the same as from raw rows; ``p50`` / ``p99`` come from the merged latency
+sketches, within ``schemas.rollups.ALPHA`` (2 %) of the exact value.
 """
 
 from __future__ import annotations
@@ -18,14 +25,16 @@ from typing import Any, Final
 
 from schemas.errors import ConfigError
 
-__all__ = ("BY", "CALL_METRICS", "FLOW_METRICS", "METRICS", "Filters", "TrendQuery", "group_expr",
-           "trends")
+__all__ = ("BY", "CALL_METRICS", "FLOW_METRICS", "METRICS", "ROLLUP_OF_KIND", "Filters", "TrendQuery",
+           "group_expr", "trends")
 
 CALL_METRICS: Final = ("requests", "errors", "error-rate", "p50", "p99")
 FLOW_METRICS: Final = ("bytes", "flows")
 METRICS: Final = CALL_METRICS + FLOW_METRICS
 BY: Final = ("namespace", "service", "pod", "endpoint", "node")
 UNKNOWN: Final = "(unknown)"
+HOUR_NS: Final = 3_600_000_000_000
+ROLLUP_OF_KIND: Final = {"calls": "calls_1h", "flows": "flows_1h"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,7 @@ class TrendQuery:
     metrics: tuple[str, ...] = ("requests", "error-rate", "p99")
     side: str = "server"
     filters: Filters = field(default_factory=Filters)
+    exact: bool = False  # raw rows even where roll-ups could answer
 
     def __post_init__(self) -> None:
         if self.by not in BY:
@@ -94,6 +104,21 @@ class TrendQuery:
             raise ConfigError("--to must be after --from")
         if (self.hi_ns - self.lo_ns) // self.every_ns > 100_000:
             raise ConfigError("--every is too small for that range (more than 100000 buckets)")
+
+    def rollup_reason(self, kind: str) -> str:
+        """Why ``kind`` cannot be answered from the hourly roll-ups ('' when it can)."""
+        f = self.filters
+        if self.exact:
+            return "--exact"
+        if self.every_ns % HOUR_NS:
+            return "--every is not a multiple of 1h"
+        if self.side != "server":
+            return "--side client: roll-ups keep the serving side"
+        if f.hosts or f.ports or f.namespaces or f.pods:
+            return "--host, --port, --namespace and --pod match either end: roll-ups keep the serving side"
+        if kind == "flows" and "flows" in self.metrics:
+            return "the flows metric counts distinct 5-tuples, which do not add up over hours"
+        return ""
 
     def kinds(self) -> list[str]:
         out = []
@@ -153,14 +178,50 @@ def _aggs(kind: str, metrics: Sequence[str]) -> list[Any]:
     ]
 
 
-def trends(q: TrendQuery, frames: dict[str, Any]) -> tuple[Any, Any]:
+def _rollup_aggs(q: TrendQuery, kind: str, lf: Any) -> tuple[Any, Any]:
+    """(per bucket, overall) of one kind from its hourly roll-ups (``lf``: ``calls_1h`` or
+    ``flows_1h`` rows)."""
+    import polars as pl
+
+    from schemas.rollups import sketch_quantiles
+
+    rows = lf.filter(q.filters.expr(kind)).with_columns(pl.col("hour").alias("ts")).select(
+        group_expr(kind, q.by, q.side).cast(pl.Categorical), _bucket(q.every_ns),
+        *(["calls", "errors", "lat_bins", "lat_counts"] if kind == "calls" else ["bytes_fwd", "bytes_rev"]),
+    ).collect(engine="streaming")
+    keys = ["group", "bucket"]
+    if kind == "flows":
+        per = rows.group_by(keys).agg((pl.col("bytes_fwd") + pl.col("bytes_rev")).sum().alias("bytes"))
+        out = [per, per.group_by("group").agg(pl.col("bytes").sum())]
+    else:
+        per = rows.group_by(keys).agg(pl.col("calls").sum().alias("requests"), pl.col("errors").sum())
+        out = [per, per.group_by("group").agg(pl.col("requests").sum(), pl.col("errors").sum())]
+        if {"p50", "p99"} & set(q.metrics):
+            # the sketches merged per bucket once; the overall merge starts from those
+            sketch = rows.select(*keys, pl.col("lat_bins").alias("bin"), pl.col("lat_counts").alias("n"))
+            long = sketch.explode("bin", "n").drop_nulls("bin").group_by(*keys, "bin").agg(pl.col("n").sum())
+            qs = {"p50": 0.5, "p99": 0.99}
+            overall = long.group_by("group", "bin").agg(pl.col("n").sum())
+            out = [out[0].join(sketch_quantiles(long, keys, qs), on=keys, how="left"),
+                   out[1].join(sketch_quantiles(overall, ["group"], qs), on="group", how="left")]
+    per, total = (o.with_columns(pl.col("group").cast(pl.String)) for o in out)
+    return per, total
+
+
+def trends(q: TrendQuery, frames: dict[str, Any], rolled: Sequence[str] = ()) -> tuple[Any, Any]:
     """(per bucket, overall) DataFrames with columns ``group``, [``bucket`` ns,] and one
-    per metric (``error-rate`` as ``error_rate``); ``frames`` maps kind -> LazyFrame."""
+    per metric (``error-rate`` as ``error_rate``); ``frames`` maps kind -> LazyFrame of raw
+    rows, or of its hourly roll-ups for the kinds in ``rolled``."""
     import polars as pl
 
     per: list[Any] = []
     total: list[Any] = []
     for kind in q.kinds():
+        if kind in rolled:
+            b, t = _rollup_aggs(q, kind, frames[kind])
+            per.append(b)
+            total.append(t)
+            continue
         needed = ["failed", "latency_ns"] if kind == "calls" else [
             "bytes_fwd", "bytes_rev", "proto", "src_ip", "src_port", "dst_ip", "dst_port"]
         # one scan, narrowed to what the metrics need (group names as categories), then both

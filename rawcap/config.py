@@ -227,6 +227,8 @@ KEYS: tuple[Key, ...] = (
     Key("capture.ring.blockTimeout", "250ms", parse_duration, "retire a partial block after"),
     Key("capture.batch.maxBytes", "4Mi", parse_size, "close a batch at this body size"),
     Key("capture.batch.maxDelay", "1s", parse_duration, "close a batch after this long"),
+    Key("capture.codec", "zstd", _choice("zstd", "none"),
+        "batch body codec: zstd (adaptive: plain when it does not pay) or none (never compress)"),
     Key("capture.zstdLevel", -3, _zstd_level, "zstd level of batch bodies"),
     Key("capture.segmentSize", "16Mi", parse_size, "FIFO segment file size"),
     Key("capture.memoryBuffer", "64Mi", parse_size,

@@ -435,6 +435,23 @@ class WorkloadIndex:
                 return span.joined
         return None
 
+    def resolve_span(self, ip: bytes, ts_ns: int) -> tuple[Workload | None, int, int]:
+        """:meth:`resolve` and the times ``[lo, hi)`` around ``ts_ns`` for which it gives the
+        same answer, as long as the index is not changed (callers cache lookups with it)."""
+        found = self.resolve(ip, ts_ns)
+        lo, hi = -_OPEN, _OPEN
+        spans = self._ips.get(ip) or []
+        k = len(spans)
+        if found is not None:  # the last span holding ts_ns, and only later spans can cut it
+            k = max(i for i, s in enumerate(spans) if s.start <= ts_ns < s.end)
+            lo, hi = spans[k].start, spans[k].end
+        for s in spans[k + 1:] if found is not None else spans:
+            if s.end <= ts_ns:
+                lo = max(lo, s.end)
+            elif s.start > ts_ns:
+                hi = min(hi, s.start)
+        return found, lo, hi
+
     def prune(self, before_ns: int) -> int:
         """Forget intervals that ended before ``before_ns``; returns how many were dropped."""
         dropped = 0

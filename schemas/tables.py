@@ -98,7 +98,7 @@ CALL_COLUMNS: Final = (
     ("req_bytes", "int64", "request size (head + body)"),
     ("resp_bytes", "int64", "response size (head + body)"),
     ("kafka_partition", "int32", "partition of rawcap.calls the record came from"),
-    ("kafka_offset", "int64", "its offset (provenance: each record is one row, once)"),
+    ("kafka_offset", "int64", "its offset (one record is written once; its calls share it)"),
 )
 
 FLOW_COLUMNS: Final = (
@@ -146,7 +146,7 @@ def columns(kind: str) -> tuple[tuple[str, str, str], ...]:
 
 # -- layout ---------------------------------------------------------------------------------
 _KEY_RE = re.compile(
-    r"(?:^|/)kind=(?P<kind>[a-z0-9]+)/date=(?P<date>\d{4}-\d\d-\d\d)/hour=(?P<hour>\d\d)/"
+    r"(?:^|/)kind=(?P<kind>[a-z0-9_]+)/date=(?P<date>\d{4}-\d\d-\d\d)/hour=(?P<hour>\d\d)/"
     r"(?P<topic>.+)-(?P<p>\d{5})-(?P<first>\d{20})-(?P<last>\d{20})\.parquet$"
 )
 

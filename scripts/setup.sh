@@ -124,11 +124,16 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV with $("$PYTHON" --version)"
   "$PYTHON" -m venv "$VENV"
 fi
-# The C extensions (rawcap/pcap/_fastpcap.c, rawcap/kafka/_recvbuf.c) are built in place by
-# the editable install: rebuild when a source is newer than the stamp or a .so does not import.
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt rawcap/pcap/_fastpcap.c ] \
-   && [ "$stamp" -nt rawcap/kafka/_recvbuf.c ] && [ -x "$VENV/bin/rawcap" ] \
-   && "$VENV/bin/python" -c 'import rawcap.pcap._fastpcap, rawcap.kafka._recvbuf' 2>/dev/null; then
+# The C extensions (rawcap/pcap/_fastpcap.c, rawcap/kafka/_recvbuf.c, dissector/*.c,
+# dissector/http1/*.c) are built in place by the editable install: rebuild when a source is
+# newer than the stamp or a .so does not import.
+exts='rawcap.pcap._fastpcap, rawcap.kafka._recvbuf, dissector.http1._chttp1, dissector._crows, dissector._cwalk'
+newer=""
+if [ -f "$stamp" ]; then  # (find fails without a stamp, and pipefail would end setup)
+  newer=$(find rawcap dissector -name '*.c' -newer "$stamp" | head -1)
+fi
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ -z "$newer" ] \
+   && [ -x "$VENV/bin/rawcap" ] && "$VENV/bin/python" -c "import $exts" 2>/dev/null; then
   say "rawcap already installed in $VENV"
 else
   say "pip install -e '.[test]' into $VENV"

@@ -7,21 +7,27 @@ them and stays in sync; anywhere else it scans for the next start line. Keep-ali
 pipelining fall out of the loop: after a message the parser is ``IDLE`` again. A response
 reader must be told each request's method (``expect(method)``) to frame HEAD/CONNECT
 replies.
+
+``PyHTTP1Reader`` is the reference; ``HTTP1Reader`` is its compiled twin
+(``dissector/http1/_chttp1.c``: same events, state, errors and attributes) when it is built,
+else the reference itself (``RAWCAP_PURE_PYTHON=1`` picks the reference too).
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections import deque
-from typing import Final
+from typing import Final, cast
 
 from .._errors import Malformed, Truncated
 from .._sentinel import NEED_DATA, NeedData
 from ._events import EndOfMessage, Request, Response, Resync, new_end, new_request, new_response
+from ._head import COMPILED, parse_head
 from ._state import TRANSITIONS as _T
 from ._state import State
 
-__all__ = ("CLIENT", "METHODS", "SERVER", "HTTP1Reader")
+__all__ = ("CLIENT", "METHODS", "SERVER", "HTTP1Reader", "PyHTTP1Reader")
 
 CLIENT: Final = "client"  # reads requests
 SERVER: Final = "server"  # reads responses
@@ -33,20 +39,11 @@ MAX_LINE: Final = 4096
 _REQ_START = re.compile(
     rb"(?:GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|CONNECT|TRACE) [^ \r\n]+ HTTP/1\.[01]\r\n")
 _RESP_START = re.compile(rb"HTTP/1\.[01] [1-9][0-9][0-9][ \r]")
-_METHOD_NAMES: Final = frozenset(m.decode() for m in METHODS)
-#: ``name: value``: the name is non-empty and does not end in whitespace (RFC 9112 5.1);
-#: optional whitespace (SP/HTAB, RFC 9110 5.6.3) before the value is skipped here, after it
-#: stripped only when the block has any (rare).
-_HEADER: Final = re.compile(r"^([^:\r\n]*[^:\r\n \t]):[ \t]*([^\r\n]*)\r\n", re.MULTILINE)
 
 Event = Request | Response | EndOfMessage | Resync | NeedData
 
 
-#: ``HTTP/1.`` and one ASCII digit (``str.isdigit`` alone would pass ``\xb2``).
-_VERSIONS: Final = frozenset(f"HTTP/1.{i}" for i in range(10))
-
-
-class HTTP1Reader:
+class PyHTTP1Reader:
     __slots__ = (
         "_lost_pending",
         "body",
@@ -193,53 +190,19 @@ class HTTP1Reader:
             if buf and not (buf[:1].isalpha()):
                 raise self._fail("HTTP/1 start line does not start with a letter")
             return NEED_DATA
-        text = buf[:end].decode("latin-1")  # latin-1 maps every byte: never fails
+        is_request = self.role == CLIENT
+        head = parse_head(buf, end, is_request)
+        if type(head) is str:
+            raise self._fail(head)
         del buf[:end + 4]
-        start, _, block = text.partition("\r\n")
-        length: int | None = None
-        chunked = False
-        if block:
-            block += "\r\n"
-            # One C-level pass for the common case; any line that is not ``name: value``, or
-            # a bare CR or LF, sends the block through the line-by-line reader instead.
-            headers = _HEADER.findall(block)
-            n = block.count("\r\n")
-            if len(headers) != n or block.count("\n") != n or block.count("\r") != n:
-                headers = self._header_lines(block)
-            elif " \r\n" in block or "\t\r\n" in block:
-                headers = [(k, v.rstrip(" \t")) for k, v in headers]
-            low = block.lower()
-            i = low.find("content-length:")
-            while i >= 0:
-                if i == 0 or low[i - 1] == "\n":
-                    v = block[i + 15:block.find("\r\n", i)].strip(" \t")
-                    if not v.isdigit() or not v.isascii() or len(v) > 18:
-                        raise self._fail(f"bad Content-Length {v[:20]!r}")
-                    if length is not None and length != int(v):
-                        raise self._fail("conflicting Content-Length headers")
-                    length = int(v)
-                i = low.find("content-length:", i + 15)
-            i = low.rfind("transfer-encoding:")
-            while i >= 0:  # the last Transfer-Encoding header counts
-                if i == 0 or low[i - 1] == "\n":
-                    v = low[i + 18:low.find("\r\n", i)]
-                    chunked = v.rsplit(",", 1)[-1].strip(" \t") == "chunked"
-                    break
-                i = low.rfind("transfer-encoding:", 0, i)
-            hdrs = tuple(headers)
-        else:
-            hdrs = ()
+        first, second, version, hdrs, length, chunked = head
         head_bytes = end + 4
         self.body_len = 0
         if self.body:
             self.body = bytearray()
         self.body_trunc = False
-        if self.role == CLIENT:
-            parts = start.split(" ")
-            if len(parts) != 3 or parts[0] not in _METHOD_NAMES or parts[2] not in _VERSIONS:
-                raise self._fail(f"bad HTTP/1 request line {start[:60].encode('latin-1')!r}")
-            method = parts[0]
-            ev: Request | Response = new_request(method, parts[1], parts[2], hdrs, self.ts,
+        if is_request:
+            ev: Request | Response = new_request(first, second, version, hdrs, self.ts,
                                                  head_bytes)
             if chunked:
                 what = "head-chunked"
@@ -247,16 +210,11 @@ class HTTP1Reader:
                 what = "head-length"
             else:
                 what = "head-no-body"
-            if method == "CONNECT":
+            if first == "CONNECT":
                 what = "head-no-body"
         else:
-            if len(start) < 12 or start[:8] not in _VERSIONS or start[8] != " " \
-                    or not start[9:12].isdigit() or not start[9:12].isascii():
-                raise self._fail(f"bad HTTP/1 status line {start[:60].encode('latin-1')!r}")
-            status = int(start[9:12])
-            if status < 100:
-                raise self._fail(f"bad HTTP/1 status {status}")
-            ev = new_response(status, start[13:], start[:8], hdrs, self.ts, head_bytes)
+            status = first
+            ev = new_response(status, second, version, hdrs, self.ts, head_bytes)
             self.last_status = status
             if 100 <= status < 200:
                 what = "switch" if status == 101 else "head-no-body"
@@ -280,16 +238,6 @@ class HTTP1Reader:
         if what == "head-no-body":
             self.end_ready = True
         return ev
-
-    def _header_lines(self, block: str) -> list[tuple[str, str]]:
-        headers = []
-        for line in block.split("\r\n")[:-1]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name[-1] in " \t" or "\r" in line or "\n" in line:
-                # A bare CR or LF (RFC 9112 2.2 lets a recipient reject it) included.
-                raise self._fail(f"bad HTTP/1 header line {line[:40]!r}")
-            headers.append((name, value.strip(" \t")))
-        return headers
 
     def _keep_prefix(self, data: bytes) -> None:
         """Keep what fits of a body chunk already counted in ``body_len``."""
@@ -395,3 +343,15 @@ class HTTP1Reader:
         if self.eof:
             raise Truncated("flow ended inside a chunked body")
         return NEED_DATA
+
+
+def _compiled() -> type[PyHTTP1Reader] | None:
+    if not COMPILED:
+        return None
+    _chttp1 = importlib.import_module("dissector.http1._chttp1")  # C: no import of the package
+    _chttp1.setup(Request, Response, EndOfMessage, Resync, Malformed, Truncated, NEED_DATA,
+                  tuple(State), _REQ_START, _RESP_START, CLIENT, SERVER)
+    return cast(type[PyHTTP1Reader], _chttp1.HTTP1Reader)
+
+
+HTTP1Reader: type[PyHTTP1Reader] = _compiled() or PyHTTP1Reader

@@ -83,6 +83,24 @@ def _read_all(store: Any, kind: str) -> tuple[list[str], pl.DataFrame]:
     return keys, pl.concat(frames) if frames else pl.DataFrame()
 
 
+def _check_rollups(store: Any, keys: list[str], df: pl.DataFrame) -> None:
+    """Every raw object has its roll-ups, and they add up to the raw rows exactly."""
+    from schemas.rollups import rollup_key
+
+    _rkeys, hourly = _read_all(store, "calls_1h")
+    _pkeys, edges = _read_all(store, "peers_1h")
+    listed = set(_rkeys) | set(_pkeys)
+    assert all(rollup_key(k, rk) in listed for k in keys for rk in ("calls_1h", "peers_1h"))
+    assert len(listed) == 2 * len(keys), "roll-ups of no raw object"
+    assert int(hourly["calls"].sum()) == len(df) == int(edges["records"].sum())
+    assert int(hourly["errors"].sum()) == int(df["failed"].sum())
+    assert int(hourly["timed"].sum()) == df["latency_ns"].count()
+    assert int(hourly["req_bytes"].sum()) == int(df["req_bytes"].sum())
+    assert sum(sum(c) for c in hourly["lat_counts"].to_list() if c) == df["latency_ns"].count()
+    per_service = dict(hourly.group_by("dst_service").agg(pl.col("calls").sum()).iter_rows())
+    assert per_service == dict(df.group_by("dst_service").agg(pl.len()).iter_rows())
+
+
 def test_kill_9_writes_every_call_exactly_once(stack: Any, aenv: dict[str, str], run_id: str) -> None:
     group = f"{run_id}-t"
     anyio.run(precommit_end, stack.bootstrap, f"{group}-calls", topics.CALLS)
@@ -116,6 +134,7 @@ def test_kill_9_writes_every_call_exactly_once(stack: Any, aenv: dict[str, str],
         tk = parse_table_key(k)
         assert tk.first <= tk.last and tk.hour * 3600 <= time.time()
     assert df.columns == [c for c, _t, _d in CALL_COLUMNS]
+    _check_rollups(s3_store(stack, run_id), keys, df)
     by_offset = {r["kafka_offset"]: r for r in df.iter_rows(named=True)}
     for off, c in sent.items():
         r = by_offset[off]
@@ -157,19 +176,23 @@ def test_flows_and_bad_kinds(stack: Any, aenv: dict[str, str], run_id: str) -> N
     assert set(df["dst_service"].to_list()) == {s.service for s in SERVERS}
 
 
-def test_object_written_before_a_crash_is_kept_and_its_records_skipped(
-        stack: Any, aenv: dict[str, str], run_id: str) -> None:
-    """The crash between the PUT and the commit, made exact: an object of the first 40
-    records exists, the group's offset is still before them."""
+@pytest.mark.parametrize("rolled_up", [True, False], ids=["with-rollups", "raw-only"])
+def test_object_written_before_a_crash_is_kept_or_adopted(
+        stack: Any, aenv: dict[str, str], run_id: str, rolled_up: bool) -> None:
+    """The crash between the PUTs and the commit, made exact: an object of the first 40
+    records exists, the group's offset is still before them. With its roll-ups (the last one
+    is the completion mark) its records are skipped; without them (the crash fell between
+    the raw PUT and the roll-ups) the same object is written again, then its roll-ups."""
     from archiver._tables import to_parquet
+    from schemas.rollups import rollup_key, rollups
     from schemas.tables import call_rows, frame, table_key
 
     group = f"{run_id}-c"
     start = anyio.run(precommit_end, stack.bootstrap, f"{group}-calls", topics.CALLS)[0]
     rng = random.Random(9)
     hour = time.time_ns() // 3_600_000_000_000 - 2
-    calls = [make_call(rng, hour * 3_600_000_000_000 + i * 10_000_000_000, f"{run_id}-n", SERVERS[i % 3],
-                       ("shop", "web-1", "10.2.0.5")) for i in range(100)]
+    calls = [make_call(rng, hour * 3_600_000_000_000 + i * 10_000_000_000, f"{run_id}-n",
+                       SERVERS[i % 3], ("shop", "web-1", "10.2.0.5")) for i in range(100)]
 
     async def send() -> None:
         from tests.history.helpers import produce_values
@@ -180,13 +203,52 @@ def test_object_written_before_a_crash_is_kept_and_its_records_skipped(
     anyio.run(send)
     store = s3_store(stack, run_id)
     early = table_key("calls", hour, topics.CALLS, 0, start, start + 39)
-    body = to_parquet(frame("calls", call_rows((0, start + i, c) for i, c in enumerate(calls[:40]))), 1000)
+    df40 = frame("calls", call_rows((0, start + i, c) for i, c in enumerate(calls[:40])))
+    body = to_parquet(df40, 1000)
     obstore.put(store, early, body)
+    if rolled_up:
+        for rk, r in rollups("calls", df40).items():
+            obstore.put(store, rollup_key(early, rk), to_parquet(r, 1000))
     w = _write_all(aenv, group, "calls", stack.bootstrap)
     assert w.count("resuming: objects of this partition exist already") == 1
     summary = next(line for line in w.lines if line.startswith("calls: archive summary:"))
-    assert " skipped=40 " in summary and " packets=60 " in summary, summary
+    if rolled_up:
+        assert " skipped=40 " in summary and " packets=60 " in summary, summary
+        assert bytes(obstore.get(store, early).bytes()) == body
+    else:
+        assert " adopted=1" in summary and " packets=100 " in summary, summary
+        again = pl.read_parquet(io.BytesIO(bytes(obstore.get(store, early).bytes())))
+        assert again.equals(df40)
     keys, df = _read_all(store, "calls")
-    assert early in keys and bytes(obstore.get(store, early).bytes()) == body
+    assert early in keys
     assert sorted(df["kafka_offset"].to_list()) == list(range(start, start + 100))
     assert sorted(df["path"].to_list()) == sorted(c.path for c in calls)
+    _check_rollups(store, keys, df)
+
+
+def test_version_2_records_several_calls_each(stack: Any, aenv: dict[str, str], run_id: str) -> None:
+    """Records as the dissector writes them (several calls of one node and hour each) beside
+    version-1 ones: every call is a row once, under its own hour, with its record's offset."""
+    from tests.history.helpers import call_records, produce_values
+
+    group = f"{run_id}-v2"
+    start = anyio.run(precommit_end, stack.bootstrap, f"{group}-calls", topics.CALLS)[0]
+    rng = random.Random(11)
+    hour = time.time_ns() // 3_600_000_000_000 - 3
+    calls = [make_call(rng, hour * 3_600_000_000_000 + i * 20_000_000_000, f"{run_id}-n{i % 2}",
+                       SERVERS[i % 3], ("shop", "web-1", "10.2.0.5")) for i in range(400)]
+    items = [*call_records(calls[:360], per_record=37),
+             *((c.node, encode_call(c), c.ts_ns) for c in calls[360:])]
+    anyio.run(produce_values, stack.bootstrap, topics.CALLS, items)
+    w = _write_all(aenv, group, "calls", stack.bootstrap)
+    summary = next(line for line in w.lines if line.startswith("calls: archive summary:"))
+    assert f" batches={len(items)} " in summary and " packets=400 " in summary, summary
+    keys, df = _read_all(s3_store(stack, run_id), "calls")
+    assert len({parse_table_key(k).hour for k in keys}) >= 2  # 400 x 20 s span 3 hours
+    assert sorted(df["path"].to_list()) == sorted(c.path for c in calls)
+    assert set(df["kafka_offset"].to_list()) == set(range(start, start + len(items)))
+    store = s3_store(stack, run_id)
+    for k in keys:
+        rows = pl.read_parquet(io.BytesIO(bytes(obstore.get(store, k).bytes())))
+        assert {int(t.timestamp()) // 3600 for t in rows["ts"].to_list()} == {parse_table_key(k).hour}
+    _check_rollups(store, keys, df)

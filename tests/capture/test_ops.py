@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -70,6 +71,29 @@ def _check_rss(body: str, now: dict[str, int]) -> None:
     assert 32 << 20 < file_ < 1 << 30, file_
     assert abs(anon - now["RssAnon"] * 1024) < max(0.25 * anon, 16 << 20), (anon, now)
     assert abs(file_ - now["RssFile"] * 1024) < max(0.25 * file_, 16 << 20), (file_, now)
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "file"])
+def test_bad_codec_is_one_clear_line(tmp_path: Path, how: str) -> None:
+    """capture.codec takes zstd or none; anything else stops the agent before it opens a
+    ring, with one line naming the key and the allowed values, from every source."""
+    argv = [RAWCAP, "capture", "--iface", "lo", "--no-kafka", "--buffer-dir", str(tmp_path)]
+    env = dict(os.environ)
+    if how == "flag":
+        argv += ["--codec", "lz4"]
+    elif how == "env":
+        env["RAWCAP_CAPTURE_CODEC"] = "lz4"
+    else:
+        values = tmp_path / "values.yaml"
+        values.write_text("capture:\n  codec: lz4\n")
+        argv[1:1] = ["--config", str(values)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    source = {"flag": "override", "env": "env RAWCAP_CAPTURE_CODEC", "file": str(tmp_path / "values.yaml")}
+    assert line.startswith(f"rawcap: error: {source[how]}"), line
+    assert line.endswith("capture.codec = 'lz4' is invalid: expected one of zstd, none"), line
+    assert not list(tmp_path.glob("*/*.rcsg")), "nothing may be written before the check"
 
 
 def test_metrics_summary_and_restart_continues_sequence(tmp_path: Path) -> None:

@@ -133,6 +133,38 @@ def test_batcher_stores_incompressible_batches_plain() -> None:
                                                         ifaces={})).packets]
 
 
+def test_batcher_codec_none_never_compresses_and_equals_the_zstd_path() -> None:
+    """capture.codec: none stores every batch plain, compressible traffic too, whether the
+    batch is one full block (framed for the Kafka request) or gathered from partial ones;
+    the packets decode to exactly what the zstd batcher's batches hold."""
+    blocks = [_block(3, 10), _block(4, 20), _block(800, 1_000)]  # two partial, one full
+    got: dict[str, list[ClosedBatch]] = {}
+    for codec in ("none", "zstd"):
+        b = BlockBatcher(node="n", next_seq=1, ifaces=dict, max_bytes=60_000, max_delay=10,
+                         level=1, codec=codec)
+        out = [c for blk in blocks for c in b.add_block(memoryview(blk))]
+        tail = b.close()
+        got[codec] = out + ([tail] if tail else [])
+    assert [c.count for c in got["none"]] == [c.count for c in got["zstd"]] == [7, 800]
+    plain = [decode_batch(c.value) for c in got["none"]]
+    packed = [decode_batch(c.value) for c in got["zstd"]]
+    assert [d.header.codec for d in plain] == ["none", "none"]
+    assert [d.header.codec for d in packed] == ["zstd", "zstd"]
+    assert [(p.ts_ns, bytes(p.data)) for d in plain for p in d.packets] == \
+        [(p.ts_ns, bytes(p.data)) for d in packed for p in d.packets]
+    # plain means plain: the body is the ring bytes, as long as the raw size
+    assert all(c.size > c.raw_bytes for c in got["none"])
+    assert all(c.size < c.raw_bytes // 2 for c in got["zstd"])  # zeros compress
+    (value,) = got["none"][1].parts  # the full block: one framed value
+    assert isinstance(value, memoryview) and isinstance(value.obj, Framed)
+
+
+def test_batcher_refuses_an_unknown_codec() -> None:
+    with pytest.raises(ValueError, match="zstd, none"):
+        BlockBatcher(node="n", next_seq=1, ifaces=dict, max_bytes=1, max_delay=1, level=1,
+                     codec="lz4")
+
+
 def _batch(seq: int, size: int = 5000) -> ClosedBatch:
     value = encode_block_batch(node="n", seq=seq, blocks=[_block(2, seq * 10, os.urandom(size // 2))],
                                ifaces={3: "eth0"})
@@ -171,6 +203,39 @@ def test_fifo_budget_loss_and_restart(tmp_path: Path) -> None:
     with pytest.raises(RawcapError, match="expected batch 122"):
         again.append(_batch(500))
     again.close()
+
+
+def test_fifo_splits_this_runs_packets_exactly(tmp_path: Path) -> None:
+    """Every packet of this run is delivered, lost or pending, exactly once: batches
+    recycled while a send carries them wait for that send (acknowledged: delivered; failed:
+    lost); batches of an earlier run count in none of this run's numbers."""
+    old = Fifo(tmp_path, "n", budget=256 * 1024, segment_size=64 * 1024)
+    for seq in range(1, 6):
+        old.append(_batch(seq))
+    old.close()
+    fifo = Fifo(tmp_path, "n", budget=256 * 1024, segment_size=64 * 1024)
+    assert fifo.run_first_seq == 6
+    for seq in range(6, 31):
+        fifo.append(_batch(seq))
+    fifo.mark_acked(15)  # 1..5 (the earlier run's) and 6..15: 10 batches of this run
+    assert (fifo.run_shipped_batches, fifo.run_shipped_packets) == (10, 20)
+    fifo.in_flight_to = 25  # a send carries 16..25
+    for seq in range(31, 201):  # the budget holds ~96 of these: the oldest get recycled
+        fifo.append(_batch(seq))
+    first = read_fifo(tmp_path / "n")[0].header.seq
+    assert first > 40
+    # 26..first-1 were lost when recycled; 16..25 wait for their send
+    assert fifo.run_lost_batches == first - 26
+    fifo.mark_acked(20)  # the send's first part came through: 16..20 delivered
+    assert (fifo.run_shipped_batches, fifo.run_shipped_packets) == (15, 30)
+    fifo.abandon_in_flight()  # the rest of it failed: 21..25 are lost after all
+    assert fifo.run_lost_batches == first - 26 + 5 and fifo.in_flight_to == 20
+    assert fifo.run_pending() == (200 - first + 1, 2 * (200 - first + 1))
+    shipped, lost, (_, pending) = fifo.run_shipped_packets, fifo.run_lost_packets, fifo.run_pending()
+    assert shipped + lost + pending == 2 * (200 - 6 + 1)
+    # the cumulative counters (shipped.json) count the same loss
+    assert fifo.lost_batches == fifo.run_lost_batches
+    fifo.close()
 
 
 def test_fifo_frame_header_matches_the_stream_format() -> None:

@@ -37,6 +37,7 @@ def test_rendered_config_is_what_rawcap_reads(values: str, caplog: pytest.LogCap
     raw = (user.get("tap", {}).get("capture", {}).get("raw") or {})
     assert cfg.get("tap.capture.raw.storageSize") == parse_size(raw.get("storageSize", "1Gi"))
     assert cfg.get("tap.namespaces") == user.get("tap", {}).get("namespaces", [])
+    assert cfg.get("capture.codec") == user.get("agent", {}).get("codec", "zstd")
     assert "password" not in text.lower(), "a secret leaked into the ConfigMap"
 
 
@@ -223,6 +224,7 @@ BAD = [
     (("archive.enabled=true",), "url"),
     (("tap.regex=(unclosed",), "regex"),
     (("log.level=loud",), "level"),
+    (("agent.codec=lz4",), "codec"),
     (("k8sWatch.apiServer=https://10.0.0.1",), "apiServer"),
 ]
 

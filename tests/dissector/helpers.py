@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,3 +45,10 @@ def same_at_every_split(make: Callable[[], Any], data: bytes, eof: bool = False)
     for chunks in chunkings(data):
         assert events_for(make, chunks, eof) == want, f"split {[len(c) for c in chunks]}"
     return want
+
+
+def pure_python_run(code: str) -> int:
+    """Exit status of ``python -c code`` with ``RAWCAP_PURE_PYTHON=1`` (the compiled twins
+    switched off)."""
+    env = {**os.environ, "RAWCAP_PURE_PYTHON": "1"}
+    return subprocess.run([sys.executable, "-c", code], env=env).returncode

@@ -20,7 +20,8 @@ from rawcap.config import Config
 from rawcap.kafka import ensure_topics
 from rawcap.timeparse import format_ns
 from schemas import Packet, encode_batch, topics
-from schemas.calls import decode_call
+from schemas.calls import decode_calls
+from tests.archiver.helpers import precommit_end
 
 from .test_engine import dissect, frames
 
@@ -72,6 +73,9 @@ def test_range_replay_from_kafka(real_pcap: Path, make_config: Callable[..., Con
     want, _ = dissect(fr)
     assert sorted(map(key, runs[0])) == sorted(key(c.as_dict()) for c in want)
     assert {c["node"] for c in runs[0]} == {node}
+    stored = cli(cfg, "calls", "--db", str(tmp_path / "c.db"), "--node", node, "--json")
+    assert sorted(map(key, (json.loads(x) for x in stored.stdout.splitlines()))) == sorted(
+        map(key, runs[0]))  # two replays into one store: each call stored once
     # a range starting mid-connection still yields the later complete calls
     first = next(c for c in want if c.proto == "http1")
     r = cli(cfg, "dissect", "--from", format_ns(first.resp_ts_ns + 1), "--to", hi, "--node",
@@ -90,7 +94,8 @@ def test_range_replay_from_kafka(real_pcap: Path, make_config: Callable[..., Con
             for _ in range(10):
                 got = await c.getmany(timeout_ms=1000, max_records=1000)
                 for recs in got.values():
-                    out += [decode_call(r.value) for r in recs if r.key == node.encode()]
+                    out += [c for r in recs if r.key == node.encode()
+                            for c in decode_calls(r.value)]
             return out
         finally:
             await c.stop()
@@ -120,6 +125,8 @@ def test_switch_and_follow(real_pcap: Path, make_config: Callable[..., Config],
     node = f"live-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "RAWCAP_BOOTSTRAP": cfg.get("kafka.bootstrap")}
     db = tmp_path / "live.db"
+    # start the group at the end: the session's other tests' packets are not this test's
+    anyio.run(precommit_end, cfg.get("kafka.bootstrap"), "rawcap-dissector")
     follow = subprocess.Popen([*RAWCAP, "dissect", "--follow", "--json", "--db", str(db)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env)

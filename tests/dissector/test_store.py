@@ -1,15 +1,22 @@
 from __future__ import annotations
 
+import random
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from dissector import CallStore
-from schemas.calls import Call
+from dissector._run import CallOutput
+from schemas.calls import Call, call_rows, decode_calls, encode_call, encode_calls
 
 
-def calls(n: int, start: int = 0) -> list[Call]:
-    return [Call("http1", node="n", src_ip="10.0.0.1", src_port=1000 + i % 50000,
-                 dst_ip="10.0.0.2", dst_port=80, req_ts_ns=(start + i) * 1000, method="GET",
-                 path=f"/p/{i}" + "x" * 200, status=200) for i in range(n)]
+def calls(n: int, start: int = 0, node: str = "n") -> list[Call]:
+    return [Call("http1", node=node, src_ip="10.0.0.1", src_port=1000 + j % 50000,
+                 dst_ip="10.0.0.2", dst_port=80, req_ts_ns=j * 1000, method="GET",
+                 path=f"/p/{j}" + "x" * 200, status=200) for j in range(start, start + n)]
 
 
 def test_store_is_bounded_and_evicts_oldest(tmp_path: Path) -> None:
@@ -19,6 +26,7 @@ def test_store_is_bounded_and_evicts_oldest(tmp_path: Path) -> None:
             st.add(calls(500, k * 500))
             assert st.used_bytes() <= budget
         assert st.evicted > 0
+        assert st.count() + st.evicted == 5000
         kept = list(st.query())
         assert kept[0].req_ts_ns > 0  # the very first calls are gone
         assert kept[-1].req_ts_ns == 4999 * 1000  # the newest are kept
@@ -32,3 +40,122 @@ def test_store_filters_and_dedup(tmp_path: Path) -> None:
         assert len(list(st.query(lo_ns=3000, hi_ns=6000))) == 3
         assert len(list(st.query(port=1004))) == 1
         assert len(list(st.query(proto="dns"))) == 0
+
+
+def test_replays_of_overlapping_ranges_add_no_duplicates(tmp_path: Path) -> None:
+    """Other flush boundaries, an overlapping range, two nodes: each call is stored once."""
+    with CallStore(tmp_path / "c.db", 64 << 20) as st:
+        first = calls(1000)
+        for i in range(0, 1000, 300):
+            st.add(first[i:i + 300])
+        again = calls(1000, 500)  # calls 500..1499: half of them stored already
+        assert sum(st.add(again[i:i + 170]) for i in range(0, 1000, 170)) == 500
+        assert st.add(calls(100, 0, node="other")) == 100  # same times, another node
+        assert st.count() == 1600
+        got = [(c.node, c.req_ts_ns) for c in st.query()]
+        assert len(got) == len(set(got)) == 1600
+
+
+def test_statements_of_one_query_are_distinct_calls_and_replay_adds_none(tmp_path: Path) -> None:
+    """PostgreSQL: the statements of one simple Query share the request and often the
+    response segment (same times, same addresses); their place in the batch tells them
+    apart, so all are stored, once each, however the replay's flushes fall."""
+    def pg(q: int, k: int) -> Call:
+        return Call("postgres", node="n", src_ip="10.0.0.1", src_port=5000, dst_ip="10.0.0.2",
+                    dst_port=5432, req_ts_ns=1000 + q, resp_ts_ns=2000 + q, command="INSERT",
+                    key=f"INSERT INTO t VALUES ({k})", extra={"statement": k, "tag": "INSERT 0 1"})
+
+    batch = [pg(q, k) for q in range(40) for k in range(5)]
+    with CallStore(tmp_path / "c.db", 64 << 20) as st:
+        assert st.add(batch) == 200
+        assert sum(st.add(batch[i:i + 33]) for i in range(0, 200, 33)) == 0
+        got = [(c.req_ts_ns, c.extra["statement"]) for c in st.query()]
+        assert sorted(got) == sorted((c.req_ts_ns, c.extra["statement"]) for c in batch)
+
+
+def test_query_merges_blocks_into_time_order_and_filters(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    all_calls = []
+    with CallStore(tmp_path / "c.db", 64 << 20) as st:
+        for b in range(20):  # blocks whose spans overlap, calls unordered inside a block
+            block = [Call("dns" if i % 7 == 0 else "http1", node=f"n{b % 2}",
+                          src_ip=f"10.0.{b % 3}.{i % 5}", src_port=2000 + i, dst_ip="10.9.9.9",
+                          dst_port=53 if i % 7 == 0 else 80,
+                          req_ts_ns=b * 1000 + rng.randrange(3000) * 7 + i % 7)
+                     for i in range(100)]
+            st.add(block)
+            all_calls += block
+        want = sorted(all_calls, key=lambda c: c.ts_ns)
+        got = list(st.query())
+        assert [c.ts_ns for c in got] == [c.ts_ns for c in want] and len(got) == 2000
+
+        def expect(pred: Callable[[Call], bool], **kw: Any) -> None:
+            sel = [c for c in want if pred(c)]
+            assert sorted((c.node, c.src_port, c.ts_ns) for c in st.query(**kw)) == \
+                sorted((c.node, c.src_port, c.ts_ns) for c in sel)
+
+        expect(lambda c: 5000 <= c.ts_ns < 9000, lo_ns=5000, hi_ns=9000)
+        expect(lambda c: c.src_ip == "10.0.1.3" or c.dst_ip == "10.0.1.3", host="10.0.1.3")
+        expect(lambda c: c.proto == "dns", proto="dns")
+        expect(lambda c: 2005 in (c.src_port, c.dst_port), port=2005)
+        expect(lambda c: c.node == "n1" and c.ts_ns < 7000, node="n1", hi_ns=7000)
+        expect(lambda c: False, host="10.0.0.99")
+        limited = list(st.query(proto="http1", limit=25, match=lambda c: c.src_port % 2 == 0))
+        assert len(limited) == 25 and all(c.src_port % 2 == 0 for c in limited)
+        assert [c.ts_ns for c in limited] == sorted(c.ts_ns for c in limited)
+
+
+def test_store_of_the_first_layout_is_converted(tmp_path: Path) -> None:
+    """One row per call with a text uid (the layout before blocks): opened, converted, the
+    same calls come back, replaying them adds nothing."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE calls (id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ns INTEGER NOT NULL,
+          node TEXT NOT NULL, proto TEXT NOT NULL, src_ip TEXT, src_port INTEGER, dst_ip TEXT,
+          dst_port INTEGER, uid TEXT UNIQUE, record BLOB NOT NULL);
+        CREATE INDEX calls_ts ON calls(ts_ns);""")
+    old = calls(4500, node="a") + calls(10, node="b")
+    db.executemany("INSERT INTO calls(ts_ns,node,proto,src_ip,src_port,dst_ip,dst_port,uid,record)"
+                   " VALUES (?,?,?,?,?,?,?,?,?)",
+                   [(c.ts_ns, c.node, c.proto, c.src_ip, c.src_port, c.dst_ip, c.dst_port,
+                     f"{c.node}|{c.ts_ns}", encode_call(c)) for c in old])
+    db.commit()
+    db.close()
+    with CallStore(path, 64 << 20) as st:
+        assert sorted(st.query(), key=lambda c: (c.ts_ns, c.node)) == \
+            sorted(old, key=lambda c: (c.ts_ns, c.node))
+        assert st.add(old[:100]) == 0
+        tables = {r[0] for r in st.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "calls" not in tables
+    with CallStore(path, 64 << 20) as st:  # opened again: nothing to convert
+        assert st.count() == len(old)
+
+
+def test_output_keeps_every_flush_for_publishing(tmp_path: Path) -> None:
+    """Flushes the batch size triggers are published too (their rows are the stored ones)."""
+    st = CallStore(tmp_path / "c.db", 64 << 20)
+    out = CallOutput(store=st, batch=3, publish=True)
+    for c in calls(7):
+        out(c)
+    got = out.take()
+    assert [len(f.calls) for f in got] == [3, 3, 1]
+    published = [c for f in got for c in decode_calls(_record(f.records))]
+    assert published == calls(7)
+    assert st.count() == 7 and out.take() == []
+    out.close()
+    out.close()  # idempotent
+
+
+def _record(rows: list[bytes] | None) -> bytes:
+    assert rows is not None
+    return encode_calls(rows)
+
+
+@pytest.mark.parametrize("n", [1, 2500])
+def test_rows_are_shared_with_the_published_record(tmp_path: Path, n: int) -> None:
+    cs = calls(n)
+    with CallStore(tmp_path / "c.db", 64 << 20) as st:
+        st.add(cs, call_rows(cs))
+        (data,) = st.db.execute("SELECT data FROM blocks").fetchone()
+    assert decode_calls(data) == cs

@@ -22,6 +22,7 @@ import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from dissector._names import CallNamer
 from dissector._run import CallOutput
 from dissector._workloads import CallFilter
 from rawcap.config import Config
@@ -30,9 +31,10 @@ from rawcap.pcap import PcapWriter
 from rawcap.timeparse import format_ns
 from rawcap.workloads import Workloads
 from schemas import topics
-from schemas.calls import Call, decode_call
+from schemas.calls import Call, decode_calls
 from schemas.errors import ConfigError
 from schemas.k8s import K8sRecord, PodRecord, ServiceRecord, encode_k8s
+from tests.archiver.helpers import precommit_end
 
 from .test_kafka import RAWCAP, cli, produce
 
@@ -164,8 +166,8 @@ def test_range_replay_names_calls_as_of_their_time(replay: Any) -> None:
             with anyio.move_on_after(30):
                 while len(out) < 5:
                     got = await consumer.getmany(timeout_ms=1000, max_records=1000)
-                    out += [decode_call(r.value) for recs in got.values() for r in recs
-                            if r.key == k.node.encode()]
+                    out += [c for recs in got.values() for r in recs
+                            if r.key == k.node.encode() for c in decode_calls(r.value)]
             return out
         finally:
             await consumer.stop()
@@ -294,6 +296,9 @@ def test_follow_applies_k8s_records_published_while_running(
     r = cli(cfg, "dissection", "start", "--stop-after", "180s")
     assert r.returncode == 0, r.stderr
     db = tmp_path / "live.db"
+    # the group starts where it left off: at the end, not behind every packet the session's
+    # other tests produced since the last --follow (minutes of backlog on a loaded machine)
+    anyio.run(precommit_end, cfg.get("kafka.bootstrap"), "rawcap-dissector")
     env = {**os.environ, "RAWCAP_BOOTSTRAP": cfg.get("kafka.bootstrap")}
     follow = subprocess.Popen([*RAWCAP, "dissect", "--follow", "--json", "--db", str(db),
                                "--no-publish"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -340,3 +345,34 @@ def test_follow_applies_k8s_records_published_while_running(
         "/a": ("", "", k.api, k.billing), "/b": (k.web, k.shop, k.api, k.billing)}
     live = {c["path"]: names(c) for c in jsonl(out) if c["node"] == k.node}
     assert live == {c["path"]: names(c) for c in both}  # stdout and store agree
+
+
+def test_call_namer_caches_exactly_what_call_names_gives() -> None:
+    """Cached per address for the times an answer holds: the same four names as
+    ``Workloads.call_names`` for calls in and out of order, across an IP handed to another
+    pod, a service and unknown/bad addresses; a record applied later drops the cache."""
+    s = 1_000_000_000
+    wl = Workloads()
+    history: list[tuple[K8sRecord, int]] = [
+        (PodRecord("shop", "web-1", "u1", "n1", ("10.1.0.5",), start_ns=100 * s), 1),
+        (PodRecord("pay", "api-1", "u2", "n1", ("10.1.0.6",), start_ns=100 * s), 1),
+        (ServiceRecord("shop", "web", "sv", cluster_ips=("10.96.0.9",), start_ns=50 * s), 1),
+        (PodRecord("shop", "web-1", "u1", "n1", ("10.1.0.5",), phase="Succeeded",
+                   start_ns=100 * s, end_ns=200 * s), 300),
+        (PodRecord("ops", "job-7", "u3", "n1", ("10.1.0.5",), start_ns=250 * s), 300),
+    ]
+    for rec, ts in history:
+        wl.apply(rec.key.encode(), encode_k8s(rec), ts * 1000)
+    namer = CallNamer(wl)
+    rng = random.Random(5)
+    ips = ["10.1.0.5", "10.1.0.6", "10.96.0.9", "10.9.9.9", "not-an-ip", "[::1]"]
+    times = sorted(rng.randrange(0, 400) * s + rng.randrange(s) for _ in range(300))
+    for ts in times + rng.sample(times, 100):
+        src, dst = rng.choice(ips), rng.choice(ips)
+        assert namer(src, dst, ts) == tuple(wl.call_names(src, dst, ts))
+    assert namer("10.1.0.5", "10.1.0.6", 150 * s) == ("web-1", "shop", "api-1", "pay")
+    assert namer("10.1.0.5", "10.96.0.9", 260 * s) == ("job-7", "ops", "service/web", "shop")
+    moved = PodRecord("pay", "api-1", "u2", "n2", ("10.1.0.7",), start_ns=100 * s, rv="2")
+    wl.apply(moved.key.encode(), encode_k8s(moved), 400_000)
+    assert namer("10.1.0.7", "10.1.0.6", 150 * s) == tuple(wl.call_names("10.1.0.7", "10.1.0.6",
+                                                                        150 * s))

@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from schemas import topics
-from schemas.calls import Call, encode_call
+from schemas.calls import Call, call_rows, encode_calls
 from schemas.flows import FlowRecord, encode_flow
 from schemas.k8s import Workload
 
@@ -102,8 +102,20 @@ async def produce_values(bootstrap: str, topic: str, items: Iterable[tuple[str, 
     return n
 
 
+def call_records(calls: Iterable[Call], per_record: int = 50) -> Iterator[tuple[str, bytes, int]]:
+    """``(key, value, timestamp_ns)`` of ``rawcap.calls`` records as the dissector writes them
+    (version 2: calls of one node and UTC hour, in their order, up to ``per_record`` each)."""
+    groups: dict[tuple[str, int], list[Call]] = defaultdict(list)
+    for c in calls:
+        groups[c.node, c.ts_ns // HOUR_NS].append(c)
+    for group in groups.values():
+        for i in range(0, len(group), per_record):
+            part = group[i:i + per_record]
+            yield part[0].node, encode_calls(call_rows(part)), part[-1].ts_ns
+
+
 async def produce_calls_flows(bootstrap: str, pairs: list[tuple[Call, FlowRecord]]) -> None:
-    await produce_values(bootstrap, topics.CALLS, ((c.node, encode_call(c), c.ts_ns) for c, _f in pairs))
+    await produce_values(bootstrap, topics.CALLS, call_records(c for c, _f in pairs))
     await produce_values(bootstrap, topics.FLOWS,
                          ((f.node, encode_flow(f), f.first_ns) for _c, f in pairs))
 

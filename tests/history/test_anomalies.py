@@ -22,6 +22,7 @@ from rawcap.timeparse import format_ns
 from schemas import topics
 from schemas.calls import Call
 from schemas.flows import FlowRecord
+from schemas.rollups import rollup_key, rollups
 from schemas.tables import call_rows, flow_rows, frame, table_key
 from tests.archiver.helpers import rawcap
 
@@ -70,8 +71,10 @@ def generate(start_ns: int, inject: bool) -> tuple[list[Call], list[FlowRecord]]
     return calls, flows
 
 
-def write_archive(store: S3Store, start_ns: int, calls: list[Call], flows: list[FlowRecord]) -> int:
-    """One object per kind and hour, in the layout rawcap archive tables writes."""
+def write_archive(store: S3Store, start_ns: int, calls: list[Call], flows: list[FlowRecord],
+                  rolled: bool = True) -> int:
+    """One object per kind and hour, in the layout rawcap archive tables writes, and (``rolled``)
+    its hourly roll-ups, made by the writer's function."""
     objects = 0
     for kind, topic, recs, ts_of, rows in (
             ("calls", topics.CALLS, calls, lambda c: c.ts_ns, call_rows),
@@ -81,43 +84,57 @@ def write_archive(store: S3Store, start_ns: int, calls: list[Call], flows: list[
             by_hour.setdefault(ts_of(rec) // HOUR_NS, []).append((0, off, rec))
         for hour, items in sorted(by_hour.items()):
             key = table_key(kind, hour, topic, 0, items[0][1], items[-1][1])
-            obstore.put(store, key, to_parquet(frame(kind, rows(items)), 100_000))
+            df = frame(kind, rows(items))
+            obstore.put(store, key, to_parquet(df, 100_000))
             objects += 1
+            for rk, r in (rollups(kind, df).items() if rolled else ()):
+                obstore.put(store, rollup_key(key, rk), to_parquet(r, 100_000))
     return objects
 
 
 @pytest.fixture(scope="module")
-def archives(stack: Any) -> Callable[[bool], tuple[dict[str, str], int]]:
+def archives(stack: Any) -> Callable[..., tuple[dict[str, str], int]]:
     start = (__import__("time").time_ns() // HOUR_NS - 6 - DAYS * 24) * HOUR_NS
-    made: dict[bool, tuple[dict[str, str], int]] = {}
+    made: dict[tuple[bool, bool], tuple[dict[str, str], int]] = {}
 
-    def get(inject: bool) -> tuple[dict[str, str], int]:
-        if inject not in made:
+    def get(inject: bool, rolled: bool = True) -> tuple[dict[str, str], int]:
+        if (inject, rolled) not in made:
             prefix = f"an{uuid.uuid4().hex[:8]}"
             store = S3Store(stack.bucket, prefix=prefix, **stack.s3_store_kwargs())
-            write_archive(store, start, *generate(start, inject))
-            made[inject] = (stack_env(stack, prefix), start)
-        return made[inject]
+            write_archive(store, start, *generate(start, inject), rolled=rolled)
+            made[(inject, rolled)] = (stack_env(stack, prefix), start)
+        return made[(inject, rolled)]
 
     return get
 
 
-def _run(env: dict[str, str], start: int, *extra: str) -> list[dict[str, Any]]:
+ROLLUPS = "calls from hourly roll-ups, flows from hourly roll-ups"
+EXACT = "calls from raw rows (--exact)"
+
+
+def _run(env: dict[str, str], start: int, *extra: str, source: str = "") -> list[dict[str, Any]]:
+    """The findings as JSON; ``source``: what the source line must say (default: roll-ups,
+    or raw rows with --exact)."""
     end = start + DAYS * 24 * HOUR_NS
     r = rawcap("anomalies", "--json", "--from", format_ns(end - 24 * HOUR_NS), "--to", format_ns(end),
                "--baseline", format_ns(start), *extra, env=env, timeout=180)
     assert r.returncode == 0, r.stderr.decode()
+    want = source or (EXACT if "--exact" in extra else ROLLUPS)
+    assert want in r.stderr.decode(), r.stderr.decode()
     return [json.loads(line) for line in r.stdout.decode().splitlines()]
 
 
-def test_steady_baseline_flags_nothing(archives: Any) -> None:
+@pytest.mark.parametrize("path", [[], ["--exact"]], ids=["rollups", "exact"])
+def test_steady_baseline_flags_nothing(archives: Any, path: list[str]) -> None:
     env, start = archives(False)
-    assert _run(env, start) == []
+    assert _run(env, start, *path) == []
 
 
-def test_injected_anomalies_are_found_with_evidence(archives: Any) -> None:
+@pytest.mark.parametrize("path", [[], ["--exact"]], ids=["rollups", "exact"])
+def test_injected_anomalies_are_found_with_evidence(archives: Any, path: list[str]) -> None:
+    """The same four findings from the hourly roll-ups and from the raw rows (--exact)."""
     env, start = archives(True)
-    found = _run(env, start)
+    found = _run(env, start, *path)
     got = {(f["rule"], f["subject"]): f for f in found}
     assert set(got) == {
         ("new-peer", "shop/web -> shop/ledger:9000"),
@@ -156,6 +173,25 @@ def test_text_output_and_filters(archives: Any) -> None:
     assert "[1] volume-drop" in text and "shop/payments" not in text
     assert "packets:  rawcap pcap export --source archive --from " in text
     assert "1 finding(s); source: archive (" in r.stderr.decode()
+
+
+def test_rollup_backfill_then_rollups(archives: Any) -> None:
+    """Objects written before roll-ups existed: anomalies read raw rows and say how to get
+    roll-ups; --rollup-backfill writes them (once: a second run finds nothing to do); then
+    the roll-ups answer, with the same findings."""
+    env, start = archives(True, rolled=False)
+    before = _run(env, start, source="from raw rows (calls objects without calls_1h roll-ups")
+    end = start + DAYS * 24 * HOUR_NS
+    n = DAYS * 24 * 2  # one calls and one flows object per hour
+    for done, built in ((0, n), (n, 0)):
+        r = rawcap("archive", "tables", "--rollup-backfill", "--from", format_ns(start),
+                   "--to", format_ns(end), env=env, timeout=300)
+        assert r.returncode == 0, r.stderr.decode()
+        assert (f"backfill: {n} objects in range, {done} had their roll-ups, {built} rolled up"
+                in r.stderr.decode()), r.stderr.decode()
+    after = _run(env, start)
+    key = lambda f: (f["rule"], f["subject"], f["from"], f["to"])  # noqa: E731
+    assert sorted(map(key, after)) == sorted(map(key, before)) and len(after) == 4, (before, after)
 
 
 def test_robust_z_rule() -> None:
