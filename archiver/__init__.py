@@ -6,11 +6,12 @@ with every reader); this package is the writer: :class:`Archiver` (consumer grou
 retention sweep and the ``rawcap archive`` commands. See docs/archiver.md.
 """
 
-from ._archiver import GROUP, Archiver, Summary
+from ._archiver import GROUP, Archiver
 from ._ls import hour_summaries
 from ._metrics import Metrics
 from ._plan import Buffer, Known, PartitionPlan
 from ._retention import sweep
+from ._summary import Summary
 
 __all__ = (
     "GROUP",

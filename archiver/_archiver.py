@@ -7,6 +7,11 @@ open buffers are closed (largest first) beyond two objects' worth, and fetching 
 closed-but-unwritten objects exceed ``uploads + 2`` objects (the consumer keeps polling, so
 it stays in its group through a long bucket outage).
 
+aiokafka's consumer runs the group; with a plaintext Kafka a *lane* task reads each assigned
+partition (paused in aiokafka) through ``rawcap.kafka.AssignedFetchers``, a fraction of
+aiokafka's fetch cost; what that client leaves to aiokafka (TLS, SASL, a leader change, an
+offset out of range) aiokafka's fetcher reads on from the offset reached (docs/archiver.md).
+
 SIGTERM/SIGINT: stop fetching, close every buffer, let the workers write them (for at most
 ``shutdown_timeout`` seconds), commit, leave the group, exit 0. A second signal, or the
 deadline, abandons what is not written; its offsets stay uncommitted (exit 1).
@@ -19,63 +24,38 @@ import math
 import random
 import signal
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.abc
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from rawcap import kafka
 from rawcap.archive import (
     ArchiveStore,
-    build_object,
     escape_node,
     hour_of,
     hour_path,
-    parse_object_name,
+    object_parts,
 )
 from rawcap.config import Config
-from rawcap.kafka import GroupLag
+from rawcap.hooks import hook
+from rawcap.kafka import GroupLag, Unsupported
 from schemas import decode_header, topics
 from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
 
+from ._dlq import DeadLetters
 from ._metrics import Metrics
-from ._plan import Buffer, Known, PartitionPlan
-from ._retention import sweep
+from ._plan import Buffer, Known, PartitionPlan, known_objects
+from ._retention import retention_loop
+from ._summary import Summary, one_error
 
-__all__ = ("GROUP", "Archiver", "Summary", "one_error")
+__all__ = ("GROUP", "Archiver")
 
 log = logging.getLogger("rawcap.archive")
 
 GROUP = "rawcap-archiver"
-
-
-@dataclass
-class Summary:
-    objects: int = 0
-    batches: int = 0
-    packets: int = 0
-    bytes: int = 0
-    skipped: int = 0
-    adopted: int = 0
-    dlq: int = 0
-    errors: int = 0
-    commits: int = 0
-
-    def line(self) -> str:
-        return "archive summary: " + " ".join(f"{k}={v}" for k, v in vars(self).items())
-
-
-def one_error(eg: BaseExceptionGroup[Any]) -> BaseException:
-    """The first rawcap error inside a task group's exception group (else the group): the
-    CLI prints a rawcap error as one line."""
-    for exc in eg.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            exc = one_error(exc)
-        if isinstance(exc, RawcapError):
-            return exc
-    return eg
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -91,6 +71,9 @@ class _Listener(ConsumerRebalanceListener):
 
 class Archiver:
     """``async with``-free: :meth:`run` owns its clients from start to exit."""
+
+    #: Read assigned partitions through the project's fetch client where it can.
+    wire_reads = True
 
     def __init__(
         self,
@@ -130,7 +113,7 @@ class Archiver:
         self.summary = Summary()
         self.plans: dict[int, PartitionPlan] = {}
         self.consumer: AIOKafkaConsumer | None = None
-        self._producer: Any = None
+        self._dead_letters = DeadLetters(cfg, topic)
         self._lock = anyio.Lock()
         self._commit_lock = anyio.Lock()
         self._send, self._recv = anyio.create_memory_object_stream[Buffer](math.inf)
@@ -141,6 +124,13 @@ class Archiver:
         self._closing = False
         self._fetch_scope = anyio.CancelScope()
         self._drain_scope = anyio.CancelScope()
+        # Partitions read through the project's fetch client, each by a lane task.
+        self._wire: Any = (kafka.AssignedFetchers(cfg, topic)
+                           if self.wire_reads and kafka.wire_enabled(cfg) else None)
+        self._wire_parts: set[int] = set()
+        self._highwater: dict[int, int] = {}  # as the lanes' fetches report it
+        self._lane_scopes: dict[int, anyio.CancelScope] = {}
+        self._lane_send, self._lane_recv = anyio.create_memory_object_stream[TopicPartition](math.inf)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def probe(self, retry_for: float = 30.0) -> None:
@@ -201,10 +191,10 @@ class Archiver:
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(20):
                     await consumer.stop()
-                if self._producer is not None:
-                    with anyio.move_on_after(10):
-                        await self._producer.stop()
+                await self._dead_letters.aclose()
                 self.metrics.close()
+                if self._wire is not None:
+                    self._wire.close()
         return code
 
     async def _main(self) -> int:
@@ -214,7 +204,9 @@ class Archiver:
                     workers.start_soon(self._uploader, self._recv.clone())
                 self._recv.close()
                 with self._fetch_scope:
-                    await self._fetch_loop()
+                    async with anyio.create_task_group() as lanes:
+                        lanes.start_soon(self._lanes, lanes)
+                        await self._fetch_loop()
                 async with self._lock:
                     for plan in self.plans.values():
                         for buf in plan.close_all():
@@ -282,7 +274,7 @@ class Archiver:
             if self._under_pressure():
                 await self._keepalive()
                 continue
-            paused = c.paused() & c.assignment()
+            paused = {tp for tp in c.paused() & c.assignment() if tp.partition not in self._wire_parts}
             if paused:
                 c.resume(*paused)
             got = await c.getmany(timeout_ms=500, max_records=self.max_records)
@@ -296,13 +288,63 @@ class Archiver:
                             break
                         await self._take(plan, r)
 
+    async def _lanes(self, tg: anyio.abc.TaskGroup) -> None:
+        async for tp in self._lane_recv:
+            tg.start_soon(self._lane, tp)
+
+    async def _lane(self, tp: TopicPartition) -> None:
+        """One assigned partition through the project's fetch client, until it is revoked or
+        that client meets what it leaves to aiokafka."""
+        c, wire = self.consumer, self._wire
+        assert c is not None and wire is not None
+        plan = self.plans.get(tp.partition)
+        scope = self._lane_scopes.get(tp.partition)
+        if plan is None or plan.revoked or scope is None:
+            return
+        offset, fetcher, handover = None, None, hook("archive-handover")
+        with scope:
+            try:
+                offset = await c.position(tp)  # the committed offset, else the reset policy's
+                fetcher = await anyio.to_thread.run_sync(wire.open, tp.partition, offset)
+                while True:
+                    while self._under_pressure():  # until an upload makes room
+                        progress = self._progress
+                        with anyio.move_on_after(1.0):
+                            await progress.wait()
+                    recs, offset = await fetcher.next(1 << 62)
+                    self._highwater[tp.partition] = fetcher.highwater
+                    async with self._lock:
+                        if plan.revoked:
+                            return
+                        for r in recs:
+                            await self._take(plan, r)
+                        c.seek(tp, offset)  # aiokafka's position: what the group lag gauge reads
+                        if offset >= fetcher.highwater >= 0:  # at the end: no timer tick to wait
+                            for buf in plan.due(time.monotonic(), self.flush_interval,
+                                                caught_up_ms=int(time.time() * 1000)):
+                                self._queue(buf)
+                    if recs and handover:
+                        raise Unsupported("test hook archive-handover")
+            except (Unsupported, OSError, KafkaError) as exc:
+                if plan.revoked:
+                    return
+                at = plan.position if plan.position is not None else offset
+                log.info("partition %d: reading on with aiokafka from offset %s (%s)",
+                         tp.partition, at, exc)
+                self._wire_parts.discard(tp.partition)
+                if at is not None:  # else aiokafka resolves the group's position itself
+                    c.seek(tp, at)
+            finally:
+                if fetcher is not None:
+                    fetcher.cancel()
+
     async def _take(self, plan: PartitionPlan, r: Any) -> None:
         try:
             if r.value is None:
                 raise BatchError("record has no value")
             header, _ = decode_header(r.value)
         except BatchError as exc:
-            await self._dlq(r, exc)
+            await self._dlq(r, exc, plan.partition)
             plan.skip(r.offset)
             return
         await self._place(plan, r, header, hour_of(header.first_ns))
@@ -335,23 +377,8 @@ class Archiver:
         data, index = await self._list_retrying(f"node={escape_node(node)}/{hp}",
                                                 f"index/{hp}/node={escape_node(node)}")
 
-        def ranges(metas: list[dict[str, Any]], suffix: str) -> set[tuple[int, int]]:
-            out = set()
-            for m in metas:
-                if not m["path"].endswith(suffix):
-                    continue
-                try:
-                    topic, part, first, last = parse_object_name(m["path"])
-                except ValueError:
-                    continue
-                if topic == plan.topic and part == plan.partition:
-                    out.add((first, last))
-            return out
-
-        indexed = ranges(index, ".json")
-        found = [Known(f, la, True) for f, la in indexed]
-        found += [Known(f, la, False) for f, la in ranges(data, ".rcsg") - indexed]
-        return found
+        return known_objects(plan.topic, plan.partition, [m["path"] for m in data],
+                             [m["path"] for m in index])
 
     async def _list_retrying(self, *prefixes: str) -> list[list[dict[str, Any]]]:
         """The objects under each prefix; a failing store is retried (staying in the group)."""
@@ -368,29 +395,14 @@ class Archiver:
                         await self._keepalive()
                 delay = min(delay * 2, 5.0)
 
-    async def _dlq(self, r: Any, exc: Exception) -> None:
+    async def _dlq(self, r: Any, exc: Exception, partition: int) -> None:
         self.summary.dlq += 1
         self.metrics.dlq.inc()
         log.warning("corrupt batch skipped: %s", exc,
-                    extra={"partition": r.partition, "offset": r.offset})
+                    extra={"partition": partition, "offset": r.offset})
         if r.value is None:
             return
-        try:
-            if self._producer is None:
-                self._producer = kafka.make_producer(self.cfg)
-                with anyio.fail_after(15):
-                    await self._producer.start()
-            headers = [
-                ("error", str(exc).encode()),
-                ("source.topic", self.topic.encode()),
-                ("source.partition", str(r.partition).encode()),
-                ("source.offset", str(r.offset).encode()),
-                ("reporter", b"archiver"),
-            ]
-            with anyio.fail_after(15):
-                await self._producer.send_and_wait(topics.DLQ, r.value, key=r.key, headers=headers)
-        except Exception as dexc:  # best effort: the batch is counted and logged either way
-            log.warning("could not send corrupt batch to %s: %r", topics.DLQ, dexc)
+        await self._dead_letters.send(r.value, r.key, exc, partition, r.offset)
 
     # -- rebalancing -------------------------------------------------------------------------
     async def _assigned(self, assigned: set[TopicPartition]) -> None:
@@ -398,6 +410,11 @@ class Archiver:
             for tp in assigned:
                 if tp.topic == self.topic and tp.partition not in self.plans:
                     self.plans[tp.partition] = PartitionPlan(tp.topic, tp.partition, self.object_size)
+                    if self._wire is not None and self.consumer is not None:
+                        self.consumer.pause(tp)  # aiokafka keeps the group; a lane reads
+                        self._wire_parts.add(tp.partition)
+                        self._lane_scopes[tp.partition] = anyio.CancelScope()
+                        self._lane_send.send_nowait(tp)
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned),
                  extra={"group": self.group})
 
@@ -406,6 +423,10 @@ class Archiver:
             plans = [self.plans[tp.partition] for tp in revoked if tp.partition in self.plans]
             for plan in plans:
                 plan.revoked = True
+                self._wire_parts.discard(plan.partition)
+                lane = self._lane_scopes.pop(plan.partition, None)
+                if lane is not None:
+                    lane.cancel()
                 for buf in plan.close_all():
                     self._queue(buf)
         deadline = time.monotonic() + (0 if self._closing else self.revoke_timeout)
@@ -448,7 +469,9 @@ class Archiver:
         plan = buf.plan
         if plan.abandoned:
             return
-        entry, data = build_object(buf.node, buf.hour, plan.topic, plan.partition, buf.batches)
+        # crc32 of every batch (GIL released) off the event loop; the pieces are not joined.
+        entry, data = await anyio.to_thread.run_sync(
+            object_parts, buf.node, buf.hour, plan.topic, plan.partition, buf.batches)
         packets = buf.packets
         buf.batches = []  # the object holds them now
         t = await self._put_retrying(plan, [("put_data", entry.data_key, data),
@@ -459,16 +482,16 @@ class Archiver:
         m.upload_seconds.observe(time.monotonic() - t)
         m.objects_written.inc()
         m.index_written.inc()
-        m.bytes_written.inc(len(data))
+        m.bytes_written.inc(entry.size)
         m.batches_written.inc(len(entry.frames))
         m.packets_written.inc(packets)
         s.objects += 1
         s.batches += len(entry.frames)
         s.packets += packets
-        s.bytes += len(data)
-        log.debug("wrote %s", entry.data_key, extra={"bytes": len(data), "batches": len(entry.frames)})
+        s.bytes += entry.size
+        log.debug("wrote %s", entry.data_key, extra={"bytes": entry.size, "batches": len(entry.frames)})
 
-    async def _put_retrying(self, plan: PartitionPlan, puts: list[tuple[str, str, bytes]]) -> float | None:
+    async def _put_retrying(self, plan: PartitionPlan, puts: list[tuple[str, str, Any]]) -> float | None:
         """PUT each (op, key, data) in order, retrying with backoff until all are written;
         returns when the successful attempt started, or None if the partition was abandoned."""
         delay, failing_since, last_log = 0.5, 0.0, 0.0
@@ -537,11 +560,20 @@ class Archiver:
             if self._closing:
                 continue
             async with self._lock:
-                now = time.monotonic()
+                now, now_ms = time.monotonic(), int(time.time() * 1000)
                 for plan in list(self.plans.values()):
-                    for buf in plan.due(now, self.flush_interval):
+                    hw = self._highwater_of(plan)
+                    caught_up = hw is not None and plan.position is not None and plan.position >= hw
+                    for buf in plan.due(now, self.flush_interval, caught_up_ms=now_ms if caught_up else None):
                         self._queue(buf)
             self._dirty.set()  # commits positions that moved past skipped batches
+
+    def _highwater_of(self, plan: PartitionPlan) -> int | None:
+        """The partition's high watermark as its reader last saw it (None: not known yet)."""
+        hw = self._highwater.get(plan.partition, -1) if plan.partition in self._wire_parts else None
+        if hw is None and self.consumer is not None:
+            hw = self.consumer.highwater(TopicPartition(plan.topic, plan.partition))
+        return hw if hw is not None and hw >= 0 else None
 
     async def _lag_loop(self) -> None:
         c = self.consumer
@@ -549,7 +581,7 @@ class Archiver:
         while True:
             oldest: list[int] = []
             for plan in list(self.plans.values()):
-                hw = c.highwater(TopicPartition(plan.topic, plan.partition))
+                hw = self._highwater_of(plan)
                 done = plan.committed if plan.committed is not None else plan.position
                 if hw is not None and done is not None:
                     self.metrics.lag_records.labels(str(plan.partition)).set(max(0, hw - done))
@@ -561,17 +593,5 @@ class Archiver:
             await anyio.sleep(2.0)
 
     async def _retention_loop(self) -> None:
-        period = min(600.0, max(60.0, self.retention / 24))
-        next_at = time.monotonic() + 2.0
-        while True:
-            await anyio.sleep(1.0)
-            # One sweeper per group: the holder of partition 0.
-            if time.monotonic() < next_at or 0 not in self.plans:
-                continue
-            cutoff = hour_of(time.time_ns() - int(self.retention * 1e9))
-            try:
-                self.metrics.retention_deleted.inc(await sweep(self.store, cutoff))
-            except RawcapError as exc:
-                self.metrics.errors.labels("retention").inc()
-                log.warning("retention sweep failed (retried later): %s", exc)
-            next_at = time.monotonic() + period
+        # One sweeper per group: the holder of partition 0.
+        await retention_loop(self.store, self.retention, lambda: 0 in self.plans, self.metrics)

@@ -20,7 +20,7 @@ async def hour_summaries(
     try:
         return await _summaries(store, lo, hi, nodes, parallel)
     except BaseExceptionGroup as eg:
-        from ._archiver import one_error
+        from ._summary import one_error
 
         raise one_error(eg) from None
 

@@ -25,10 +25,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rawcap.archive import parse_object_name
 from schemas import BatchHeader
 from schemas.stream import FRAME, STREAM_HEADER
 
-__all__ = ("Buffer", "Known", "PartitionPlan")
+__all__ = ("Buffer", "Known", "PartitionPlan", "known_objects")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,30 @@ class Known:
     first: int
     last: int
     indexed: bool
+
+
+def known_objects(topic: str, partition: int, data_paths: Iterable[str],
+                  index_paths: Iterable[str]) -> list[Known]:
+    """The objects of ``topic``/``partition`` among listed data and index paths of one
+    (node, hour): indexed ones, and data objects whose index is missing."""
+
+    def ranges(paths: Iterable[str], suffix: str) -> set[tuple[int, int]]:
+        out = set()
+        for path in paths:
+            if not path.endswith(suffix):
+                continue
+            try:
+                t, p, first, last = parse_object_name(path)
+            except ValueError:
+                continue
+            if t == topic and p == partition:
+                out.add((first, last))
+        return out
+
+    indexed = ranges(index_paths, ".json")
+    found = [Known(f, la, True) for f, la in indexed]
+    found += [Known(f, la, False) for f, la in ranges(data_paths, ".rcsg") - indexed]
+    return found
 
 
 @dataclass(slots=True, eq=False)
@@ -159,9 +184,16 @@ class PartitionPlan:
         self.uploading[id(buf)] = buf
         return buf
 
-    def due(self, now: float, interval: float) -> list[Buffer]:
-        """Buffers open for ``interval`` seconds (adopted ones wait for their last batch)."""
-        keys = [k for k, b in self.open.items() if b.forced_last is None and now - b.opened >= interval]
+    def due(self, now: float, interval: float, *, caught_up_ms: int | None = None) -> list[Buffer]:
+        """Buffers open for ``interval`` seconds (adopted ones wait for their last batch).
+
+        With ``caught_up_ms`` (the partition has been read to its end; the wall clock in ms)
+        also those whose first batch is stamped more than ``interval`` before that: the last
+        partial objects of a backlog need not wait for batches that are not coming, while a
+        live tail (stamped moments ago) still collects ``interval`` worth per object."""
+        old_ms = None if caught_up_ms is None else caught_up_ms - interval * 1000
+        keys = [k for k, b in self.open.items() if b.forced_last is None and (
+            now - b.opened >= interval or (old_ms is not None and b.first >= 0 and b.oldest_ms <= old_ms))]
         return [self._close(k) for k in keys]
 
     def largest(self) -> Buffer | None:

@@ -10,10 +10,16 @@ overlaps another after a rebalance does no harm.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from typing import Any
 
-from rawcap.archive import ArchiveStore, parse_hour_path
+import anyio
 
-__all__ = ("sweep",)
+from rawcap.archive import ArchiveStore, hour_of, parse_hour_path
+from schemas.errors import RawcapError
+
+__all__ = ("retention_loop", "sweep")
 
 log = logging.getLogger("rawcap.archive")
 
@@ -58,3 +64,21 @@ async def sweep(store: ArchiveStore, cutoff_hour: int) -> int:
     if n:
         log.info("retention: deleted %d objects of hours before the cutoff", n, extra={"objects": n})
     return n
+
+
+async def retention_loop(store: ArchiveStore, retention: float, mine: Callable[[], bool],
+                         metrics: Any) -> None:
+    """Sweep every ``min(10 min, retention / 24)`` (at least a minute) while ``mine()``."""
+    period = min(600.0, max(60.0, retention / 24))
+    next_at = time.monotonic() + 2.0
+    while True:
+        await anyio.sleep(1.0)
+        if time.monotonic() < next_at or not mine():
+            continue
+        cutoff = hour_of(time.time_ns() - int(retention * 1e9))
+        try:
+            metrics.retention_deleted.inc(await sweep(store, cutoff))
+        except RawcapError as exc:
+            metrics.errors.labels("retention").inc()
+            log.warning("retention sweep failed (retried later): %s", exc)
+        next_at = time.monotonic() + period

@@ -107,6 +107,10 @@ class TableArchiver(Archiver):
     ``own_signals=False`` leaves SIGTERM/SIGINT to the caller, which calls
     :meth:`on_signal` (``rawcap archive tables`` runs both kinds in one process)."""
 
+    #: Its records are decoded into rows (small values, no framing): not measured with the
+    #: project's fetch client, so it stays on aiokafka's fetcher.
+    wire_reads = False
+
     def __init__(self, cfg: Config, kind: str, *, group: str | None = None, own_signals: bool = True,
                  **kw: Any) -> None:
         if kind not in TOPIC_OF:
@@ -135,7 +139,7 @@ class TableArchiver(Archiver):
                 raise ValueError("record has no value")
             ts_ns, rows = _decode(self.kind, r.value)
         except ValueError as exc:
-            await self._dlq(r, exc)
+            await self._dlq(r, exc, plan.partition)
             plan.skip(r.offset)
             return
         group = self._one_row if len(rows) == 1 else _Row(self.kind, len(rows))

@@ -105,6 +105,20 @@ class Metrics:
                              "broker id leading the rawcap.packets partition this node writes to")
         self.ship_leader_changes = c("rawcap_capture_ship_leader_changes",
                                      "times that partition's leader moved while shipping (failovers)")
+        self.rss_anon = g("rawcap_capture_rss_anon_bytes",
+                          "agent's resident anonymous memory (heap, buffers: what the memory limit is for)")
+        self.rss_file = g("rawcap_capture_rss_file_bytes",
+                          "agent's resident file-backed memory (libraries such as bcc's LLVM, the "
+                          "TPACKET ring): shared with the page cache")
+
+    def update_rss(self, status: str = "/proc/self/status") -> None:
+        """Set the two RSS gauges from the kernel's accounting of this process."""
+        with open(status) as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    self.rss_anon.set(int(line.split()[1]) * 1024)
+                elif line.startswith("RssFile:"):
+                    self.rss_file.set(int(line.split()[1]) * 1024)
 
     def serve(self, port: int, addr: str = "0.0.0.0", *, ready: Check = _always,
               live: Check = _always) -> None:

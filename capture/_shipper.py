@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 
 from rawcap.config import Config
 from rawcap.kafka import BatchProducer, consumer_kwargs, ensure_topics, node_partition, topic_partitions
+from rawcap.malloc import trim as malloc_trim
 from schemas import decode_header
 from schemas.errors import BatchError, TransportError
 from schemas.topics import PACKETS
@@ -86,6 +87,7 @@ class Shipper:
                 await self._skip_already_in_kafka()
                 # What a failed send carried and Kafka does not hold: lost if recycled meanwhile.
                 self.fifo.abandon_in_flight()
+                malloc_trim()  # the tail read's fetch buffers (up to 64 large records) are garbage now
                 self.connected = True
                 backoff = 0.5
                 log.info("shipper connected", extra={"resume_seq": self.fifo.acked_seq + 1})

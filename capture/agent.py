@@ -35,6 +35,7 @@ import anyio.abc
 import anyio.to_thread
 
 from rawcap.config import Config, ConfigError
+from rawcap.malloc import trim as malloc_trim
 from rawcap.malloc import tune as malloc_tune
 from schemas.control import CaptureFilter
 from schemas.topics import MAX_MESSAGE_BYTES
@@ -185,6 +186,8 @@ class Agent:
         except BaseException:
             self.metrics.close()
             raise
+        # LLVM's compile heap is freed now but glibc would keep it resident (tens of MiB).
+        malloc_trim()
         self._phase = "opening the ring"
 
     # --- public -----------------------------------------------------------------------
@@ -410,6 +413,7 @@ class Agent:
 
     def _update_stats(self) -> None:
         m, fifo = self.metrics, self.fifo
+        m.update_rss()
         if self.ring is not None:
             try:
                 st = self.ring.read_stats()

@@ -15,6 +15,10 @@ comma-separated:
     the allocator keeps glibc's defaults
 ``export-stats``
     ``rawcap pcap export`` prints where its CPU went, per thread (``bench/export``)
+``archive-handover``
+    each fetch lane of ``rawcap archive`` hands its partition to aiokafka after its first
+    records, as it does when the project's fetch client meets a leader change or an offset
+    out of range (which a one-broker test stack cannot be made to produce on demand)
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import os
 
 __all__ = ("HOOKS", "hook")
 
-HOOKS = frozenset({"no-fastpcap", "no-fastzstd", "no-fast-exit", "no-mallopt", "export-stats"})
+HOOKS = frozenset({"no-fastpcap", "no-fastzstd", "no-fast-exit", "no-mallopt", "export-stats",
+                   "archive-handover"})
 
 
 def hook(name: str) -> bool:

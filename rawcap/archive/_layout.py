@@ -26,6 +26,7 @@ __all__ = (
     "index_key",
     "node_of_index_key",
     "object_name",
+    "object_parts",
     "parse_hour_path",
     "parse_object_name",
     "unescape_node",
@@ -193,11 +194,13 @@ class IndexEntry:
             raise RawcapError(f"archive index object {key or '?'} is not valid: {exc}") from None
 
 
-def build_object(
-    node: str, hour: int, topic: str, partition: int, batches: Sequence[tuple[int, bytes, Any]]
-) -> tuple[IndexEntry, bytes]:
-    """Data object bytes and its index entry from ``(offset, value, header)`` in offset order."""
-    parts: list[bytes] = [stream_header()]
+def object_parts(
+    node: str, hour: int, topic: str, partition: int, batches: Sequence[tuple[int, Any, Any]]
+) -> tuple[IndexEntry, list[Any]]:
+    """A data object as the pieces it is made of (stream header, then each batch's frame
+    header and value, not joined: an uploader takes them as they are) and its index entry,
+    from ``(offset, value, header)`` in offset order. Values may be any buffer."""
+    parts: list[Any] = [stream_header()]
     frames: list[FrameRef] = []
     pos = STREAM_HEADER.size
     for offset, value, h in batches:
@@ -206,4 +209,12 @@ def build_object(
         frames.append(FrameRef(pos, FRAME.size + len(value), h.seq, h.first_ns, h.last_ns, h.count, offset))
         pos += FRAME.size + len(value)
     entry = IndexEntry(node, hour, topic, partition, batches[0][0], batches[-1][0], pos, tuple(frames))
+    return entry, parts
+
+
+def build_object(
+    node: str, hour: int, topic: str, partition: int, batches: Sequence[tuple[int, Any, Any]]
+) -> tuple[IndexEntry, bytes]:
+    """Data object bytes and its index entry (:func:`object_parts`, joined)."""
+    entry, parts = object_parts(node, hour, topic, partition, batches)
     return entry, b"".join(parts)

@@ -152,7 +152,9 @@ class ArchiveStore:
         return TransportError(f"archive {self.where()}: {what} failed: {_first_line(exc)}")
 
     # async (writer) ------------------------------------------------------------------------
-    async def put(self, key: str, data: bytes | memoryview) -> None:
+    async def put(self, key: str, data: bytes | memoryview | Sequence[bytes | memoryview]) -> None:
+        """One object; a sequence of buffers is uploaded as their concatenation, without
+        joining them here (obstore copies them into its parts off the GIL)."""
         try:
             await self._ob.put_async(self.store, key, data)
         except Exception as exc:

@@ -8,7 +8,8 @@ What it owns:
 - ``_codec.py``: the wire protocol as functions of bytes (requests, responses, v2 record
   batches), no I/O;
 - ``_wire.py``: the plaintext client of bounded reads, a thin socket driver over the codec
-  (:class:`WindowLookup`, :class:`WireFetcher`);
+  (:class:`WindowLookup`, :class:`WireFetcher`, and :class:`AssignedFetchers` for a
+  consumer group's partitions);
 - ``_fetcher.py``: the :class:`Fetcher` protocol a reader of one partition drives, and its
   stock-aiokafka implementation (:class:`ConsumerFetcher`): the two read paths;
 - ``_producer.py``: :class:`BatchProducer`, the one produce path of ``rawcap.packets``;
@@ -30,7 +31,8 @@ import typing
 
 from ._codec import FetchedRecord, Framed, Unsupported, murmur2, node_partition
 from ._fetcher import ConsumerFetcher, Fetcher, KafkaRecord
-from ._wire import PartitionWindow, WindowLookup, WireFetcher, start_lookup
+from ._wire import AssignedFetchers, PartitionWindow, WindowLookup, WireFetcher, start_lookup
+from ._wire import enabled as wire_enabled
 
 if typing.TYPE_CHECKING:
     from ._clients import (
@@ -56,6 +58,7 @@ if typing.TYPE_CHECKING:
 
 __all__ = (
     "TOPIC_MAX_REQUEST",
+    "AssignedFetchers",
     "BatchProducer",
     "ConsumerFetcher",
     "FetchedRecord",
@@ -88,6 +91,7 @@ __all__ = (
     "stop_client",
     "topic_partitions",
     "topic_specs",
+    "wire_enabled",
 )
 
 #: Names whose module imports aiokafka: loaded on first use (PEP 562).

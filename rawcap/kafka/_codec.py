@@ -29,6 +29,7 @@ __all__ = (
     "RECORD_BATCH_FIELDS",
     "VERSIONS",
     "Broker",
+    "FetchedPartition",
     "FetchedRecord",
     "Framed",
     "TopicMetadata",
@@ -369,11 +370,18 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
     return (raw >> 1) ^ -(raw & 1), pos
 
 
-def parse_fetch_response(
-    buf: bytes, pos: int, version: int
-) -> list[tuple[str, int, int, memoryview | None]]:
-    """(topic, partition, error code, records) of each partition of a Fetch response v4-v11
-    whose body starts at ``buf[pos]``; ``records`` is a view into ``buf``."""
+class FetchedPartition(NamedTuple):
+    """One partition of a Fetch response: ``records`` is a view into the response."""
+
+    topic: str
+    partition: int
+    error: int
+    records: memoryview | None
+    highwater: int
+
+
+def parse_fetch_response(buf: bytes, pos: int, version: int) -> list[FetchedPartition]:
+    """Each partition of a Fetch response v4-v11 whose body starts at ``buf[pos]``."""
     view = memoryview(buf)
     try:
         pos += 4  # throttle_time_ms
@@ -382,7 +390,7 @@ def parse_fetch_response(
             if err:
                 raise Unsupported(f"fetch response error code {err}")
             pos += 6  # error_code, session_id
-        out: list[tuple[str, int, int, memoryview | None]] = []
+        out: list[FetchedPartition] = []
         (ntopics,) = _I32.unpack_from(view, pos)
         pos += 4
         for _ in range(ntopics):
@@ -392,7 +400,7 @@ def parse_fetch_response(
             (nparts,) = _I32.unpack_from(view, pos)
             pos += 4
             for _ in range(nparts):
-                partition, err, _hw, _lso = _PART_V4.unpack_from(view, pos)
+                partition, err, hw, _lso = _PART_V4.unpack_from(view, pos)
                 pos += _PART_V4.size + (8 if version >= 5 else 0)  # log_start_offset
                 (naborted,) = _I32.unpack_from(view, pos)
                 pos += 4 + 16 * max(naborted, 0)
@@ -403,7 +411,7 @@ def parse_fetch_response(
                     raise Unsupported("record set runs past the end of the response")
                 records = view[pos : pos + rlen] if rlen >= 0 else None
                 pos += max(rlen, 0)
-                out.append((topic, partition, err, records))
+                out.append(FetchedPartition(topic, partition, err, records, hw))
         return out
     except struct.error:
         raise Unsupported("truncated fetch response") from None

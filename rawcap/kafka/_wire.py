@@ -18,8 +18,11 @@ fetched byte would be copied twice (docs/forensics.md, bench/kafka). Here:
   (``rawcap.kafka._recvbuf.new_frame``), without the GIL and without the event loop; record
   values are views into it.
 
+:class:`AssignedFetchers` opens such fetchers for the partitions a consumer group (run by
+aiokafka) assigned: the archiver reads its partitions through them, tail included.
+
 What it does not do is aiokafka's: TLS and SASL (only ``kafka.securityProtocol: PLAINTEXT``
-takes this path), consumer groups, following a topic, retries after leader changes,
+takes this path), group membership and commits, retries after leader changes,
 Kafka-compressed batches. Any of those, or anything unexpected (an error code, a closed
 connection), makes the lookup give up, or the fetcher raise ``Unsupported``, and the caller
 reads with stock aiokafka's consumer instead, from the same offset (``rawcap.window``).
@@ -64,6 +67,7 @@ from ._codec import (
 )
 
 __all__ = (
+    "AssignedFetchers",
     "Connection",
     "PartitionWindow",
     "WindowLookup",
@@ -202,6 +206,17 @@ class PartitionWindow(NamedTuple):
         return self.found[0] if self.found is not None else self.end
 
 
+def _bootstrap(servers: list[str], client_id: str) -> Connection:
+    last: Exception | None = None
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        try:
+            return Connection(Broker(host.strip("[]") or server, int(port or 9092)), client_id)
+        except (OSError, ValueError) as exc:
+            last = exc
+    raise Unsupported(f"no bootstrap server answered: {last!r}")
+
+
 class WindowLookup:
     """The Kafka side of opening a bounded read of ``topic``, in a thread of its own:
     partitions (those of ``nodes``, or all), their offsets, and the first fetch of each
@@ -232,14 +247,7 @@ class WindowLookup:
             self._release()
 
     def _bootstrap(self) -> Connection:
-        last: Exception | None = None
-        for server in self._servers:
-            host, _, port = server.rpartition(":")
-            try:
-                return Connection(Broker(host.strip("[]") or server, int(port or 9092)), self._client_id)
-            except (OSError, ValueError) as exc:
-                last = exc
-        raise Unsupported(f"no bootstrap server answered: {last!r}")
+        return _bootstrap(self._servers, self._client_id)
 
     def _connect(self, broker: Broker, versions: dict[int, int] | None = None) -> Connection:
         conn = Connection(broker, self._client_id, versions)
@@ -354,6 +362,8 @@ class WireFetcher:
         self._version = conn.versions[API_FETCH]
         self._job: Future[tuple[bytes, int]] | None = None
         self._offset = 0
+        #: The partition's high watermark as of the last response (-1: none yet).
+        self.highwater = -1
 
     def _exchange(self, offset: int) -> tuple[bytes, int]:
         return self._conn.request(API_FETCH, self._version, fetch_request(
@@ -377,10 +387,11 @@ class WireFetcher:
         except OSError as exc:
             raise Unsupported(f"fetch failed: {exc!r}") from None
         recs: list[FetchedRecord]
-        for topic, partition, err, records in parse_fetch_response(buf, pos, self._version):
+        for topic, partition, err, records, hw in parse_fetch_response(buf, pos, self._version):
             if topic == self._topic and partition == self._partition:
                 if err:
                     raise Unsupported(f"partition error code {err}")
+                self.highwater = hw
                 if records is None:
                     recs, nxt = [], self._offset
                 else:
@@ -396,3 +407,44 @@ class WireFetcher:
         """Done with this partition: the connection closes (a response still in flight with it)."""
         self._job = None
         self._conn.close()
+
+
+class AssignedFetchers:
+    """:class:`WireFetcher` s for partitions of one topic that a consumer group assigned to
+    its caller, opened one at a time from the offset the group resumes at (the archiver: the
+    group decides who reads what and holds the commits; the bytes come through this client).
+
+    :meth:`open` blocks (metadata, a connection to the partition's leader, the first fetch
+    sent): call it in a worker thread. It raises ``Unsupported`` (or ``OSError``) where the
+    caller must read with aiokafka instead; so does a fetcher's ``next`` later (a leader
+    change, an offset out of range).
+    """
+
+    def __init__(self, cfg: Any, topic: str = PACKETS) -> None:
+        self.topic = topic
+        self._servers = [s.strip() for s in str(cfg.get("kafka.bootstrap")).split(",") if s.strip()]
+        self._client_id = cfg.get("kafka.clientId") or "rawcap"
+        # A fetcher's worker blocks up to FETCH_MAX_WAIT_MS on an idle partition: one each.
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rawcap-kafka-fetch")
+        self._versions: dict[Broker, dict[int, int]] = {}
+
+    def open(self, partition: int, offset: int) -> WireFetcher:
+        boot = _bootstrap(self._servers, self._client_id)
+        try:
+            mv = boot.versions[API_METADATA]
+            buf, pos = boot.request(API_METADATA, mv, metadata_request(mv, self.topic))
+            meta = parse_metadata(mv, buf, pos, self.topic)
+        finally:
+            boot.close()
+        if partition not in meta.leaders:
+            raise Unsupported(f"no leader known for {self.topic}/{partition}")
+        broker = meta.brokers[meta.leaders[partition]]
+        conn = Connection(broker, self._client_id, self._versions.get(broker))
+        self._versions[broker] = conn.versions
+        fetcher = WireFetcher(conn, self.topic, partition, self._pool)
+        fetcher.start(offset)
+        return fetcher
+
+    def close(self) -> None:
+        """Stop the fetch threads (after every fetcher was cancelled)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

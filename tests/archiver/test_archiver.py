@@ -223,7 +223,21 @@ def test_bucket_outage_waits_and_loses_nothing(stack: Any, aenv: dict[str, str],
     Contents(s3_store(stack, run_id)).check_exactly_once(traffic.sent)
 
 
-def test_two_instances_split_the_partitions(stack: Any, aenv: dict[str, str], run_id: str) -> None:
+READ_PATHS = {
+    # each partition through the project's fetch client, aiokafka keeping the group
+    "wire": {},
+    # everything through aiokafka's fetcher (what TLS and SASL take)
+    "aiokafka": {"RAWCAP_KAFKA_READ_CLIENT": "aiokafka"},
+    # the fetch client hands each partition to aiokafka mid-stream (leader change, offset
+    # out of range), from the offset it reached
+    "handover": {"RAWCAP_TEST_HOOKS": "archive-handover"},
+}
+
+
+@pytest.mark.parametrize("path", sorted(READ_PATHS))
+def test_two_instances_split_the_partitions(stack: Any, aenv: dict[str, str], run_id: str,
+                                            path: str) -> None:
+    aenv = {**aenv, **READ_PATHS[path]}
     group = f"{run_id}-g"
     nodes = nodes_on_partitions(run_id, PARTITIONS)
     assert _partitions(nodes) == set(range(PARTITIONS))
@@ -246,6 +260,11 @@ def test_two_instances_split_the_partitions(stack: Any, aenv: dict[str, str], ru
     assert pa and pb and not pa & pb and pa | pb == set(range(PARTITIONS)), (pa, pb)
     sa, sb = a.summary(), b.summary()
     assert sa["objects"] > 0 and sb["objects"] > 0, (sa, sb)
+    handovers = a.count("reading on with aiokafka") + b.count("reading on with aiokafka")
+    if path == "handover":
+        assert handovers >= PARTITIONS, a.text + "\n----\n" + b.text
+    else:
+        assert handovers == 0, a.text + "\n----\n" + b.text
     Contents(s3_store(stack, run_id)).check_exactly_once(traffic.sent)
 
 

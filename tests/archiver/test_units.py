@@ -75,6 +75,21 @@ def test_plan_cuts_by_size_and_hour_and_commits_behind_open_buffers() -> None:
     assert [b.first for b in plan.due(10.0, 5.0)] == [6]
 
 
+def test_plan_closes_a_caught_up_backlog_at_once_and_lets_a_live_tail_fill() -> None:
+    plan = PartitionPlan("rawcap.packets", 0, object_size=1 << 20)
+    h = hour_of(T0)
+    stamped_ms = T0 // 10**6
+    for off, node in enumerate(("backlog", "live")):
+        v, hdr = _rec(node, 1)
+        plan.add(off, v, hdr, h, stamped_ms if node == "backlog" else stamped_ms + 100_000,  # type: ignore[arg-type]
+                 now=0.0)
+    now_ms = stamped_ms + 101_000  # the live batch was stamped 1 s ago, the backlog's 101 s ago
+    assert plan.due(1.0, 120.0) == []  # neither open for the interval yet
+    assert plan.due(1.0, 60.0, caught_up_ms=None) == []  # not read to the end: keep filling
+    assert [b.node for b in plan.due(1.0, 60.0, caught_up_ms=now_ms)] == ["backlog"]
+    assert [b.node for b in plan.due(60.0, 60.0, caught_up_ms=now_ms)] == ["live"]
+
+
 def test_plan_skips_indexed_objects_and_adopts_unindexed_ones() -> None:
     plan = PartitionPlan("rawcap.packets", 0, object_size=1 << 20)
     h = hour_of(T0)

@@ -51,6 +51,28 @@ def test_batch_too_big_for_a_kafka_record_is_one_clear_line(tmp_path: Path) -> N
         "a batch of 8388608 bytes would not fit rawcap.packets' max.message.bytes (8388608)"]
 
 
+def _status_kib(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def _check_rss(body: str, now: dict[str, int]) -> None:
+    """The RSS gauges: present, split anon/file, and close to what the kernel says now (the
+    stats loop set them within the last second; the process is quiet by then)."""
+    got = {ln.split("{")[0]: float(ln.split()[-1]) for ln in body.splitlines()
+           if ln.startswith(("rawcap_capture_rss_anon_bytes{", "rawcap_capture_rss_file_bytes{"))}
+    anon, file_ = got["rawcap_capture_rss_anon_bytes"], got["rawcap_capture_rss_file_bytes"]
+    # anon: interpreter, modules and buffers; file: libLLVM (bcc) and the 32 MiB TPACKET ring
+    assert 8 << 20 < anon < 512 << 20, anon
+    assert 32 << 20 < file_ < 1 << 30, file_
+    assert abs(anon - now["RssAnon"] * 1024) < max(0.25 * anon, 16 << 20), (anon, now)
+    assert abs(file_ - now["RssFile"] * 1024) < max(0.25 * file_, 16 << 20), (file_, now)
+
+
 @pytest.mark.parametrize("how", ["flag", "env", "file"])
 def test_bad_codec_is_one_clear_line(tmp_path: Path, how: str) -> None:
     """capture.codec takes zstd or none; anything else stops the agent before it opens a
@@ -92,6 +114,7 @@ def test_metrics_summary_and_restart_continues_sequence(tmp_path: Path) -> None:
                 assert r.returncode == 0, r.stderr
                 time.sleep(1.5)  # stats loop refreshes gauges every second
                 body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+                _check_rss(body, _status_kib(cap.p.pid))
                 # SIGTERM the first time, SIGINT (Ctrl-C) the second: both flush and exit 0
                 assert cap.stop(signal.SIGTERM if round_ == 0 else signal.SIGINT) == 0, cap.text
                 assert "Traceback" not in cap.text

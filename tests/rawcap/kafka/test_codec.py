@@ -111,8 +111,8 @@ def test_fetch_response_fields_per_version(version: int) -> None:
     cls = getattr(_fetch, f"FetchResponse_v{version}")
     buf = b"pad" + cls(*top, [("rawcap.packets", [part, other])]).encode()
     got = parse_fetch_response(buf, 3, version)
-    assert [(t, p, e, None if r is None else bytes(r)) for t, p, e, r in got] == [
-        ("rawcap.packets", 3, 0, records), ("rawcap.packets", 4, 6, None)
+    assert [(t, p, e, None if r is None else bytes(r), hw) for t, p, e, r, hw in got] == [
+        ("rawcap.packets", 3, 0, records, 42), ("rawcap.packets", 4, 6, None, 0)
     ]
     with pytest.raises(Unsupported, match=r"truncated|past the end"):
         parse_fetch_response(buf[: len(buf) - 10], 3, version)
