@@ -46,7 +46,7 @@ want="$( (cat "$HERE/k8s/go.mod" "$HERE/k8s/go.sum" "$HERE/k8s/main.go"; echo "$
 if [ -x "$KUBE" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ]; then
   say "rawcap-kube present at $KUBE"
 else
-  say "building rawcap-kube (Kubernetes $K8S_VERSION + etcd; ~20 min cold on 2 idle cores, ~2 GB memory)"
+  say "building rawcap-kube (Kubernetes $K8S_VERSION + etcd; ~15 min cold on 2 idle cores, ~2 GB memory)"
   t0=$(date +%s)
   (cd "$HERE/k8s" && go build -trimpath -ldflags="$LDFLAGS" -o "$KUBE.tmp" .)
   mv -f "$KUBE.tmp" "$KUBE"

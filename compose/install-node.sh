@@ -3,8 +3,8 @@
 # containerd, ctr and containerd-shim-runc-v2 v$CONTAINERD_VERSION, built from the Go module
 # proxy (Debian 12's containerd 1.6 speaks only CRI v1alpha2, which kubelet v1.36 dropped).
 # runc and the CNI plugins are Debian's (apt: runc, containernetworking-plugins).
-# Not part of `make setup` yet: the pod e2e (tests/k8s/e2e_pods.py) is not in the suite.
-# Idempotent; ~5-10 min cold on 2 cores. Needs go (1.24+).
+# `make setup` runs it beside compose/install-k8s.sh, for tests/k8s/test_pods.py.
+# Idempotent; ~2-10 min cold on 2 cores (with the Go module cache Kubernetes leaves). Needs go (1.24+).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 CACHE="${RAWCAP_STACK_CACHE:-$HERE/.cache}"

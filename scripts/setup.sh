@@ -21,8 +21,8 @@
 # 2-5 run side by side once apt is done: the Go builds (MinIO, Kubernetes + helm,
 # containerd) are CPU-bound, while pip, Maven and mmdebstrap mostly wait on the network.
 # Each background step's output is printed when it ends (logs in $RAWCAP_SETUP_LOGS, default
-# a temporary directory); setup fails if any step failed. A fresh machine's times:
-# docs/kubernetes.md ("What was run for real").
+# a temporary directory); setup fails if any step failed. A fresh machine's times: README.md
+# ("Tests").
 #
 # Environment: VENV (default .venv), PYTHON (default python3), RAWCAP_STACK_CACHE.
 set -euo pipefail
