@@ -43,9 +43,11 @@ from rawcap.config import Config
 from schemas import topics
 from schemas.calls import decode_calls
 from schemas.flows import UnsupportedFlow, decode_flow
-from schemas.rollups import ROLLUP_OF, rollup_key, rollups
+from schemas.rollups import ROLLUP_OF, ROLLUP_VERSION, rollup_key, rollups
 from schemas.tables import (
     HOUR_NS,
+    SCHEMA_METADATA_KEY,
+    TABLES_VERSION,
     call_rows,
     flow_rows,
     flow_ts_ns,
@@ -76,12 +78,15 @@ class _Row:
     count: int
 
 
-def to_parquet(df: Any, row_group_rows: int) -> bytes:
+def to_parquet(df: Any, row_group_rows: int, *, rollup: bool = False) -> bytes:
     """One Parquet object (zstd, column statistics) of a frame of table rows
-    (:func:`schemas.tables.frame`)."""
+    (:func:`schemas.tables.frame`) or, with ``rollup``, of a roll-up; its key-value metadata
+    names the schema version it was written with (``rawcap.schema``: ``tables/1``,
+    ``rollups/1``)."""
     out = io.BytesIO()
+    version = f"rollups/{ROLLUP_VERSION}" if rollup else f"tables/{TABLES_VERSION}"
     df.write_parquet(out, compression="zstd", compression_level=3, statistics=True,
-                     row_group_size=row_group_rows)
+                     row_group_size=row_group_rows, metadata={SCHEMA_METADATA_KEY: version})
     return out.getvalue()
 
 
@@ -175,7 +180,7 @@ class TableArchiver(Archiver):
         df = frame(self.kind, cols)
         data = to_parquet(df, self.row_group_rows)
         puts = [("put_data", key, data)]
-        puts += [("put_rollup", rollup_key(key, rkind), to_parquet(r, self.row_group_rows))
+        puts += [("put_rollup", rollup_key(key, rkind), to_parquet(r, self.row_group_rows, rollup=True))
                  for rkind, r in rollups(self.kind, df).items()]
         return puts, len(recs), len(data)
 
@@ -250,7 +255,8 @@ async def backfill(store: ArchiveStore, kinds: list[str], lo_hour: int, hi_hour:
         df = pl.read_parquet(io.BytesIO(data))
         df = df.select(pl.col(c).cast(t) if c in df.columns else pl.lit(None, t).alias(c)
                        for c, t in polars_schema(kind).items())
-        return len(data), {rk: to_parquet(r, row_group_rows) for rk, r in rollups(kind, df).items()}
+        return len(data), {rk: to_parquet(r, row_group_rows, rollup=True)
+                           for rk, r in rollups(kind, df).items()}
 
     async def one(item: tuple[str, str, list[str]], limit: anyio.CapacityLimiter) -> None:
         kind, key, missing = item

@@ -45,6 +45,7 @@ __all__ = (
     "CALL_COLUMNS",
     "FLOW_COLUMNS",
     "KINDS",
+    "SCHEMA_METADATA_KEY",
     "TABLES_VERSION",
     "TableKey",
     "call_failed",
@@ -62,6 +63,9 @@ __all__ = (
 )
 
 TABLES_VERSION: Final = 1
+#: The Parquet key-value metadata entry naming the version an object was written with
+#: (``tables/<TABLES_VERSION>``, or ``rollups/<ROLLUP_VERSION>`` for a roll-up).
+SCHEMA_METADATA_KEY: Final = "rawcap.schema"
 KINDS: Final = ("calls", "flows")
 HOUR_NS: Final = 3_600_000_000_000
 

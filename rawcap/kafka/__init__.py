@@ -51,6 +51,7 @@ if typing.TYPE_CHECKING:
         topic_partitions,
         topic_specs,
     )
+    from ._compat import admin_send
     from ._compat import problems as aiokafka_problems
     from ._diag import kafka_cause, probe, scram_client_final
     from ._lag import GroupLag, serve_metrics
@@ -71,6 +72,7 @@ __all__ = (
     "WindowLookup",
     "WireFetcher",
     "admin_kwargs",
+    "admin_send",
     "aiokafka_problems",
     "client_kwargs",
     "consumer_kwargs",
@@ -104,6 +106,7 @@ _LAZY = {
     **{name: ("._diag", name) for name in ("kafka_cause", "probe", "scram_client_final")},
     **{name: ("._lag", name) for name in ("GroupLag", "serve_metrics")},
     "aiokafka_problems": ("._compat", "problems"),
+    "admin_send": ("._compat", "admin_send"),
 }
 
 

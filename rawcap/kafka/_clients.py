@@ -154,7 +154,9 @@ async def ensure_topics(cfg: Config, retry_for: float = 60.0) -> list[str]:
         try:
             await admin.start()
             existing = set(await admin.list_topics())
-            brokers = len(admin._client.cluster.brokers())
+            from ._compat import admin_broker_count
+
+            brokers = admin_broker_count(admin)
             missing = [t for t in topic_specs(cfg, brokers) if t.name not in existing]
             if not missing:
                 return []

@@ -8,8 +8,11 @@ class with an encoder that returns the pieces of ``_codec.produce_request``, joi
 :class:`_Pieces` as aiokafka's connection prepends the header and size (or laid out in the
 value's own buffer, ``_codec.in_place``), and :func:`install_produce_request` puts it into
 aiokafka's sender; (3) tell a group-less consumer to learn a topic's partitions
-(:func:`consumer_partitions`). (1) and (2) are the shipper's produce path: less than half
-the CPU of aiokafka's generic one (``bench/kafka``, ``docs/kafka.md``).
+(:func:`consumer_partitions`); (4) count the brokers an admin client knows
+(:func:`admin_broker_count`: topic replication follows it) and send an admin request it has
+no method for (:func:`admin_send`: the local stack's CreateAcls). (1) and (2) are the
+shipper's produce path: less than half the CPU of aiokafka's generic one (``bench/kafka``,
+``docs/kafka.md``).
 
 :func:`problems` says what of this does not look as expected in the installed aiokafka. The
 canaries (``tests/rawcap/kafka/test_compat.py``) fail when it finds anything, or when bytes
@@ -32,6 +35,8 @@ from ._codec import produce_request as _encode_produce
 __all__ = (
     "ProduceRequest",
     "RecordsBatch",
+    "admin_broker_count",
+    "admin_send",
     "consumer_partitions",
     "install_produce_request",
     "problems",
@@ -180,7 +185,27 @@ def problems() -> list[str]:
 
     if not isinstance(getattr(ClusterMetadata(), "unauthorized_topics", None), set):
         out.append("ClusterMetadata.unauthorized_topics is gone")
+    if not callable(getattr(ClusterMetadata, "brokers", None)):
+        out.append("ClusterMetadata.brokers is gone")
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    if "_client" not in names(AIOKafkaAdminClient.__init__):
+        out.append("AIOKafkaAdminClient has no _client")
+    if not callable(getattr(AIOKafkaAdminClient, "_send_request", None)):
+        out.append("AIOKafkaAdminClient._send_request is gone")
     return out
+
+
+def admin_broker_count(admin: Any) -> int:
+    """How many brokers a started admin client's metadata lists
+    (``admin._client.cluster.brokers()``: the admin client has no public way to ask)."""
+    return len(admin._client.cluster.brokers())
+
+
+async def admin_send(admin: Any, request: Any) -> Any:
+    """Send ``request`` through a started admin client to a broker it picks, and return the
+    response (``admin._send_request``, what its public methods use)."""
+    return await admin._send_request(request)
 
 
 def install_produce_request() -> None:

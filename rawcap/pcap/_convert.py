@@ -27,8 +27,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any, Final
 
-from schemas import BODY_RECORDS, BODY_TPACKET3, BatchHeader, iter_packets
-from schemas._batch import MAX_BODY_BYTES
+from schemas import BODY_RECORDS, BODY_TPACKET3, MAX_BODY_BYTES, BatchHeader, iter_packets
 from schemas.errors import CorruptBody, RecordOverrun
 
 from ..hooks import hook

@@ -95,7 +95,7 @@ async def apply_acls(cfg: Any, security: Security) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.protocol.admin import CreateAclsRequest
 
-    from ..kafka import admin_kwargs
+    from ..kafka import admin_kwargs, admin_send
 
     class _CreateAcls(CreateAclsRequest):
         def __init__(self, creations: list[Any]) -> None:
@@ -110,7 +110,7 @@ async def apply_acls(cfg: Any, security: Security) -> None:
     try:
         with anyio.fail_after(60):
             await admin.start()
-            resp = await admin._send_request(_CreateAcls(security.acl_creations()))
+            resp = await admin_send(admin, _CreateAcls(security.acl_creations()))
     finally:
         await admin.close()
     for result in resp.creation_responses:

@@ -78,8 +78,17 @@ def _write_all(env: dict[str, str], group: str, kind: str, bootstrap: str) -> Pr
 
 
 def _read_all(store: Any, kind: str) -> tuple[list[str], pl.DataFrame]:
+    """Every object of ``kind``, each stamped with the schema version it was written with."""
+    from schemas.rollups import ROLLUP_VERSION
+    from schemas.tables import SCHEMA_METADATA_KEY, TABLES_VERSION
+
+    want = f"tables/{TABLES_VERSION}" if kind in ("calls", "flows") else f"rollups/{ROLLUP_VERSION}"
     keys = sorted(m["path"] for chunk in obstore.list(store, prefix=f"kind={kind}/") for m in chunk)
-    frames = [pl.read_parquet(io.BytesIO(bytes(obstore.get(store, k).bytes()))) for k in keys]
+    bodies = [io.BytesIO(bytes(obstore.get(store, k).bytes())) for k in keys]
+    for key, body in zip(keys, bodies, strict=True):
+        assert pl.read_parquet_metadata(body).get(SCHEMA_METADATA_KEY) == want, key
+        body.seek(0)
+    frames = [pl.read_parquet(body) for body in bodies]
     return keys, pl.concat(frames) if frames else pl.DataFrame()
 
 
@@ -208,7 +217,7 @@ def test_object_written_before_a_crash_is_kept_or_adopted(
     obstore.put(store, early, body)
     if rolled_up:
         for rk, r in rollups("calls", df40).items():
-            obstore.put(store, rollup_key(early, rk), to_parquet(r, 1000))
+            obstore.put(store, rollup_key(early, rk), to_parquet(r, 1000, rollup=True))
     w = _write_all(aenv, group, "calls", stack.bootstrap)
     assert w.count("resuming: objects of this partition exist already") == 1
     summary = next(line for line in w.lines if line.startswith("calls: archive summary:"))

@@ -22,8 +22,7 @@ from capture._filter import C_REJECTED, KernelFilter
 from capture._ring import Ring
 from rawcap.packet import parse_l4
 from rawcap.stack import Stack
-from schemas import block_summary, decode_batch, iter_packets
-from schemas._batch import BatchHeader
+from schemas import BatchHeader, block_summary, decode_batch, iter_packets
 from schemas.control import CaptureFilter, filter_key
 from schemas.topics import CONTROL
 from tests.netns import VethPair

@@ -87,7 +87,8 @@ def test_agent_daemonset_has_least_privilege_and_probes() -> None:
 def test_consumers_deployments_pdbs_and_service_accounts() -> None:
     docs = render("full.yaml")
     deps = by_kind(docs, "Deployment")
-    assert set(deps) == {f"rc-rawcap-{n}" for n in ("archive", "dissect", "enrich", "k8s-watch")}
+    assert set(deps) == {f"rc-rawcap-{n}" for n in ("archive", "archive-tables", "dissect", "enrich",
+                                                    "k8s-watch")}
     assert set(by_kind(docs, "PodDisruptionBudget")) == set(deps)
     for name, dep in deps.items():
         pod = dep["spec"]["template"]["spec"]
@@ -105,12 +106,16 @@ def test_consumers_deployments_pdbs_and_service_accounts() -> None:
     assert container(deps["rc-rawcap-dissect"])["args"] == ["dissect", "--follow"]
     archive = container(deps["rc-rawcap-archive"])
     assert archive["envFrom"] == [{"secretRef": {"name": "rawcap-archive-s3"}}]
+    tables = container(deps["rc-rawcap-archive-tables"])
+    assert tables["args"] == ["archive", "tables"]
+    assert tables["envFrom"] == [{"secretRef": {"name": "rawcap-archive-s3"}}]
     watch = container(deps["rc-rawcap-k8s-watch"])
     assert watch["args"] == ["k8s-watch", "--leader-elect", "--lease-name=rc-rawcap-k8s-watch",
                              "--lease-duration=10s"]
     cfg = _load(one(docs, "ConfigMap", "rc-rawcap")["data"]["values.yaml"])
     assert cfg.get("kafka.tls.caFile") == "/etc/rawcap/kafka-tls/ca.crt"
     assert cfg.get("kafka.securityProtocol") == "SASL_SSL" and cfg.get("archive.url") == "s3://traffic-archive/rawcap"
+    assert cfg.get("archive.tables.flushInterval") == 30 * 60
     jobs = by_kind(docs, "Job")
     assert [container(j)["args"] for j in jobs.values()] == [
         ["dissect", "--from=-1h", "--to=now", "--node=node-7"],
@@ -206,6 +211,15 @@ def test_strimzi_topics_match_what_rawcap_creates() -> None:
     assert not by_kind(render("minimal.yaml"), "Kafka")
 
 
+def test_archive_tables_writer_follows_the_archive() -> None:
+    """The Parquet writer of calls and flows runs beside the archive, never without it."""
+    archive = ("archive.enabled=true", "archive.url=s3://b/p")
+    assert "rc-rawcap-archive-tables" in by_kind(render("minimal.yaml", sets=archive), "Deployment")
+    off = by_kind(render("minimal.yaml", sets=(*archive, "archiveTables.enabled=false")), "Deployment")
+    assert "rc-rawcap-archive" in off and "rc-rawcap-archive-tables" not in off
+    assert "rc-rawcap-archive-tables" not in by_kind(render("minimal.yaml"), "Deployment")
+
+
 def test_network_policy_limits_consumers() -> None:
     pol = one(render("minimal.yaml"), "NetworkPolicy", "rc-rawcap-consumers")
     assert pol["spec"]["policyTypes"] == ["Ingress", "Egress"]
@@ -225,6 +239,7 @@ BAD = [
     (("tap.regex=(unclosed",), "regex"),
     (("log.level=loud",), "level"),
     (("agent.codec=lz4",), "codec"),
+    (("archiveTables.flushInterval=soon",), "flushInterval"),
     (("k8sWatch.apiServer=https://10.0.0.1",), "apiServer"),
 ]
 

@@ -88,7 +88,7 @@ def write_archive(store: S3Store, start_ns: int, calls: list[Call], flows: list[
             obstore.put(store, key, to_parquet(df, 100_000))
             objects += 1
             for rk, r in (rollups(kind, df).items() if rolled else ()):
-                obstore.put(store, rollup_key(key, rk), to_parquet(r, 100_000))
+                obstore.put(store, rollup_key(key, rk), to_parquet(r, 100_000, rollup=True))
     return objects
 
 

@@ -3,14 +3,15 @@
 ``rawcap stack up --k8s`` (Kafka, MinIO, etcd, kube-apiserver, kube-controller-manager) plus
 a worker node (tests/k8s/node.py: containerd 2 + runc + CNI bridge + kubelet +
 kube-scheduler) with this checkout's image imported. ``helm install rc charts/rawcap -f
-values.yaml`` starts the capture agent DaemonSet and the archive, dissect --follow, enrich
-and k8s-watch Deployments as pods; a server pod and a client pod from the same image talk
+values.yaml`` starts the capture agent DaemonSet and the archive, archive tables, dissect
+--follow, enrich and k8s-watch Deployments as pods; a server pod and a client pod from the same image talk
 HTTP over the pod network, and:
 
 - every pod of the release turns Ready (the agent through its ``/ready`` probe);
 - ``rawcap flows`` names the client and server pods (k8s-watch in a pod, enrich in a pod);
 - ``rawcap calls`` in the dissect pod (``kubectl exec``) has the HTTP calls;
 - the archive pod wrote objects to MinIO, and an export from the archive has what Kafka has;
+- the archive tables pod wrote the client's calls as Parquet, named after the pods;
 - ``helm uninstall``: the agent flushes its open batch on SIGTERM, and everything it captured,
   exported from Kafka with ``rawcap pcap export``, equals tcpdump on the node, byte for byte.
 
@@ -43,7 +44,7 @@ from rawcap.packet import parse_l4
 from rawcap.stack import Stack, find_kube
 from rawcap.stack._proc import free_port
 from rawcap.timeparse import format_ns
-from schemas._batch import decode_batch
+from schemas import decode_batch
 from tests.capture.helpers import kafka_records
 from tests.charts.helpers import CHART, helm, kubectl
 from tests.forensics.helpers import rawcap, records
@@ -156,6 +157,7 @@ def _values(run: Run, path: Path) -> Path:
                   "metricsPort": free_port(),
                   "extraEnv": [{"name": "RAWCAP_CAPTURE_BATCH_MAX_DELAY", "value": f"{BATCH_DELAY:g}s"}]},
         "archiver": {"metricsPort": free_port()},
+        "archiveTables": {"flushInterval": "2s"},
         "enrich": {"flowInterval": "2s"},
         "k8sWatch": {"apiServer": f"127.0.0.1:{k8s.api_port}"},
         "consumers": {"hostNetwork": True},
@@ -219,7 +221,7 @@ def _seconds(rfc3339: str) -> float:
 def test_helm_install_runs_the_agent_and_the_consumers_as_ready_pods(run: Run) -> None:
     pods = json.loads(run.kubectl("get", "pods", "-n", NS, "-o", "json"))["items"]
     by_component = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p for p in pods}
-    assert sorted(by_component) == ["agent", "archive", "dissect", "enrich", "k8s-watch"]
+    assert sorted(by_component) == ["agent", "archive", "archive-tables", "dissect", "enrich", "k8s-watch"]
     for comp, pod in by_component.items():
         st = pod["status"]
         assert st["phase"] == "Running" and all(c["ready"] for c in st["containerStatuses"]), (comp, st)
@@ -308,6 +310,31 @@ def test_archive_pod_wrote_what_kafka_holds(run: Run) -> None:
 
     got = _wait("the window in the archive", archived, 120)
     assert [bytes(r.data) for r in got] == [bytes(r.data) for r in from_kafka]
+
+
+@pytest.mark.timeout(300)
+def test_tables_pod_wrote_the_calls_as_parquet(run: Run) -> None:
+    """``archive tables`` ran as a pod: the calls the dissect pod published are Parquet in the
+    bucket (what ``rawcap trends`` reads), each named after the pods at both ends."""
+    import io
+
+    import obstore
+    import polars as pl
+    from obstore.store import S3Store
+
+    store = S3Store(run.stack.bucket, **run.stack.s3_store_kwargs())
+
+    def rows() -> pl.DataFrame | None:
+        keys = [o["path"] for batch in obstore.list(store, prefix="pods/kind=calls/") for o in batch]
+        if not keys:
+            return None
+        df = pl.concat([pl.read_parquet(io.BytesIO(bytes(obstore.get(store, k).bytes()))) for k in keys])
+        df = df.filter(pl.col("src_pod") == "client")
+        return df if len(df) >= REQUESTS else None
+
+    df = _wait("the client's calls as Parquet", rows, BATCH_DELAY + 180)
+    assert sorted(df["path"].to_list()) == sorted(f"/?c=client&i={i}" for i in range(REQUESTS))
+    assert set(df["dst_pod"].to_list()) == {"web"} and set(df["src_namespace"].to_list()) == {APPS}
 
 
 @pytest.mark.timeout(600)

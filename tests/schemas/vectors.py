@@ -73,7 +73,7 @@ def tpacket3_zstd() -> bytes:
 def minor_version_extra() -> bytes:
     """A batch from a newer minor version (1.7) with a key this reader does not know."""
     good = rec_zstd()
-    from schemas._batch import MAGIC, decode_header
+    from schemas import MAGIC, decode_header
 
     header, offset = decode_header(good)
     doc = header.to_msgpack_map()
@@ -83,7 +83,7 @@ def minor_version_extra() -> bytes:
 
 
 def _with_header(mutate: Callable[[dict[str, Any]], None]) -> bytes:
-    from schemas._batch import MAGIC, decode_header
+    from schemas import MAGIC, decode_header
 
     good = rec_zstd()
     header, offset = decode_header(good)

@@ -8,13 +8,17 @@ is exported back from the archive; ``dissect`` (range and ``--follow``) and ``ca
 dissect user; ``enrich`` as the enrich user; ``k8s-watch`` as the k8s-watch user against the
 test API server. The fast export path does not serve TLS/SASL: it hands the whole read to
 aiokafka's consumer before reading a byte, and the export equals what ``consume`` reads.
+No password appears in any command's output or logs (the capture agent's at debug level) or in
+its ``/metrics`` (``test_cluster.py`` covers command lines, broker logs and ``config show``).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +35,7 @@ from schemas.topics import K8S
 from tests.capture.helpers import PY, RAWCAP, Proc, pcap_packets
 from tests.enrich.fakekube import FakeKube, namespace, node, pod
 from tests.netns import VethPair
+from tests.stack.test_cluster import secrets_of
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +56,24 @@ def run(cluster: Stack, service: str, *args: str, env: dict[str, str] | None = N
                           capture_output=True, text=True, timeout=timeout, check=False,
                           env={**os.environ, **(env or {})})
     assert proc.returncode == 0, f"rawcap {' '.join(args)} as {service}: {proc.stderr}"
+    _no_secret(cluster, f"rawcap {args[0]}'s output", proc.stdout + proc.stderr)
     return proc
+
+
+def _no_secret(cluster: Stack, where: str, text: str) -> None:
+    leaked = [s for s in secrets_of(cluster) if s in text]
+    assert not leaked, f"a password is in {where}"
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return str(r.read().decode())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def _wait_lines(pred: Callable[[], Any], what: str, wait_s: float = 120) -> Any:
@@ -69,15 +91,20 @@ async def test_every_command_as_its_own_user(cluster: Stack, tmp_path: Path) -> 
     (tmp_path / "archive").mkdir()
 
     # -- capture: real HTTP traffic over a veth pair, shipped as the capture user
+    metrics_port = _free_port()
     with VethPair("rcsec") as net:
         srv = Proc([PY, "-m", "http.server", str(PORT), "--bind", "0.0.0.0"], ns=net.a)
         cap = Proc([RAWCAP, "--config", str(cluster.service_config("capture")), "capture",
                     "--netns", net.b.name, "--iface", net.b.iface, "--node", name,
                     "--buffer-dir", str(tmp_path / "buf"), "--procs"],
-                   env={"RAWCAP_CAPTURE_BATCH_MAX_DELAY": "0.3s"})
+                   env={"RAWCAP_CAPTURE_BATCH_MAX_DELAY": "0.3s", "RAWCAP_LOG_LEVEL": "debug",
+                        "RAWCAP_METRICS_PORT": str(metrics_port)})
         try:
             await anyio.to_thread.run_sync(lambda: cap.wait_for("shipper connected", 120))
             await anyio.sleep(1)
+            metrics = await anyio.to_thread.run_sync(_get, f"http://127.0.0.1:{metrics_port}/metrics")
+            assert "rawcap_capture_" in metrics
+            _no_secret(cluster, "the capture agent's /metrics", metrics)
             t0 = time.time_ns()
             client = await anyio.run_process(net.b.cmd([PY, "-c", _CLIENT, net.a.ip, str(REQUESTS)]),
                                              check=False)
@@ -87,6 +114,8 @@ async def test_every_command_as_its_own_user(cluster: Stack, tmp_path: Path) -> 
         finally:
             assert cap.stop() == 0, cap.text
             srv.stop()
+    assert any(line.startswith("debug ") for line in cap.lines), cap.text
+    _no_secret(cluster, "the capture agent's debug log", cap.text)
     summary = cap.summary()
     assert summary["unshipped"] == "0" and int(summary["packets"]) > 0, summary
     window = ["--from", str(t0 // 10**9 - 1), "--to", str(t1 // 10**9 + 1), "--node", name]
@@ -114,6 +143,7 @@ async def test_every_command_as_its_own_user(cluster: Stack, tmp_path: Path) -> 
     await _wait_lines(lambda: any(f"node={name}" in str(p) for p in (tmp_path / "archive").rglob("*.json")),
                       "the archive's index objects of this node")
     assert arc.stop() == 0, arc.text
+    _no_secret(cluster, "the archiver's log", arc.text)
     run(cluster, "forensics", "pcap", "export", "--source", "archive", *window, "-o",
         str(tmp_path / "a.pcapng"), env=env)
     assert pcap_packets(tmp_path / "a.pcapng") == exported
@@ -139,6 +169,7 @@ async def test_every_command_as_its_own_user(cluster: Stack, tmp_path: Path) -> 
 
     await _wait_lines(lambda: live_calls() >= REQUESTS, "dissect --follow to store the calls")
     assert follow.stop() == 0, follow.text
+    _no_secret(cluster, "dissect --follow's log", follow.text)
 
     # -- enrich as the enrich user; flows read back as the forensics user
     enrich = Proc([RAWCAP, "--config", str(cluster.service_config("enrich")), "enrich"],
@@ -150,6 +181,7 @@ async def test_every_command_as_its_own_user(cluster: Stack, tmp_path: Path) -> 
 
     got_flows = await _wait_lines(flows, "rawcap.flows records of this node")
     assert enrich.stop() == 0, enrich.text
+    _no_secret(cluster, "enrich's log", enrich.text)
     assert all(json.loads(f)["node"] == name for f in got_flows)
 
     # -- k8s-watch as the k8s-watch user, against the test API server

@@ -135,3 +135,21 @@ async def test_a_group_less_consumer_learns_a_topics_partitions(stack: Any) -> N
             assert await consumer_partitions(consumer, missing, wait_s=0) == set()
     finally:
         await consumer.stop()
+
+
+async def test_an_admin_client_counts_brokers_and_sends_a_request(stack: Any) -> None:
+    """The two admin internals (topic replication follows the broker count; the local stack's
+    ACLs go through ``admin_send``) against the single-broker stack."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    from rawcap.kafka._compat import admin_broker_count, admin_send
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
+    await admin.start()
+    try:
+        assert admin_broker_count(admin) == 1
+        resp = await admin_send(admin, MetadataRequest([topics.CONTROL], allow_auto_topic_creation=False))
+        assert [t[1] for t in resp.topics] == [topics.CONTROL]
+    finally:
+        await admin.close()
