@@ -25,6 +25,10 @@ import logging
 import signal
 import sys
 import time
+from bisect import bisect_right
+from collections.abc import Iterator
+from itertools import accumulate
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -32,7 +36,7 @@ import anyio
 from rawcap.config import Config, parse_duration
 from rawcap.timeparse import parse_window
 from schemas import BODY_RECORDS, decode_batch, iter_packets, topics
-from schemas.calls import CALLS_RECORD_BYTES, encode_calls
+from schemas.calls import CALLS_RECORD_BYTES, Call, encode_calls
 from schemas.control import DISSECTION_KEY, DissectionSwitch, decode_control
 from schemas.errors import BatchError, ConfigError, RecordOverrun, TransportError
 
@@ -84,6 +88,7 @@ class _Nodes:
 
 
 _HOUR_NS = 3_600_000_000_000
+_node, _req_ts = attrgetter("node"), attrgetter("req_ts_ns")
 
 
 class _Publisher:
@@ -104,20 +109,10 @@ class _Publisher:
         if not calls:
             return
         assert rows is not None, "CallOutput(publish=True) when publishing"
-        by_node: dict[tuple[str, int], list[bytes]] = {}
-        for c, row in zip(calls, rows, strict=True):
-            by_node.setdefault((c.node, (c.req_ts_ns or c.resp_ts_ns) // _HOUR_NS), []).append(row)
-        for (node, _hour), node_rows in by_node.items():
+        for node, node_rows in _by_node_hour(calls, rows):
             key = node.encode()
-            part: list[bytes] = []
-            size = 0
-            for row in node_rows:
-                if part and size + len(row) > CALLS_RECORD_BYTES:
-                    await self._send(key, part)
-                    part, size = [], 0
-                part.append(row)
-                size += len(row)
-            await self._send(key, part)
+            for part in _records(node_rows):
+                await self._send(key, part)
 
     async def _send(self, key: bytes, rows: list[bytes]) -> None:
         self._futures.append(await self.producer.send(topics.CALLS, encode_calls(rows), key=key))
@@ -132,6 +127,31 @@ class _Publisher:
         futures, self._futures = self._futures, []
         for f in futures:
             await f
+
+
+def _by_node_hour(calls: list[Call], rows: list[bytes]) -> list[tuple[str, list[bytes]]]:
+    """The rows grouped by the calls' node and UTC hour (in order of first appearance)."""
+    nodes = list(map(_node, calls))
+    tss = list(map(_req_ts, calls))
+    if 0 in tss:  # no request: the response's time
+        tss = [c.req_ts_ns or c.resp_ts_ns for c in calls]
+    if nodes.count(nodes[0]) == len(nodes) and min(tss) // _HOUR_NS == max(tss) // _HOUR_NS:
+        return [(nodes[0], rows)]  # the common case: one node, one hour
+    groups: dict[tuple[str, int], list[bytes]] = {}
+    for node, ts, row in zip(nodes, tss, rows, strict=True):
+        groups.setdefault((node, ts // _HOUR_NS), []).append(row)
+    return [(node, group) for (node, _hour), group in groups.items()]
+
+
+def _records(rows: list[bytes]) -> Iterator[list[bytes]]:
+    """``rows`` in order, cut into records of at most ``CALLS_RECORD_BYTES`` (a row larger
+    than that alone in its record)."""
+    ends = list(accumulate(map(len, rows)))
+    start, base = 0, 0
+    while start < len(rows):
+        end = max(bisect_right(ends, base + CALLS_RECORD_BYTES, start), start + 1)
+        yield rows[start:end]
+        start, base = end, ends[end - 1]
 
 
 async def _publisher(cfg: Config) -> Any:
@@ -366,6 +386,7 @@ async def _follow(args: argparse.Namespace, cfg: Config) -> int:
             for flushed in out.take():
                 await pub.publish(flushed)
             await pub.wait()
+        out.sync()  # stored too, before the offsets are committed
 
     consumer = make_consumer(cfg, topics.PACKETS, group_id=GROUP_ID)
     control = make_consumer(cfg)

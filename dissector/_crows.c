@@ -5,6 +5,8 @@
  *
  *   setup(Call, FIELDS)            the class whose slots are read, in FIELDS order
  *   pack_rows(calls) -> list[bytes]
+ *   pack_row(call) -> bytes        pack_rows([call])[0], for a call as it is made (its values
+ *                                  still in the CPU's caches)
  *
  * A row is the msgpack array of a call's field values; values are packed as msgpack-python's
  * Packer(use_bin_type=True) does: None, bool, int (the smallest encoding), float (64-bit),
@@ -175,6 +177,32 @@ static PyObject *setup(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* one call's row into b (emptied first): 0 packed, 1 not ours (for the reference), -1 error */
+static int pack_call(Buf *b, PyObject *c) {
+    b->len = 0;
+    if (Py_TYPE(c) != call_type) return 1;
+    int r = put_len(b, n_fields, 0x90, 16, 0, 0xdc, 0xdd);
+    for (int f = 0; !r && f < n_fields; f++) {
+        PyObject *v = *(PyObject **)((char *)c + offsets[f]);
+        r = v == NULL ? 1 : pack(b, v, 0);
+    }
+    return r;
+}
+
+static Buf one_buf;
+
+static PyObject *pack_row(PyObject *self, PyObject *c) {
+    (void)self;
+    if (call_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "dissector._crows.setup() was not called");
+        return NULL;
+    }
+    int r = pack_call(&one_buf, c);
+    if (r < 0) return NULL;
+    return r == 0 ? PyBytes_FromStringAndSize(one_buf.p, one_buf.len)
+                  : PyObject_CallOneArg(fallback, c);
+}
+
 static PyObject *pack_rows(PyObject *self, PyObject *calls) {
     (void)self;
     if (call_type == NULL) {
@@ -189,15 +217,7 @@ static PyObject *pack_rows(PyObject *self, PyObject *calls) {
     if (out == NULL) goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *c = PySequence_Fast_GET_ITEM(seq, i), *row = NULL;
-        int r = 1;
-        b.len = 0;
-        if (Py_TYPE(c) == call_type) {
-            r = put_len(&b, n_fields, 0x90, 16, 0, 0xdc, 0xdd);
-            for (int f = 0; !r && f < n_fields; f++) {
-                PyObject *v = *(PyObject **)((char *)c + offsets[f]);
-                r = v == NULL ? 1 : pack(&b, v, 0);
-            }
-        }
+        int r = pack_call(&b, c);
         if (r < 0) goto fail;
         row = r == 0 ? PyBytes_FromStringAndSize(b.p, b.len) : PyObject_CallOneArg(fallback, c);
         if (row == NULL) goto fail;
@@ -216,6 +236,7 @@ fail:
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS, "setup(Call, FIELDS, reference): what pack_rows reads"},
     {"pack_rows", pack_rows, METH_O, "pack_rows(calls) -> list[bytes]: version-2 rows"},
+    {"pack_row", pack_row, METH_O, "pack_row(call) -> bytes: pack_rows([call])[0]"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,7 +1,7 @@
 """``rawcap.calls`` version-2 rows of the dissector's calls: ``schemas.calls.call_rows``
 (msgpack over each call's values, the reference) or its compiled twin
 ``dissector/_crows.c`` (the same bytes, ~10x less time: packing was a tenth of a replay),
-when it is built and ``RAWCAP_PURE_PYTHON`` is not set."""
+when it is built and ``RAWCAP_PURE_PYTHON`` is not set; :data:`row` packs one call."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from schemas.calls import FIELDS, Call, call_rows
 
-__all__ = ("COMPILED", "rows")
+__all__ = ("COMPILED", "row", "rows")
 
 
 def _one(call: Call) -> bytes:
@@ -19,16 +19,17 @@ def _one(call: Call) -> bytes:
 
 
 rows: Callable[[Sequence[Call]], list[bytes]]
+row: Callable[[Call], bytes]
 try:
     if os.environ.get("RAWCAP_PURE_PYTHON"):
         raise ImportError("RAWCAP_PURE_PYTHON is set")
     # by its full name: the C module (no Python source) is no import of this package
     _crows = importlib.import_module("dissector._crows")
-    pack_rows, setup = _crows.pack_rows, _crows.setup
-except ImportError:
+    pack_rows, pack_row, setup = _crows.pack_rows, _crows.pack_row, _crows.setup
+except (ImportError, AttributeError):  # not built, or built from an older source
     COMPILED = False
-    rows = call_rows
+    rows, row = call_rows, _one
 else:
     setup(Call, FIELDS, _one)
     COMPILED = True
-    rows = pack_rows
+    rows, row = pack_rows, pack_row

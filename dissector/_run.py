@@ -6,10 +6,10 @@ dissection of the exported pcap produce the same calls.
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
@@ -29,14 +29,31 @@ from schemas.errors import ConfigError
 
 from ._engine import Dissector
 from ._names import CallNamer
-from ._rows import rows as call_rows
-from ._store import CallStore
+from ._rows import row as call_row
+from ._store import CallStore, StoreWriter
+from ._text import format_call, lines
 
 if TYPE_CHECKING:
     from rawcap.workloads import Workloads
 
-__all__ = ("CallOutput", "Flushed", "db_path", "dissect_pcap", "dissector_from_config",
-           "format_call")
+__all__ = ("GC_YOUNG", "CallOutput", "Flushed", "db_path", "dissect_pcap",
+           "dissector_from_config", "format_call", "tune_gc")
+
+
+#: Young-generation collections after this many net allocations of tracked objects, for
+#: ``rawcap dissect`` (CPython's default: 700). A call holds ~10 tracked objects (itself, its
+#: header tuples) and waits in a batch of a few thousand until it is written, so at 700 a
+#: batch cost ~30 collections that each walked the calls waiting, and the calls that lived
+#: through them went on to older generations and full collections: ~15 % of a replay's CPU.
+#: Cyclic garbage (little: flows and sessions) waits a little longer for its collection.
+GC_YOUNG = 50_000
+
+
+def tune_gc() -> None:
+    """Collect garbage cycles every :data:`GC_YOUNG` net allocations (older generations as
+    CPython's defaults)."""
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG, older, oldest)
 
 
 def db_path(cfg: Config, override: str | None = None) -> Path:
@@ -51,39 +68,6 @@ def dissector_from_config(cfg: Config, emit: Callable[[Call], None], *,
                      redact_headers=cfg.get("dissector.redactHeaders"), redact=redact)
 
 
-def _end(ip: str, port: int, workload: str, namespace: str) -> str:
-    """``10.1.0.5:40000``, with the workload when known: ``10.1.0.5:40000 (shop/web-1)``,
-    ``10.96.0.6:80 (shop/service/api)``, ``10.0.0.1:10250 (node/n1)``."""
-    if not workload:
-        return f"{ip}:{port}"
-    return f"{ip}:{port} ({namespace}/{workload})" if namespace else f"{ip}:{port} ({workload})"
-
-
-_seconds: dict[int, str] = {}
-
-
-def _format_ts(ns: int) -> str:
-    """``rawcap.timeparse.format_ns`` (ISO-8601 UTC, nanoseconds) with the seconds part
-    cached: calls come in time order, so most share their second with the previous one."""
-    sec, frac = divmod(ns, 1_000_000_000)
-    text = _seconds.get(sec)
-    if text is None:
-        if len(_seconds) >= 4096:
-            _seconds.clear()
-        text = _seconds[sec] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{text}.{frac:09d}Z"
-
-
-def format_call(c: Call) -> str:
-    lat = f"{c.latency_ns / 1e6:.3f}ms" if c.latency_ns else "-"
-    flag = "" if c.complete else f"  [incomplete: {c.error}]"
-    ts = c.req_ts_ns or c.resp_ts_ns
-    return (f"{_format_ts(ts) if ts else '-'} {c.proto:5} "
-            f"{_end(c.src_ip, c.src_port, c.src_workload, c.src_namespace)} > "
-            f"{_end(c.dst_ip, c.dst_port, c.dst_workload, c.dst_namespace)} "
-            f"{c.summary()} {lat}{flag}")
-
-
 class Flushed(NamedTuple):
     """What one :meth:`CallOutput.flush` let go: the calls and, when they are stored or
     published, their ``rawcap.calls`` rows (``schemas.calls.call_rows``: encoded once for
@@ -96,10 +80,12 @@ class Flushed(NamedTuple):
 class CallOutput:
     """Collects calls: names their workloads (when ``workloads`` is given), prints them (text
     or JSON lines, written once per batch), encodes each once (``schemas.calls.call_rows``),
-    and hands each batch to the store (one block) and to the caller (to publish).
+    and hands each batch to the store (one block, written by a :class:`StoreWriter` thread)
+    and to the caller (to publish).
 
     ``publish``: every flush (also those that ``batch`` triggers) is kept for the caller to
-    publish (:meth:`take`); ``close()`` flushes and closes the store.
+    publish (:meth:`take`); :meth:`sync` waits until what was flushed is stored;
+    ``close()`` flushes, stores and closes the store.
     """
 
     def __init__(self, *, store: CallStore | None = None, out: TextIO | None = None,
@@ -108,7 +94,7 @@ class CallOutput:
         #: ``rawcap.k8s`` as loaded (range, pcap) or being followed (live); None: no names
         self.workloads = workloads
         self.names = CallNamer(workloads) if workloads is not None else None
-        self.store = store
+        self.store = None if store is None else StoreWriter(store)
         self.out = out
         self.as_json = as_json
         self.batch = batch
@@ -116,6 +102,7 @@ class CallOutput:
         self.encode = publish or store is not None
         self.unpublished: list[Flushed] = []
         self.buf: list[Call] = []
+        self.rows: list[bytes] = []  # of buf's calls, when encoded
         self.count = 0
         self.extra: list[Callable[[list[Call]], Any]] = []
 
@@ -129,6 +116,10 @@ class CallOutput:
              call.dst_namespace) = wl(call.src_ip, call.dst_ip, call.req_ts_ns or call.resp_ts_ns)
         buf = self.buf
         buf.append(call)
+        if self.encode:
+            # packed now, while its values (headers above all) are in the CPU's caches: at the
+            # flush, a pass over a few thousand calls reads them from memory again
+            self.rows.append(call_row(call))
         if len(buf) >= self.batch:
             self.flush()
 
@@ -140,12 +131,15 @@ class CallOutput:
             dumps = json.dumps
             out.write("".join([dumps(c.as_dict(), default=str) + "\n" for c in calls]))
         else:
-            out.write("".join([format_call(c) + "\n" for c in calls]))
+            out.write(lines(calls))
 
     def flush(self) -> Flushed:
         buf, self.buf = self.buf, []
+        records: list[bytes] | None
+        records, self.rows = self.rows, []
         self._print(buf)
-        records = call_rows(buf) if buf and self.encode else None
+        if not (buf and self.encode):
+            records = None
         if buf and self.store is not None:
             self.store.add(buf, records)
         for f in self.extra:
@@ -162,13 +156,18 @@ class CallOutput:
         out, self.unpublished = self.unpublished, []
         return out
 
+    def sync(self) -> None:
+        """Wait until every call flushed so far is in the store."""
+        if self.store is not None:
+            self.store.sync()
+
     def close(self) -> None:
-        """Flush and close the store; idempotent."""
+        """Flush, store and close the store; idempotent."""
         if self.buf:
             self.flush()
         if self.store is not None:
-            self.store.close()
-            self.store = None
+            store, self.store = self.store, None
+            store.close()
 
 
 def dissect_pcap(path: str | Path, dissector: Dissector) -> int:

@@ -22,6 +22,12 @@ lookup usually meets the previous flush's block only.
 
 Bounded: after each write, when the pages in use (not the file size: sqlite reuses freed
 pages) exceed the budget, the blocks that end first are deleted until 90 % of it is left.
+A new store of a budget of at least 1024 pages of 64 KiB uses that page size (a block spans
+a few pages instead of ~150), its write-ahead log checkpointed every 8 MiB as with the
+default 4 KiB pages.
+
+:class:`StoreWriter` runs :meth:`CallStore.add` on a thread of its own, fed through a
+bounded queue (sqlite releases the GIL while it writes: the dissector goes on meanwhile).
 
 A store of the first layout (one row per call, ``uid TEXT UNIQUE``) is converted in place
 when opened.
@@ -32,8 +38,11 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +50,7 @@ from schemas.calls import FIELDS, Call, call_from_row, decode_call, encode_calls
 
 from ._rows import rows as call_rows
 
-__all__ = ("CallStore",)
+__all__ = ("CallStore", "StoreWriter")
 
 log = logging.getLogger("rawcap.dissector")
 
@@ -66,6 +75,14 @@ _IDX = {name: FIELDS.index(name) for name in (
     "extra")}
 
 Ident = tuple[Any, ...]
+
+#: pages of a new store whose budget holds at least 1024 of them (sqlite's default: 4 KiB)
+BIG_PAGE = 65536
+#: write-ahead log bytes between checkpoints
+WAL_BYTES = 8 << 20
+
+_node, _proto, _src_ip, _dst_ip = (attrgetter(n) for n in ("node", "proto", "src_ip", "dst_ip"))
+_req_ts = attrgetter("req_ts_ns")
 
 
 def _ident(c: Call) -> Ident:
@@ -109,11 +126,14 @@ class CallStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.db = sqlite3.connect(self.path, check_same_thread=False)
+        if max_bytes >= 1024 * BIG_PAGE:
+            self.db.execute(f"PRAGMA page_size={BIG_PAGE}")  # a new file only (else no-op)
         self.db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: no fsync per commit; a crash keeps the file consistent and may lose
         # the last blocks, which a replay of the range brings back (raw packets are the truth)
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        self.db.execute(f"PRAGMA wal_autocheckpoint={max(1, WAL_BYTES // self.page_size)}")
         self.evicted = 0
         self._open_layout()
 
@@ -165,30 +185,39 @@ class CallStore:
             return 0
         if rows is None:
             rows = call_rows(calls)
-        by_node: dict[str, list[int]] = {}
-        for i, c in enumerate(calls):
-            by_node.setdefault(c.node, []).append(i)
+        nodes = list(map(_node, calls))
         added = 0
         with self.db:
-            for node, idx in by_node.items():
-                added += self._add_block(node, [calls[i] for i in idx], [rows[i] for i in idx])
+            if nodes.count(nodes[0]) == len(nodes):  # one node (as a range or pcap has)
+                added = self._add_block(nodes[0], list(calls), list(rows))
+            else:
+                by_node: dict[str, list[int]] = {}
+                for i, node in enumerate(nodes):
+                    by_node.setdefault(node, []).append(i)
+                for node, idx in by_node.items():
+                    added += self._add_block(node, [calls[i] for i in idx],
+                                             [rows[i] for i in idx])
         if enforce:
             self._enforce()
         return added
 
     def _add_block(self, node: str, calls: list[Call], rows: list[bytes]) -> int:
-        tss = [c.req_ts_ns or c.resp_ts_ns for c in calls]
+        tss = list(map(_req_ts, calls))
+        if 0 in tss:  # no request: the response's time
+            tss = [c.req_ts_ns or c.resp_ts_ns for c in calls]
         seen = self._stored(node, min(tss), max(tss))
         if seen:
-            keep = [i for i, c in enumerate(calls) if _ident(c) not in seen]
+            times = {k[:2] for k in seen}  # most calls differ from every stored one in these
+            keep = [i for i, c in enumerate(calls)
+                    if (c.req_ts_ns, c.resp_ts_ns) not in times or _ident(c) not in seen]
             if len(keep) < len(calls):
                 calls, rows, tss = ([calls[i] for i in keep], [rows[i] for i in keep],
                                     [tss[i] for i in keep])
         if not calls:
             return 0
-        hosts = {c.src_ip for c in calls}
-        hosts.update(c.dst_ip for c in calls)
-        protos = {c.proto for c in calls}
+        hosts = set(map(_src_ip, calls))
+        hosts.update(map(_dst_ip, calls))
+        protos = set(map(_proto, calls))
         self.db.execute(
             "INSERT INTO blocks(node,ts_lo,ts_hi,n,hosts,protos,data) VALUES (?,?,?,?,?,?,?)",
             (node, min(tss), max(tss), len(calls), f" {' '.join(sorted(hosts))} ",
@@ -294,3 +323,55 @@ class CallStore:
             c = call_from_row(row, names)
             if match is None or match(c):
                 yield ts, k, c
+
+
+class StoreWriter:
+    """A :class:`CallStore` written from a thread of its own: :meth:`add` queues a flush and
+    returns (it waits only while ``depth`` flushes are queued, so memory stays bounded);
+    :meth:`sync` returns once every queued flush is stored; :meth:`close` stores what is
+    queued, then closes the store. A write that failed is raised by the next :meth:`add`,
+    :meth:`sync` or :meth:`close` (once)."""
+
+    def __init__(self, store: CallStore, depth: int = 4) -> None:
+        self.store = store
+        self._queue: queue.Queue[tuple[Sequence[Call], Sequence[bytes] | None] | None] = \
+            queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="rawcap-calls-store",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                self.store.add(*item)
+            except BaseException as exc:  # handed to the thread that writes (see _raise)
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        exc, self._error = self._error, None
+        if exc is not None:
+            raise exc
+
+    def add(self, calls: Sequence[Call], rows: Sequence[bytes] | None = None) -> None:
+        """Queue calls for :meth:`CallStore.add` (``rows``: their ``call_rows``)."""
+        self._raise()
+        self._queue.put((calls, rows))
+
+    def sync(self) -> None:
+        """Wait until every queued call is stored."""
+        self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        """Store what is queued and close the store; idempotent."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+            self.store.close()
+        self._raise()

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from rawcap.config import Config
@@ -22,6 +23,9 @@ L7 = ("http1", "http2", "grpc", "dns", "redis", "postgres")
 
 
 def _dissect(args: argparse.Namespace, cfg: Config) -> Any:
+    from ._run import tune_gc
+
+    tune_gc()
     if args.pcap:
         return _dissect_pcap(args, cfg)
     import anyio
@@ -63,8 +67,9 @@ def _dissect_pcap(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _calls(args: argparse.Namespace, cfg: Config) -> int:
-    from ._run import db_path, format_call
+    from ._run import db_path
     from ._store import CallStore
+    from ._text import lines
 
     path = db_path(cfg, args.db)
     if not path.exists():
@@ -90,12 +95,14 @@ def _calls(args: argparse.Namespace, cfg: Config) -> int:
         port = args.port
     store = CallStore(path, cfg.get("tap.capture.dbMaxSize"))
     try:
-        for c in store.query(lo_ns=lo, hi_ns=hi, node=args.node, proto=args.proto,
-                             host=args.host, port=port, limit=args.limit, match=match):
-            if args.json:
+        found = store.query(lo_ns=lo, hi_ns=hi, node=args.node, proto=args.proto,
+                            host=args.host, port=port, limit=args.limit, match=match)
+        if args.json:
+            for c in found:
                 sys.stdout.write(json.dumps(c.as_dict(), default=str) + "\n")
-            else:
-                sys.stdout.write(format_call(c) + "\n")
+        else:
+            while chunk := list(islice(found, 1024)):  # text lines written a chunk at a time
+                sys.stdout.write(lines(chunk))
     finally:
         store.close()
     return 0

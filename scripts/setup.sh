@@ -127,7 +127,7 @@ fi
 # The C extensions (rawcap/pcap/_fastpcap.c, rawcap/kafka/_recvbuf.c, dissector/*.c,
 # dissector/http1/*.c) are built in place by the editable install: rebuild when a source is
 # newer than the stamp or a .so does not import.
-exts='rawcap.pcap._fastpcap, rawcap.kafka._recvbuf, dissector.http1._chttp1, dissector._crows, dissector._cwalk'
+exts='rawcap.pcap._fastpcap, rawcap.kafka._recvbuf, dissector.http1._chttp1, dissector._crows, dissector._cwalk, dissector._ctext'
 newer=""
 if [ -f "$stamp" ]; then  # (find fails without a stamp, and pipefail would end setup)
   newer=$(find rawcap dissector -name '*.c' -newer "$stamp" | head -1)

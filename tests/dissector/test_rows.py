@@ -46,6 +46,7 @@ def calls(draw: Any) -> Call:
 @given(st.lists(calls(), max_size=5))
 def test_compiled_rows_are_the_reference_bytes(cs: list[Call]) -> None:
     assert _crows.pack_rows(cs) == call_rows(cs)
+    assert [_crows.pack_row(c) for c in cs] == call_rows(cs)
 
 
 def test_unusual_values_go_to_the_reference() -> None:
@@ -58,15 +59,19 @@ def test_unusual_values_go_to_the_reference() -> None:
     odd = [Call("http1", src_port=Port(80)), Call("http1", extra={"deep": deep}),
            Call("http1", extra={"t": (1, 2.5, b"x")})]
     assert _crows.pack_rows(odd) == call_rows(odd)
+    assert [_crows.pack_row(c) for c in odd] == call_rows(odd)
     assert [decode_row(r).src_port for r in _crows.pack_rows(odd)] == [80, 0, 0]
     with pytest.raises(OverflowError):
         _crows.pack_rows([Call("http1", status=2**64)])  # msgpack's own error, from the reference
     with pytest.raises(UnicodeEncodeError):
         _crows.pack_rows([Call("http1", path="\ud800")])
+    with pytest.raises(UnicodeEncodeError):
+        _crows.pack_row(Call("http1", path="\ud800"))
 
 
 def test_the_dissector_uses_the_twin_unless_told_not_to() -> None:
-    assert _rows.COMPILED and _rows.rows is _crows.pack_rows
+    assert _rows.COMPILED and _rows.rows is _crows.pack_rows and _rows.row is _crows.pack_row
     code = ("from dissector import _rows; from schemas.calls import call_rows; import sys; "
-            "sys.exit(0 if not _rows.COMPILED and _rows.rows is call_rows else 1)")
+            "sys.exit(0 if not _rows.COMPILED and _rows.rows is call_rows "
+            "and _rows.row is _rows._one else 1)")
     assert pure_python_run(code) == 0

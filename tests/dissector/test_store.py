@@ -142,6 +142,7 @@ def test_output_keeps_every_flush_for_publishing(tmp_path: Path) -> None:
     assert [len(f.calls) for f in got] == [3, 3, 1]
     published = [c for f in got for c in decode_calls(_record(f.records))]
     assert published == calls(7)
+    out.sync()  # the store is written by a thread of the output's
     assert st.count() == 7 and out.take() == []
     out.close()
     out.close()  # idempotent
@@ -159,3 +160,89 @@ def test_rows_are_shared_with_the_published_record(tmp_path: Path, n: int) -> No
         st.add(cs, call_rows(cs))
         (data,) = st.db.execute("SELECT data FROM blocks").fetchone()
     assert decode_calls(data) == cs
+
+
+def test_published_records_group_by_node_and_hour_within_the_size() -> None:
+    """``rawcap.calls`` records of a flush: one per node and UTC hour of the calls' time (a
+    call without request time by its response's), in call order, cut at
+    ``CALLS_RECORD_BYTES`` (a larger row alone); every call once."""
+    import anyio
+
+    from dissector._consumer import _Publisher
+    from dissector._run import Flushed
+    from schemas.calls import CALLS_RECORD_BYTES
+
+    hour = 3_600_000_000_000
+
+    class Producer:
+        def __init__(self) -> None:
+            self.sent: list[tuple[bytes, bytes]] = []
+
+        async def send(self, topic: str, value: bytes, key: bytes) -> Any:
+            self.sent.append((key, value))
+            done: anyio.Event = anyio.Event()
+            done.set()
+            return done.wait()
+
+    def sends(cs: list[Call]) -> list[tuple[bytes, list[Call]]]:
+        p = Producer()
+
+        async def go() -> None:
+            pub = _Publisher(p)
+            await pub.publish(Flushed(cs, call_rows(cs)))
+            await pub.wait()
+
+        anyio.run(go)
+        got = [(k, decode_calls(v)) for k, v in p.sent]
+        assert all(sum(map(len, call_rows(part))) <= CALLS_RECORD_BYTES or len(part) == 1
+                   for _, part in got)
+        return got
+
+    one = calls(5000, 10 * hour // 1000)  # one node, one hour: cut by size only
+    got = sends(one)
+    assert len(got) > 1 and {k for k, _ in got} == {b"n"}
+    assert [c for _, part in got for c in part] == one
+    mixed = [*calls(3, 5 * hour // 1000, node="a"), *calls(2, 5 * hour // 1000, node="b"),
+             Call("http1", node="a", resp_ts_ns=6 * hour + 1),
+             *calls(2, 5 * hour // 1000 + 3, node="a"),
+             Call("http1", node="a", path="x" * (CALLS_RECORD_BYTES + 1), req_ts_ns=6 * hour)]
+    got = sends(mixed)
+    assert [(k, [c.req_ts_ns or c.resp_ts_ns for c in part]) for k, part in got] == [
+        (b"a", [c.req_ts_ns for c in mixed[:3] + mixed[6:8]]),
+        (b"b", [c.req_ts_ns for c in mixed[3:5]]),
+        (b"a", [6 * hour + 1]), (b"a", [6 * hour])]
+
+
+def test_the_writer_thread_stores_everything_and_raises_what_failed(tmp_path: Path) -> None:
+    from dissector._store import StoreWriter
+
+    w = StoreWriter(CallStore(tmp_path / "c.db", 64 << 20), depth=2)
+    for k in range(10):
+        w.add(calls(100, k * 100))
+    w.add(calls(100))  # a replay of the first: kept once
+    w.close()
+    w.close()  # idempotent
+    with CallStore(tmp_path / "c.db", 64 << 20) as st:
+        assert st.count() == 1000
+        assert [c.req_ts_ns for c in st.query()] == [j * 1000 for j in range(1000)]
+    broken = CallStore(tmp_path / "d.db", 64 << 20)
+    w = StoreWriter(broken)
+    broken.db.close()  # every write fails
+    w.add(calls(3))
+    with pytest.raises(sqlite3.ProgrammingError):
+        w.sync()
+    w.sync()  # raised once
+    w.close()
+
+
+def test_page_size_follows_the_budget(tmp_path: Path) -> None:
+    """64 KiB pages for a new store of a budget of >= 1024 of them; an existing store keeps
+    its pages."""
+    with CallStore(tmp_path / "big.db", 64 << 20) as st:
+        assert st.page_size == 65536
+    with CallStore(tmp_path / "small.db", 256 * 1024) as st:
+        assert st.page_size == 4096
+        st.add(calls(10))
+    with CallStore(tmp_path / "small.db", 64 << 20) as st:
+        assert st.page_size == 4096 and st.count() == 10
+        assert st.add(calls(20)) == 10
