@@ -391,12 +391,13 @@ class Dissector:
 
 
 def _compiled_walk() -> _Walk:
-    """``dissector/_cwalk.c``'s ``walk`` when built (and ``RAWCAP_PURE_PYTHON`` is unset),
+    """``dissector/_cwalk.c``'s ``walk`` when built (and the test hook ``no-ctwins`` is off),
     else :meth:`Dissector._py_walk`."""
     import importlib
-    import os
 
-    if not os.environ.get("RAWCAP_PURE_PYTHON"):
+    from rawcap.hooks import hook
+
+    if not hook("no-ctwins"):
         try:
             cwalk = importlib.import_module("dissector._cwalk")
         except ImportError:

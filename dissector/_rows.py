@@ -1,12 +1,11 @@
 """``rawcap.calls`` version-2 rows of the dissector's calls: ``schemas.calls.call_rows``
 (msgpack over each call's values, the reference) or its compiled twin
 ``dissector/_crows.c`` (the same bytes, ~10x less time: packing was a tenth of a replay),
-when it is built and ``RAWCAP_PURE_PYTHON`` is not set; :data:`row` packs one call."""
+when it is built and the test hook ``no-ctwins`` is off; :data:`row` packs one call."""
 
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable, Sequence
 
 from schemas.calls import FIELDS, Call, call_rows
@@ -21,8 +20,10 @@ def _one(call: Call) -> bytes:
 rows: Callable[[Sequence[Call]], list[bytes]]
 row: Callable[[Call], bytes]
 try:
-    if os.environ.get("RAWCAP_PURE_PYTHON"):
-        raise ImportError("RAWCAP_PURE_PYTHON is set")
+    from rawcap.hooks import hook
+
+    if hook("no-ctwins"):
+        raise ImportError("the test hook no-ctwins is on")
     # by its full name: the C module (no Python source) is no import of this package
     _crows = importlib.import_module("dissector._crows")
     pack_rows, pack_row, setup = _crows.pack_rows, _crows.pack_row, _crows.setup

@@ -1,12 +1,11 @@
 """The text lines of ``rawcap dissect`` (and ``rawcap calls``): :func:`format_call`, the
 reference, and :func:`lines` over a batch: its compiled twin ``dissector/_ctext.c`` (the
-same text; ``tests/dissector/test_text.py``) when it is built and ``RAWCAP_PURE_PYTHON`` is
+same text; ``tests/dissector/test_text.py``) when it is built and the test hook ``no-ctwins`` is
 not set, else :func:`py_lines`."""
 
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -57,8 +56,10 @@ def py_lines(calls: Sequence[Call]) -> str:
 
 lines: Callable[[Sequence[Call]], str]
 try:
-    if os.environ.get("RAWCAP_PURE_PYTHON"):
-        raise ImportError("RAWCAP_PURE_PYTHON is set")
+    from rawcap.hooks import hook
+
+    if hook("no-ctwins"):
+        raise ImportError("the test hook no-ctwins is on")
     # by its full name: the C module (no Python source) is no import of this package
     _ctext = importlib.import_module("dissector._ctext")
 except ImportError:

@@ -15,6 +15,9 @@ comma-separated:
     the allocator keeps glibc's defaults
 ``export-stats``
     ``rawcap pcap export`` prints where its CPU went, per thread (``bench/export``)
+``no-ctwins``
+    the dissector uses its pure-Python references instead of their compiled twins
+    (``dissector/*.c``), as when a C build failed
 ``archive-handover``
     each fetch lane of ``rawcap archive`` hands its partition to aiokafka after its first
     records, as it does when the project's fetch client meets a leader change or an offset
@@ -28,7 +31,7 @@ import os
 __all__ = ("HOOKS", "hook")
 
 HOOKS = frozenset({"no-fastpcap", "no-fastzstd", "no-fast-exit", "no-mallopt", "export-stats",
-                   "archive-handover"})
+                   "archive-handover", "no-ctwins"})
 
 
 def hook(name: str) -> bool:

@@ -17,14 +17,13 @@ space-separated parts with a known method and ``HTTP/1.<digit>``; a status line 
 
 ``parse_head`` is ``dissector.http1._chttp1.parse_head`` (C, built by ``make setup``) when it
 imports, else :func:`py_parse_head`; ``tests/dissector/test_http1_head.py`` holds the two to
-the same results on real, mutated and random heads. ``RAWCAP_PURE_PYTHON=1`` picks the
+the same results on real, mutated and random heads. the test hook ``no-ctwins`` picks the
 reference.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import re
 from collections.abc import Callable
 from typing import Any, Final
@@ -109,8 +108,10 @@ def py_parse_head(buf: bytes | bytearray, end: int, is_request: bool) -> Head | 
 
 parse_head: Callable[[bytes | bytearray, int, bool], Any]
 try:
-    if os.environ.get("RAWCAP_PURE_PYTHON"):
-        raise ImportError("RAWCAP_PURE_PYTHON is set")
+    from rawcap.hooks import hook
+
+    if hook("no-ctwins"):
+        raise ImportError("the test hook no-ctwins is on")
     # by its full name: the C module (no Python source) is no import of this package
     _c_parse_head = importlib.import_module("dissector.http1._chttp1").parse_head
 except ImportError:

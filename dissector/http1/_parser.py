@@ -10,7 +10,7 @@ replies.
 
 ``PyHTTP1Reader`` is the reference; ``HTTP1Reader`` is its compiled twin
 (``dissector/http1/_chttp1.c``: same events, state, errors and attributes) when it is built,
-else the reference itself (``RAWCAP_PURE_PYTHON=1`` picks the reference too).
+else the reference itself (the test hook ``no-ctwins`` picks the reference too).
 """
 
 from __future__ import annotations

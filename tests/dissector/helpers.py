@@ -48,7 +48,7 @@ def same_at_every_split(make: Callable[[], Any], data: bytes, eof: bool = False)
 
 
 def pure_python_run(code: str) -> int:
-    """Exit status of ``python -c code`` with ``RAWCAP_PURE_PYTHON=1`` (the compiled twins
+    """Exit status of ``python -c code`` with the test hook ``no-ctwins`` (the compiled twins
     switched off)."""
-    env = {**os.environ, "RAWCAP_PURE_PYTHON": "1"}
+    env = {**os.environ, "RAWCAP_TEST_HOOKS": "no-ctwins"}
     return subprocess.run([sys.executable, "-c", code], env=env).returncode
