@@ -21,6 +21,7 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#include "_cbuf.h"
 
 #define MAX_FIELDS 64
 
@@ -28,32 +29,6 @@ static PyTypeObject *call_type;
 static Py_ssize_t offsets[MAX_FIELDS];
 static int n_fields;
 static PyObject *fallback; /* the reference: one call -> bytes */
-
-typedef struct {
-    char *p;
-    Py_ssize_t len, cap;
-} Buf;
-
-static int grow(Buf *b, Py_ssize_t need) {
-    if (b->len + need <= b->cap) return 0;
-    Py_ssize_t cap = b->cap ? b->cap : 1024;
-    while (cap < b->len + need) cap *= 2;
-    char *p = PyMem_Realloc(b->p, (size_t)cap);
-    if (p == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-static inline int put(Buf *b, const void *s, Py_ssize_t n) {
-    if (grow(b, n) < 0) return -1;
-    memcpy(b->p + b->len, s, (size_t)n);
-    b->len += n;
-    return 0;
-}
 
 static inline int put1(Buf *b, unsigned char c) { return put(b, &c, 1); }
 

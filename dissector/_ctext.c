@@ -25,6 +25,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#define CBUF_FIRST_CAP (1 << 16)
+#include "_cbuf.h"
 
 enum {
     F_PROTO, F_SRC_IP, F_SRC_PORT, F_DST_IP, F_DST_PORT, F_REQ_TS, F_RESP_TS, F_LATENCY,
@@ -44,32 +46,6 @@ static PyObject *s_summary;
 
 #define FIELD(c, f) (*(PyObject **)((char *)(c) + offsets[f]))
 #define NOT_OURS 1
-
-typedef struct {
-    char *p;
-    Py_ssize_t len, cap;
-} Buf;
-
-static int grow(Buf *b, Py_ssize_t need) {
-    if (b->len + need <= b->cap) return 0;
-    Py_ssize_t cap = b->cap ? b->cap : 1 << 16;
-    while (cap < b->len + need) cap *= 2;
-    char *p = PyMem_Realloc(b->p, (size_t)cap);
-    if (p == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-static inline int put(Buf *b, const char *s, Py_ssize_t n) {
-    if (grow(b, n) < 0) return -1;
-    memcpy(b->p + b->len, s, (size_t)n);
-    b->len += n;
-    return 0;
-}
 
 #define PUTS(b, lit) put((b), (lit), (Py_ssize_t)(sizeof(lit) - 1))
 

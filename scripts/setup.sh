@@ -130,7 +130,7 @@ fi
 exts='rawcap.pcap._fastpcap, rawcap.kafka._recvbuf, dissector.http1._chttp1, dissector._crows, dissector._cwalk, dissector._ctext'
 newer=""
 if [ -f "$stamp" ]; then  # (find fails without a stamp, and pipefail would end setup)
-  newer=$(find rawcap dissector -name '*.c' -newer "$stamp" | head -1)
+  newer=$(find rawcap dissector \( -name '*.c' -o -name '*.h' \) -newer "$stamp" | head -1)
 fi
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ -z "$newer" ] \
    && [ -x "$VENV/bin/rawcap" ] && "$VENV/bin/python" -c "import $exts" 2>/dev/null; then
