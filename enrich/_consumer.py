@@ -23,18 +23,15 @@ from typing import Any
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
-from prometheus_client import CollectorRegistry
 
 from rawcap.config import Config
 from rawcap.kafka import (
     BatchProducer,
-    GroupLag,
     consumer_kwargs,
     ensure_topics,
     follow_topic,
     producer_kwargs,
     read_topic_to_end,
-    serve_metrics,
     stop_client,
 )
 from rawcap.packet import format_addr
@@ -229,11 +226,7 @@ async def run_enrich(cfg: Config, *, stop: anyio.Event | None = None,
                 log.warning("rawcap.procs not read to its end after 120 s; enriching meanwhile")
             log.info("context loaded", extra=index.stats())
             await consumer.start()
-            registry = CollectorRegistry()
-            lag = GroupLag(GROUP, registry)
-            port = cfg.get("metrics.port")
-            server = serve_metrics(registry, port) if port else None
-            tg.start_soon(lag.run, consumer)
+            server = _serve_lag(cfg, consumer, tg)
             try:
                 await _enrich_loop(cfg, consumer, producer, dlq, enricher, stopping, on_flows)
             finally:
@@ -246,6 +239,23 @@ async def run_enrich(cfg: Config, *, stop: anyio.Event | None = None,
         await stop_client(producer)
         await dlq.stop()
     return 0
+
+
+def _serve_lag(cfg: Config, consumer: AIOKafkaConsumer, tg: Any) -> Any:
+    """With ``metrics.port`` set, the group's lag gauges (``rawcap.kafka.GroupLag``) kept up
+    to date in ``tg`` and served on ``/metrics``; returns the server (None when off: nothing
+    would read the gauges, so neither they nor prometheus_client are loaded)."""
+    port = cfg.get("metrics.port")
+    if not port:
+        return None
+    from prometheus_client import CollectorRegistry
+
+    from rawcap.kafka import GroupLag, serve_metrics
+
+    registry = CollectorRegistry()
+    lag = GroupLag(GROUP, registry)
+    tg.start_soon(lag.run, consumer)
+    return serve_metrics(registry, port)
 
 
 class _Dlq:

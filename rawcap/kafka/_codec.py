@@ -512,7 +512,8 @@ def value_batch(key: bytes, values: Sequence[bytes], timestamps: Sequence[int],
     """:func:`record_batch` of one-piece values (``values[i]`` at ``timestamps[i]`` ms), the
     same bytes, laid out as one ``bytes`` with one crc32c pass: for many small values
     (``rawcap.flows`` records), where a piece and a crc32c call per value cost more than a copy."""
-    ts0, key_part, out = timestamps[0], varint(len(key)) + key, []
+    ts0, key_part = timestamps[0], varint(len(key)) + key
+    out: list[bytes] = []
     for i, (value, ts) in enumerate(zip(values, timestamps, strict=True)):
         head = b"\x00" + varint(ts - ts0) + varint(i) + key_part + varint(len(value))
         out += (varint(len(head) + len(value) + 1), head, value, _NO_HEADERS)

@@ -2,7 +2,8 @@
 
 aiokafka's public API cannot (1) take a record batch built elsewhere into its producer's
 accumulator: ``send_batch`` is public, but the batch object it takes is aiokafka's own
-``BatchBuilder``, whose surface :class:`RecordsBatch` duck-types; (2) encode a produce
+``BatchBuilder``, whose surface :class:`RecordsBatch` duck-types (:class:`ValuesBatch`: its
+layout for many small values); (2) encode a produce
 request without copying every value several times: :class:`ProduceRequest` is aiokafka's own
 class with an encoder that returns the pieces of ``_codec.produce_request``, joined once by
 :class:`_Pieces` as aiokafka's connection prepends the header and size (or laid out in the
