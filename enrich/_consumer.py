@@ -11,7 +11,9 @@ once: a restart may count a few packets twice, it never loses a flow).
 
 from __future__ import annotations
 
+import gc
 import logging
+import math
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -21,17 +23,15 @@ from typing import Any
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
-from prometheus_client import CollectorRegistry
 
 from rawcap.config import Config
 from rawcap.kafka import (
-    GroupLag,
+    BatchProducer,
     consumer_kwargs,
     ensure_topics,
     follow_topic,
     producer_kwargs,
     read_topic_to_end,
-    serve_metrics,
     stop_client,
 )
 from rawcap.packet import format_addr
@@ -49,10 +49,23 @@ from ._model import Change
 from ._procs import ProcIndex
 from ._watch import Watcher, api_client
 
-__all__ = ("GROUP", "Election", "Enricher", "run_enrich", "run_k8s_watch")
+__all__ = ("GC_YOUNG", "GROUP", "Election", "Enricher", "publish_flows", "run_enrich", "run_k8s_watch",
+           "tune_gc")
 
 log = logging.getLogger("rawcap.enrich")
 GROUP = "rawcap-enrich"
+#: Young-generation collections after this many net allocations of tracked objects (CPython's
+#: default: 700). Loading the context and aggregating a backlog allocate long-lived objects
+#: (index spans, flows waiting for their interval) by the hundred thousand: at 700 they went
+#: through dozens of collections each and on to full ones that walk them all again.
+GC_YOUNG = 50_000
+
+
+def tune_gc() -> None:
+    """Collect garbage cycles every :data:`GC_YOUNG` net allocations (older generations as
+    CPython's defaults): what ``rawcap enrich`` does for its process."""
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG, older, oldest)
 _PROTO = {6: "tcp", 17: "udp"}
 
 
@@ -105,6 +118,14 @@ class Enricher:
 
     def flush(self) -> list[FlowRecord]:
         return [self.record(f) for t in self.tables.values() for f in t.flush()]
+
+    def idle_in(self, *, idle_s: float | None = None) -> float | None:
+        """Seconds until the first lane holding flows has been idle long enough for
+        :meth:`due` to hand them all out (at most 0 once one has), None if none holds any."""
+        idle = self.interval / 1e9 if idle_s is None else idle_s
+        mono = time.monotonic()
+        waits = [self._last_add.get(key, mono) + idle - mono for key, t in self.tables.items() if len(t)]
+        return min(waits) if waits else None
 
     def keep_partitions(self, owned: set[int]) -> None:
         """Forget the flows of partitions this instance no longer owns (a rebalance moved
@@ -188,7 +209,8 @@ async def run_enrich(cfg: Config, *, stop: anyio.Event | None = None,
         if r.value:
             procs.apply_value(r.value)
 
-    producer = AIOKafkaProducer(**producer_kwargs(cfg))
+    producer = BatchProducer(cfg)
+    dlq = _Dlq(cfg)
     consumer = AIOKafkaConsumer(topics.PACKETS, **consumer_kwargs(
         cfg, GROUP, max_poll_interval_ms=300_000))
     await producer.start()
@@ -204,13 +226,9 @@ async def run_enrich(cfg: Config, *, stop: anyio.Event | None = None,
                 log.warning("rawcap.procs not read to its end after 120 s; enriching meanwhile")
             log.info("context loaded", extra=index.stats())
             await consumer.start()
-            registry = CollectorRegistry()
-            lag = GroupLag(GROUP, registry)
-            port = cfg.get("metrics.port")
-            server = serve_metrics(registry, port) if port else None
-            tg.start_soon(lag.run, consumer)
+            server = _serve_lag(cfg, consumer, tg)
             try:
-                await _enrich_loop(cfg, consumer, producer, enricher, stopping, on_flows)
+                await _enrich_loop(cfg, consumer, producer, dlq, enricher, stopping, on_flows)
             finally:
                 await stop_client(consumer)
                 if server is not None:
@@ -219,22 +237,69 @@ async def run_enrich(cfg: Config, *, stop: anyio.Event | None = None,
             tg.cancel_scope.cancel()
     finally:
         await stop_client(producer)
+        await dlq.stop()
     return 0
 
 
-async def _publish(producer: AIOKafkaProducer, records: list[FlowRecord]) -> None:
-    futures = [await producer.send(topics.FLOWS, encode_flow(r), key=r.node.encode(),
-                                   timestamp_ms=r.first_ns // 1_000_000) for r in records]
+def _serve_lag(cfg: Config, consumer: AIOKafkaConsumer, tg: Any) -> Any:
+    """With ``metrics.port`` set, the group's lag gauges (``rawcap.kafka.GroupLag``) kept up
+    to date in ``tg`` and served on ``/metrics``; returns the server (None when off: nothing
+    would read the gauges, so neither they nor prometheus_client are loaded)."""
+    port = cfg.get("metrics.port")
+    if not port:
+        return None
+    from prometheus_client import CollectorRegistry
+
+    from rawcap.kafka import GroupLag, serve_metrics
+
+    registry = CollectorRegistry()
+    lag = GroupLag(GROUP, registry)
+    tg.start_soon(lag.run, consumer)
+    return serve_metrics(registry, port)
+
+
+class _Dlq:
+    """The ``rawcap.dlq`` producer (aiokafka's own, records with headers), started on the
+    first corrupt batch: most runs never need it."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.producer: AIOKafkaProducer | None = None
+
+    async def send(self, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        if self.producer is None:
+            producer = AIOKafkaProducer(**producer_kwargs(self.cfg))
+            await producer.start()
+            self.producer = producer
+        await self.producer.send_and_wait(topics.DLQ, value, key=key, headers=headers)
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await stop_client(self.producer)
+
+
+async def publish_flows(producer: BatchProducer, records: list[FlowRecord],
+                        topic: str = topics.FLOWS) -> None:
+    """Publish ``records`` to ``topic`` and wait until Kafka has them all: key the node,
+    timestamp the first packet (ms), partition the key's (default partitioner), in order,
+    one record each (:meth:`~rawcap.kafka.BatchProducer.send_values`)."""
+    nodes: dict[str, bytes] = {}
+    futures = await producer.send_values(topic, [
+        (nodes.get(r.node) or nodes.setdefault(r.node, r.node.encode()), encode_flow(r),
+         r.first_ns // 1_000_000) for r in records])
     for fut in futures:
         await fut
 
 
-async def _enrich_loop(cfg: Config, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
+async def _enrich_loop(cfg: Config, consumer: AIOKafkaConsumer, producer: BatchProducer, dlq: _Dlq,
                        enricher: Enricher, stopping: anyio.Event,
                        on_flows: Callable[[list[FlowRecord]], Awaitable[None]] | None) -> None:
     last_prune = time.monotonic()
     while not stopping.is_set():
-        got = await consumer.getmany(timeout_ms=500, max_records=200)
+        # wait for packets at most until a lane's idle time is up, so its flows leave then
+        wait = enricher.idle_in()
+        timeout = 500 if wait is None else min(500, max(10, math.ceil(wait * 1000)))
+        got = await consumer.getmany(timeout_ms=timeout, max_records=200)
         for tp, msgs in got.items():
             for m in msgs:
                 try:
@@ -245,7 +310,7 @@ async def _enrich_loop(cfg: Config, consumer: AIOKafkaConsumer, producer: AIOKaf
                     enricher.corrupt += 1
                     log.warning("corrupt batch to DLQ", extra={"partition": tp.partition,
                                                                "offset": m.offset, "error": str(exc)})
-                    await producer.send_and_wait(topics.DLQ, m.value, key=m.key, headers=[
+                    await dlq.send(m.value, m.key, [
                         ("error", str(exc).encode()), ("source.topic", topics.PACKETS.encode()),
                         ("source.partition", str(tp.partition).encode()),
                         ("source.offset", str(m.offset).encode()), ("reporter", b"enrich")])
@@ -264,11 +329,11 @@ async def _enrich_loop(cfg: Config, consumer: AIOKafkaConsumer, producer: AIOKaf
                                       "corrupt_batches": enricher.corrupt})
 
 
-async def _commit(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, enricher: Enricher,
+async def _commit(consumer: AIOKafkaConsumer, producer: BatchProducer, enricher: Enricher,
                   records: list[FlowRecord],
                   on_flows: Callable[[list[FlowRecord]], Awaitable[None]] | None) -> None:
     if records:
-        await _publish(producer, records)
+        await publish_flows(producer, records)
         if on_flows is not None:
             await on_flows(records)
         log.debug("flows published", extra={"flows": len(records)})

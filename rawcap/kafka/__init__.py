@@ -12,7 +12,8 @@ What it owns:
   consumer group's partitions);
 - ``_fetcher.py``: the :class:`Fetcher` protocol a reader of one partition drives, and its
   stock-aiokafka implementation (:class:`ConsumerFetcher`): the two read paths;
-- ``_producer.py``: :class:`BatchProducer`, the one produce path of ``rawcap.packets``;
+- ``_producer.py``: :class:`BatchProducer`, the one produce path of ``rawcap.packets`` (and
+  of ``rawcap enrich``'s ``rawcap.flows`` records, many small values per record batch);
 - ``_compat.py``: every use of aiokafka's internals, each checked (:func:`aiokafka_problems`);
 - ``_diag.py``: why a secured Kafka refused, in one line (:func:`kafka_cause`, :func:`probe`:
   its own TLS + SASL login, requests from the codec);

@@ -2,7 +2,8 @@
 
 aiokafka's public API cannot (1) take a record batch built elsewhere into its producer's
 accumulator: ``send_batch`` is public, but the batch object it takes is aiokafka's own
-``BatchBuilder``, whose surface :class:`RecordsBatch` duck-types; (2) encode a produce
+``BatchBuilder``, whose surface :class:`RecordsBatch` duck-types (:class:`ValuesBatch`: its
+layout for many small values); (2) encode a produce
 request without copying every value several times: :class:`ProduceRequest` is aiokafka's own
 class with an encoder that returns the pieces of ``_codec.produce_request``, joined once by
 :class:`_Pieces` as aiokafka's connection prepends the header and size (or laid out in the
@@ -29,12 +30,13 @@ from typing import Any
 import anyio
 from aiokafka.protocol import produce as _produce_mod
 
-from ._codec import in_place, record_batch
+from ._codec import in_place, record_batch, value_batch
 from ._codec import produce_request as _encode_produce
 
 __all__ = (
     "ProduceRequest",
     "RecordsBatch",
+    "ValuesBatch",
     "admin_broker_count",
     "admin_send",
     "consumer_partitions",
@@ -90,6 +92,28 @@ class RecordsBatch:
         self._build()
         assert self.chunks is not None
         return b"".join(self.chunks)
+
+
+class ValuesBatch(RecordsBatch):
+    """A :class:`RecordsBatch` of one-piece values, ``values[i]`` at ``timestamps[i]`` ms, laid
+    out as one piece (``_codec.value_batch``: the same bytes): many small records."""
+
+    def __init__(self, key: bytes, values: Sequence[bytes], timestamps: Sequence[int]) -> None:
+        super().__init__(key, ())
+        self.values = values
+        self.timestamps = timestamps
+        self.value_len = sum(map(len, values))
+
+    def record_count(self) -> int:
+        return len(self.values)
+
+    def size(self) -> int:
+        return 61 + len(self.values) * (32 + len(self.key)) + self.value_len
+
+    def _build(self) -> RecordsBatch:
+        if self.chunks is None:
+            self.chunks, self.total = value_batch(self.key, self.values, self.timestamps, self._producer)
+        return self
 
 
 class ProduceRequest(_produce_mod.ProduceRequest):

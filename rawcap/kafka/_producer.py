@@ -1,4 +1,5 @@
-"""The one produce path for ``rawcap.packets`` batches (the capture shipper's).
+"""The one produce path for ``rawcap.packets`` batches (the capture shipper's), and for many
+small keyed records (``rawcap enrich``'s ``rawcap.flows``: :meth:`BatchProducer.send_values`).
 
 Idempotent, ``acks=all``, no Kafka compression (batch bodies are zstd already). Values are
 laid out once into rawcap's own v2 record batches (``_compat.RecordsBatch``: values by
@@ -17,8 +18,8 @@ from typing import Any
 
 from ..config import Config
 from ._clients import producer_kwargs
-from ._codec import crc32c
-from ._compat import RecordsBatch, install_produce_request
+from ._codec import crc32c, murmur2
+from ._compat import RecordsBatch, ValuesBatch, install_produce_request
 
 __all__ = ("BatchProducer",)
 
@@ -36,6 +37,9 @@ class BatchProducer:
     RECORDS_PER_REQUEST = 8
     #: Sends a caller keeps unacknowledged.
     IN_FLIGHT = 2
+    #: :meth:`send_values` puts consecutive values of one key into one record batch up to
+    #: this many bytes of values (well below the brokers' default ``message.max.bytes``).
+    VALUES_BYTES = 256 * 1024
 
     def __init__(self, cfg: Config, **extra: Any) -> None:
         from aiokafka import AIOKafkaProducer
@@ -47,6 +51,7 @@ class BatchProducer:
         kw.update(extra)
         self._producer = AIOKafkaProducer(**kw)
         self.in_flight = self.IN_FLIGHT
+        self._partitions: dict[tuple[bytes, tuple[int, ...]], int] = {}
 
     async def start(self) -> None:
         await self._producer.start()
@@ -87,3 +92,36 @@ class BatchProducer:
         fut: asyncio.Future[Any] = await self._producer.send_batch(
             RecordsBatch(key, records), topic, partition=partition)
         return fut
+
+    async def send_values(self, topic: str, records: Sequence[tuple[bytes, bytes, int]]
+                          ) -> list[asyncio.Future[Any]]:
+        """Queue ``(key, value, timestamp ms)`` records, in order, each on the partition
+        aiokafka's ``send`` gives its key (the default partitioner: murmur2 of the key, here
+        computed once per key and partition list), consecutive ones of one key in one record
+        batch up to :attr:`VALUES_BYTES`: the records a consumer reads (key, value,
+        timestamp, partition, order) are those of one ``send`` per record. The futures
+        resolve once Kafka acknowledged their records (or fail for them)."""
+        parts = tuple(sorted(await self._producer.partitions_for(topic)))
+        futures: list[asyncio.Future[Any]] = []
+        i, n = 0, len(records)
+        while i < n:
+            key = records[i][0]
+            partition = self._partitions.get((key, parts))
+            if partition is None:
+                if len(self._partitions) > 10_000:
+                    self._partitions.clear()
+                partition = self._partitions[key, parts] = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
+            values: list[bytes] = []
+            stamps: list[int] = []
+            size = 0
+            while i < n and records[i][0] == key:
+                _key, value, ts = records[i]
+                if values and size + len(value) > self.VALUES_BYTES:
+                    break
+                values.append(value)
+                stamps.append(ts)
+                size += len(value)
+                i += 1
+            futures.append(await self._producer.send_batch(ValuesBatch(key, values, stamps), topic,
+                                                           partition=partition))
+        return futures

@@ -21,6 +21,8 @@ from rawcap.kafka._codec import (
     parse_fetch_response,
     parse_record_batches,
     record_batch,
+    value_batch,
+    varint,
 )
 
 
@@ -120,7 +122,8 @@ def test_fetch_response_fields_per_version(version: int) -> None:
 
 # -- the produce side: record batches as aiokafka's builder lays them out -------------------
 def _aiokafka_batch(key: bytes, records: list[tuple[bytes, int]], producer: tuple[int, int, int]) -> bytes:
-    b = DefaultRecordBatchBuilder(2, 0, 0, *producer, batch_size=sum(len(v) for v, _ in records) + 4096)
+    size = sum(len(v) for v, _ in records) + 64 * len(records) + 4096
+    b = DefaultRecordBatchBuilder(2, 0, 0, *producer, batch_size=size)
     for i, (value, ts) in enumerate(records):
         assert b.append(i, ts, key=key, value=value, headers=[]) is not None
     return bytes(b.build())
@@ -158,6 +161,28 @@ def test_record_batch_equals_aiokafka_builder(count: int) -> None:
         want = [(key, v, t) for v, t in records]
         assert [(r.key, bytes(r.value or b""), r.timestamp) for r in decoded] == want
         assert nxt == count
+
+
+@pytest.mark.parametrize("count", [1, 3, 2000])
+def test_value_batch_equals_aiokafka_builder(count: int) -> None:
+    """The joined layout of many small values (rawcap.flows): the same bytes as aiokafka's."""
+    rng = random.Random(count)
+    records = [(os.urandom(rng.choice((0, 1, 60, 127, 128, 500, 9000, 20_000))),
+                1_796_000_000_000 + rng.randrange(-70_000, 70_000)) for _ in range(count)]
+    chunks, total = value_batch(b"node-7", [v for v, _ in records], [t for _, t in records], (77, 1, 5))
+    got = b"".join(chunks)
+    assert len(got) == total
+    assert got == _aiokafka_batch(b"node-7", records, (77, 1, 5))
+
+
+def test_varint_is_kafkas_zigzag() -> None:
+    for n in [*range(-20_000, 20_000), 2**31, -(2**31), 2**62, -(2**63)]:
+        z, want = (n << 1) ^ (n >> 63), bytearray()
+        while z >= 0x80:
+            want.append((z & 0x7F) | 0x80)
+            z >>= 7
+        want.append(z)
+        assert varint(n) == bytes(want), n
 
 
 def test_record_batch_values_are_not_copied() -> None:
