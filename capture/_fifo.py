@@ -44,7 +44,6 @@ from typing import Concatenate, ParamSpec, TypeVar
 from rawcap.segments import (
     LOCK_FILE,
     SegmentFile,
-    crc32,
     read_state,
     scan_segment,
     segment_name,
@@ -52,6 +51,7 @@ from rawcap.segments import (
     write_state,
 )
 from schemas.errors import RawcapError
+from schemas.stream import crc32
 
 from ._batcher import ClosedBatch, Piece
 

@@ -18,14 +18,10 @@ importing the agent.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
 import threading
-import zlib
-from collections.abc import Callable
 from io import BufferedWriter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,7 +37,6 @@ __all__ = (
     "WRITE_CHUNK",
     "SegmentEntry",
     "SegmentFile",
-    "crc32",
     "read_segment",
     "read_state",
     "scan_segment",
@@ -70,33 +65,6 @@ def segment_paths(node_dir: Path) -> list[Path]:
     return sorted(node_dir.glob("*" + SEGMENT_SUFFIX))
 
 
-def _load_crc32() -> Callable[..., int]:
-    """The frame's crc32 (zlib's polynomial). libdeflate's PCLMUL version is about twice as
-    fast as zlib 1.2's and releases the GIL; zlib is the fallback. Same result."""
-    name = ctypes.util.find_library("deflate")
-    if name:
-        try:
-            fn = ctypes.CDLL(name).libdeflate_crc32
-            fn.restype = ctypes.c_uint32
-            fn.argtypes = (ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t)
-
-            def crc(data: Any, value: int = 0) -> int:
-                if not isinstance(data, bytes):
-                    try:  # a writable buffer (a Framed batch value), without a copy
-                        data = (ctypes.c_char * len(data)).from_buffer(data)
-                    except TypeError:
-                        return zlib.crc32(data, value)
-                return int(fn(value, data, len(data)))
-
-            if crc(b"123456789") == crc(memoryview(bytearray(b"123456789"))) == zlib.crc32(b"123456789"):
-                return crc
-        except (OSError, AttributeError):
-            pass
-    return zlib.crc32
-
-
-#: ``crc32(data, value=0)``, chainable over pieces like ``zlib.crc32``.
-crc32: Callable[..., int] = _load_crc32()
 
 
 class SegmentEntry(NamedTuple):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import zlib
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,7 +12,7 @@ from typing import Any, NamedTuple
 
 import anyio
 
-from schemas.stream import FRAME
+from schemas.stream import FRAME, crc32
 
 from ..config import Config
 from ._layout import FrameRef, IndexEntry, hour_of
@@ -43,7 +42,7 @@ def _frame_values(
             continue
         length, crc = FRAME.unpack_from(data, p)
         value = data[p + FRAME.size : p + FRAME.size + length]
-        if FRAME.size + length != ref.length or len(value) != length or zlib.crc32(value) != crc:
+        if FRAME.size + length != ref.length or len(value) != length or crc32(value) != crc:
             log.warning("archive object %s: frame at %d fails its length/crc32 check", where, ref.pos)
             out.append(None)
             continue

@@ -239,9 +239,8 @@ def test_fifo_splits_this_runs_packets_exactly(tmp_path: Path) -> None:
 
 
 def test_fifo_frame_header_matches_the_stream_format() -> None:
-    """The FIFO frames with its own (faster) crc32; the bytes must be schemas' framing."""
-    from rawcap.segments import crc32
-    from schemas.stream import FRAME, frame_batch
+    """The FIFO frames its pieces with schemas' crc32; the bytes must be schemas' framing."""
+    from schemas.stream import FRAME, crc32, frame_batch
 
     for value in (b"", b"123456789", os.urandom(3 << 20)):
         assert FRAME.pack(len(value), crc32(value)) == frame_batch(value)
@@ -334,7 +333,7 @@ def test_fifo_writes_a_framed_value(tmp_path: Path) -> None:
     on_disk = read_fifo(tmp_path / "n")
     assert [b.header.seq for b in on_disk] == [1, 2]
     assert [bytes(p.data) for p in on_disk[0].packets] == [bytes(p.data) for p in decode_batch(value).packets]
-    from rawcap.segments import crc32
+    from schemas.stream import crc32
 
     assert crc32(framed.value()) == crc32(bytes(framed.value())) == zlib.crc32(value)
 
