@@ -45,7 +45,6 @@ from rawcap.kafka import GroupLag, Unsupported
 from schemas import decode_header, topics
 from schemas.errors import BatchError, ConfigError, RawcapError, TransportError
 
-from ._dlq import DeadLetters
 from ._metrics import Metrics
 from ._plan import Buffer, Known, PartitionPlan, known_objects
 from ._retention import retention_loop
@@ -113,7 +112,7 @@ class Archiver:
         self.summary = Summary()
         self.plans: dict[int, PartitionPlan] = {}
         self.consumer: AIOKafkaConsumer | None = None
-        self._dead_letters = DeadLetters(cfg, topic)
+        self._dead_letters = kafka.DeadLetters(cfg, topic, "archiver")
         self._lock = anyio.Lock()
         self._commit_lock = anyio.Lock()
         self._send, self._recv = anyio.create_memory_object_stream[Buffer](math.inf)
@@ -402,7 +401,10 @@ class Archiver:
                     extra={"partition": partition, "offset": r.offset})
         if r.value is None:
             return
-        await self._dead_letters.send(r.value, r.key, exc, partition, r.offset)
+        try:  # best effort: counted and logged above either way
+            await self._dead_letters.send(r.value, r.key, exc, partition, r.offset)
+        except Exception as dexc:
+            log.warning("could not send corrupt batch to %s: %r", topics.DLQ, dexc)
 
     # -- rebalancing -------------------------------------------------------------------------
     async def _assigned(self, assigned: set[TopicPartition]) -> None:

@@ -6,7 +6,6 @@ dissection of the exported pcap produce the same calls.
 
 from __future__ import annotations
 
-import gc
 import json
 import sys
 from collections.abc import Callable
@@ -36,24 +35,8 @@ from ._text import format_call, lines
 if TYPE_CHECKING:
     from rawcap.workloads import Workloads
 
-__all__ = ("GC_YOUNG", "CallOutput", "Flushed", "db_path", "dissect_pcap",
-           "dissector_from_config", "format_call", "tune_gc")
-
-
-#: Young-generation collections after this many net allocations of tracked objects, for
-#: ``rawcap dissect`` (CPython's default: 700). A call holds ~10 tracked objects (itself, its
-#: header tuples) and waits in a batch of a few thousand until it is written, so at 700 a
-#: batch cost ~30 collections that each walked the calls waiting, and the calls that lived
-#: through them went on to older generations and full collections: ~15 % of a replay's CPU.
-#: Cyclic garbage (little: flows and sessions) waits a little longer for its collection.
-GC_YOUNG = 50_000
-
-
-def tune_gc() -> None:
-    """Collect garbage cycles every :data:`GC_YOUNG` net allocations (older generations as
-    CPython's defaults)."""
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG, older, oldest)
+__all__ = ("CallOutput", "Flushed", "db_path", "dissect_pcap",
+           "dissector_from_config", "format_call")
 
 
 def db_path(cfg: Config, override: str | None = None) -> Path:

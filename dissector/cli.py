@@ -23,7 +23,7 @@ L7 = ("http1", "http2", "grpc", "dns", "redis", "postgres")
 
 
 def _dissect(args: argparse.Namespace, cfg: Config) -> Any:
-    from ._run import tune_gc
+    from rawcap.gctune import tune_gc
 
     tune_gc()
     if args.pcap:

@@ -11,7 +11,6 @@ once: a restart may count a few packets twice, it never loses a flow).
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import signal
@@ -27,6 +26,7 @@ from aiokafka.errors import KafkaError
 from rawcap.config import Config
 from rawcap.kafka import (
     BatchProducer,
+    DeadLetters,
     consumer_kwargs,
     ensure_topics,
     follow_topic,
@@ -49,23 +49,10 @@ from ._model import Change
 from ._procs import ProcIndex
 from ._watch import Watcher, api_client
 
-__all__ = ("GC_YOUNG", "GROUP", "Election", "Enricher", "publish_flows", "run_enrich", "run_k8s_watch",
-           "tune_gc")
+__all__ = ("GROUP", "Election", "Enricher", "publish_flows", "run_enrich", "run_k8s_watch")
 
 log = logging.getLogger("rawcap.enrich")
 GROUP = "rawcap-enrich"
-#: Young-generation collections after this many net allocations of tracked objects (CPython's
-#: default: 700). Loading the context and aggregating a backlog allocate long-lived objects
-#: (index spans, flows waiting for their interval) by the hundred thousand: at 700 they went
-#: through dozens of collections each and on to full ones that walk them all again.
-GC_YOUNG = 50_000
-
-
-def tune_gc() -> None:
-    """Collect garbage cycles every :data:`GC_YOUNG` net allocations (older generations as
-    CPython's defaults): what ``rawcap enrich`` does for its process."""
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG, older, oldest)
 _PROTO = {6: "tcp", 17: "udp"}
 
 
@@ -119,10 +106,10 @@ class Enricher:
     def flush(self) -> list[FlowRecord]:
         return [self.record(f) for t in self.tables.values() for f in t.flush()]
 
-    def idle_in(self, *, idle_s: float | None = None) -> float | None:
+    def idle_in(self) -> float | None:
         """Seconds until the first lane holding flows has been idle long enough for
         :meth:`due` to hand them all out (at most 0 once one has), None if none holds any."""
-        idle = self.interval / 1e9 if idle_s is None else idle_s
+        idle = self.interval / 1e9
         mono = time.monotonic()
         waits = [self._last_add.get(key, mono) + idle - mono for key, t in self.tables.items() if len(t)]
         return min(waits) if waits else None
@@ -210,7 +197,7 @@ async def run_enrich(cfg: Config, *, stop: anyio.Event | None = None,
             procs.apply_value(r.value)
 
     producer = BatchProducer(cfg)
-    dlq = _Dlq(cfg)
+    dlq = DeadLetters(cfg, topics.PACKETS, "enrich")
     consumer = AIOKafkaConsumer(topics.PACKETS, **consumer_kwargs(
         cfg, GROUP, max_poll_interval_ms=300_000))
     await producer.start()
@@ -237,7 +224,7 @@ async def run_enrich(cfg: Config, *, stop: anyio.Event | None = None,
             tg.cancel_scope.cancel()
     finally:
         await stop_client(producer)
-        await dlq.stop()
+        await dlq.aclose()
     return 0
 
 
@@ -258,26 +245,6 @@ def _serve_lag(cfg: Config, consumer: AIOKafkaConsumer, tg: Any) -> Any:
     return serve_metrics(registry, port)
 
 
-class _Dlq:
-    """The ``rawcap.dlq`` producer (aiokafka's own, records with headers), started on the
-    first corrupt batch: most runs never need it."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.producer: AIOKafkaProducer | None = None
-
-    async def send(self, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
-        if self.producer is None:
-            producer = AIOKafkaProducer(**producer_kwargs(self.cfg))
-            await producer.start()
-            self.producer = producer
-        await self.producer.send_and_wait(topics.DLQ, value, key=key, headers=headers)
-
-    async def stop(self) -> None:
-        if self.producer is not None:
-            await stop_client(self.producer)
-
-
 async def publish_flows(producer: BatchProducer, records: list[FlowRecord],
                         topic: str = topics.FLOWS) -> None:
     """Publish ``records`` to ``topic`` and wait until Kafka has them all: key the node,
@@ -291,7 +258,7 @@ async def publish_flows(producer: BatchProducer, records: list[FlowRecord],
         await fut
 
 
-async def _enrich_loop(cfg: Config, consumer: AIOKafkaConsumer, producer: BatchProducer, dlq: _Dlq,
+async def _enrich_loop(cfg: Config, consumer: AIOKafkaConsumer, producer: BatchProducer, dlq: DeadLetters,
                        enricher: Enricher, stopping: anyio.Event,
                        on_flows: Callable[[list[FlowRecord]], Awaitable[None]] | None) -> None:
     last_prune = time.monotonic()
@@ -310,10 +277,7 @@ async def _enrich_loop(cfg: Config, consumer: AIOKafkaConsumer, producer: BatchP
                     enricher.corrupt += 1
                     log.warning("corrupt batch to DLQ", extra={"partition": tp.partition,
                                                                "offset": m.offset, "error": str(exc)})
-                    await dlq.send(m.value, m.key, [
-                        ("error", str(exc).encode()), ("source.topic", topics.PACKETS.encode()),
-                        ("source.partition", str(tp.partition).encode()),
-                        ("source.offset", str(m.offset).encode()), ("reporter", b"enrich")])
+                    await dlq.send(m.value, m.key, exc, tp.partition, m.offset)
         records = enricher.due()
         await _commit(consumer, producer, enricher, records, on_flows)
         horizon = enricher.horizon()

@@ -20,7 +20,7 @@ from schemas import topics
 from schemas.errors import ConfigError
 from schemas.flows import FlowRecord, UnsupportedFlow, decode_flow
 
-from ._consumer import Election, run_enrich, run_k8s_watch, tune_gc
+from ._consumer import Election, run_enrich, run_k8s_watch
 from ._filters import FilterPlanner, Selection
 
 __all__ = ("FlowFilter", "add_commands", "format_flow")
@@ -108,6 +108,8 @@ _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 async def _enrich(args: argparse.Namespace, cfg: Config) -> int:
+    from rawcap.gctune import tune_gc
+
     tune_gc()
     return await run_enrich(cfg)
 

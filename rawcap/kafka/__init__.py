@@ -55,6 +55,7 @@ if typing.TYPE_CHECKING:
     from ._compat import admin_send
     from ._compat import problems as aiokafka_problems
     from ._diag import kafka_cause, probe, scram_client_final
+    from ._dlq import DeadLetters
     from ._lag import GroupLag, serve_metrics
     from ._producer import BatchProducer
 
@@ -63,6 +64,7 @@ __all__ = (
     "AssignedFetchers",
     "BatchProducer",
     "ConsumerFetcher",
+    "DeadLetters",
     "FetchedRecord",
     "Fetcher",
     "Framed",
@@ -104,6 +106,7 @@ _LAZY = {
         "follow_topic", "make_consumer", "make_producer", "producer_kwargs", "read_topic_to_end",
         "start_consumer", "stop_client", "topic_partitions", "topic_specs")},
     "BatchProducer": ("._producer", "BatchProducer"),
+    "DeadLetters": ("._dlq", "DeadLetters"),
     **{name: ("._diag", name) for name in ("kafka_cause", "probe", "scram_client_final")},
     **{name: ("._lag", name) for name in ("GroupLag", "serve_metrics")},
     "aiokafka_problems": ("._compat", "problems"),
